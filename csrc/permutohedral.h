@@ -1,0 +1,62 @@
+// Permutohedral lattice (Adams, Baek & Davis, Eurographics 2010) for fast
+// high-dimensional Gaussian filtering.
+//
+// "Build once, filter many": construction hashes every simplex vertex once and
+// stores, per point, its d+1 vertex indices and barycentric weights (splat and
+// slice become a fixed sparse matrix), per vertex its splat contributions in
+// point order (a CSR transpose, so splatting is a deterministic gather), and
+// per vertex and lattice axis its two blur neighbours. Filtering then does no
+// hashing at all.
+//
+// Vertex indices are stored shifted by +1 so that index 0 is an always-zero
+// row: a missing blur neighbour reads zeros and the blur is branch-free.
+//
+// This header is plain C++ (no Python, no torch) so that every binding and
+// every device shares it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace segpost {
+
+class PermutohedralLattice {
+ public:
+  static constexpr int kMaxDim = 64;
+
+  // features: (num_points, dim) row-major, already divided by the bandwidths.
+  // Throws std::invalid_argument on bad sizes and std::overflow_error when the
+  // lattice keys would not fit in int32.
+  PermutohedralLattice(const double* features, int64_t num_points, int dim);
+
+  // values, out: (num_points, channels) row-major float32; `out` may not alias
+  // `values`. transpose=true applies the exact adjoint (blur axes reversed).
+  void filter(const float* values, int64_t channels, float* out, bool transpose) const;
+
+  int64_t num_points() const { return num_points_; }
+  int dim() const { return dim_; }
+  int64_t num_vertices() const { return num_vertices_; }
+  // Bytes held by the lattice (not counting the scratch of a filter call).
+  std::size_t nbytes() const;
+  // Scratch bytes one filter call allocates for `channels` channels.
+  std::size_t filter_scratch_bytes(int64_t channels) const;
+
+ private:
+  int64_t num_points_;
+  int dim_;
+  int64_t num_vertices_ = 0;
+  // (num_points, dim+1): shifted vertex index and barycentric weight of each
+  // corner of the point's enclosing simplex.
+  std::vector<int32_t> corner_vertex_;
+  std::vector<float> corner_weight_;
+  // CSR over vertices: entries [splat_start_[v], splat_start_[v+1]) are flat
+  // corner indices (point * (dim+1) + corner), in increasing point order.
+  std::vector<int64_t> splat_start_;
+  std::vector<int32_t> splat_corner_;
+  // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
+  // vertex along each lattice axis, 0 where the neighbour does not exist.
+  std::vector<int32_t> blur_neighbour_;
+};
+
+}  // namespace segpost

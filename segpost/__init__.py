@@ -1,0 +1,19 @@
+"""segpost: turn any segmentation model's logits into sharp, measured results.
+
+Dense CRF on a permutohedral lattice, fast metrics, exact upsampling and
+test-time-augmentation pipelines.
+"""
+from ._threads import get_num_threads, set_num_threads
+from .filters import bilateral_filter
+from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_LATTICE_DIM",
+    "PermutohedralLattice",
+    "bilateral_filter",
+    "get_num_threads",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,82 @@
+"""Thread count of segpost's compiled kernels.
+
+Results never depend on it: every kernel writes each output element from one
+thread in a fixed order.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+
+from . import _C
+
+__all__ = ["get_num_threads", "set_num_threads"]
+
+
+def get_num_threads() -> int:
+    """Number of threads the compiled kernels use (all cores by default).
+
+    Examples
+    --------
+    >>> import segpost
+    >>> segpost.get_num_threads() >= 1
+    True
+    """
+    return int(_C.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set how many threads the compiled kernels use.
+
+    The environment variable ``SEGPOST_NUM_THREADS`` sets the same value at
+    import time. Results are bit-for-bit identical whatever the thread count.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, at least 1.
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer.
+    ValueError
+        If ``n < 1``.
+
+    Examples
+    --------
+    >>> import segpost
+    >>> previous = segpost.get_num_threads()
+    >>> segpost.set_num_threads(1)
+    >>> segpost.get_num_threads()
+    1
+    >>> segpost.set_num_threads(previous)
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be an integer, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    _C.set_num_threads(int(min(n, 1024)))
+
+
+def _init_from_environment() -> None:
+    raw = os.environ.get("SEGPOST_NUM_THREADS")
+    if raw is None or raw.strip() == "":
+        return
+    try:
+        n = int(raw)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        # A bad variable must not make `import segpost` fail.
+        warnings.warn(
+            f"ignoring SEGPOST_NUM_THREADS={raw!r}: expected a positive integer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    set_num_threads(n)
+
+
+_init_from_environment()

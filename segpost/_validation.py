@@ -1,0 +1,85 @@
+"""Input validation shared by every public function.
+
+Each public function validates and converts its inputs here, once, and then
+trusts the arrays it passes on. Errors are one sentence naming the parameter,
+what was expected and what came.
+"""
+from __future__ import annotations
+
+import numbers
+import sys
+
+import numpy as np
+
+__all__ = [
+    "is_torch_tensor",
+    "to_numpy",
+    "like_input",
+    "check_float_dtype",
+    "check_finite",
+    "check_positive_number",
+]
+
+
+def is_torch_tensor(x) -> bool:
+    """True for a torch.Tensor, without importing torch when nobody has."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
+    """Return ``(array, came_from_torch)``; CPU tensors are viewed, not copied.
+
+    Never copies or mutates the caller's data: callers that need a different
+    dtype or layout convert into a new array.
+    """
+    if is_torch_tensor(x):
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{name} is a {x.device.type} tensor, but this function runs on the CPU; "
+                f"pass {name}.cpu() (GPU support is tracked separately)"
+            )
+        if x.is_complex():
+            raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
+        return x.detach().resolve_conj().resolve_neg().numpy(), True
+    if isinstance(x, np.ndarray):
+        return x, False
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and other non-arrays
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__} of objects")
+    return arr, False
+
+
+def like_input(result: np.ndarray, was_torch: bool):
+    """Give ``result`` the array type the caller used (numpy in, numpy out)."""
+    if was_torch:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(result))
+    return result
+
+
+def check_float_dtype(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, float32 or float64), got {arr.dtype}; "
+            f"convert it explicitly, e.g. {name}.astype(np.float32)"
+        )
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} must be finite, but {bad} of its {arr.size} entries are NaN or infinite")
+
+
+def check_positive_number(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
