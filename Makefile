@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`.
+# Both install what they need into the active Python environment
+# (use a virtualenv); torch is pinned to the local CPU wheel via constraints.txt.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+CONSTRAINTS = constraints.txt
+STAMP = .install-stamp
+
+.PHONY: install install-test demo test bench clean
+
+$(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
+	$(PIP) install -c $(CONSTRAINTS) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PYTHON) -m segpost demo
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/bench_lattice.py
+
+clean:
+	rm -rf build *.egg-info segpost/*.so $(STAMP)

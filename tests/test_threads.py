@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import segpost
+
+
+def test_set_and_get_num_threads():
+    previous = segpost.get_num_threads()
+    try:
+        segpost.set_num_threads(3)
+        assert segpost.get_num_threads() == 3
+    finally:
+        segpost.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_thread_counts_raise(bad, error):
+    with pytest.raises(error):
+        segpost.set_num_threads(bad)
+
+
+def _threads_in_subprocess(value):
+    code = "import segpost, warnings; print(segpost.get_num_threads())"
+    env = {"SEGPOST_NUM_THREADS": value, "PATH": ""}
+    result = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env, check=True)
+    return int(result.stdout.strip()), result.stderr
+
+
+def test_environment_variable_sets_thread_count():
+    assert _threads_in_subprocess("1")[0] == 1
+    assert _threads_in_subprocess("5")[0] == 5
+
+
+def test_bad_environment_variable_warns_and_keeps_default():
+    n, stderr = _threads_in_subprocess("many")
+    assert n >= 1 and "SEGPOST_NUM_THREADS" in stderr
+
+
+def test_photo_lattice_is_identical_across_thread_counts():
+    from skimage import data
+
+    image = data.astronaut().astype(np.float64)
+    h, w, _ = image.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    features = np.concatenate([np.stack([xx.ravel(), yy.ravel()], 1) / 80, image.reshape(-1, 3) / 13], 1)
+    values = np.random.default_rng(0).random((h * w, 4)).astype(np.float32)
+    previous = segpost.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            segpost.set_num_threads(n)
+            lattice = segpost.PermutohedralLattice(features)
+            outs.append((lattice.num_vertices, lattice.filter(values, normalize=True)))
+    finally:
+        segpost.set_num_threads(previous)
+    for vertices, out in outs[1:]:
+        assert vertices == outs[0][0]
+        np.testing.assert_array_equal(out, outs[0][1])
