@@ -17,28 +17,40 @@ namespace segpost {
 int get_num_threads();
 void set_num_threads(int n);
 
-// Calls fn(begin, end) on disjoint chunks covering [0, n). Chunks hold at least
-// `grain` items so that tiny loops stay on the calling thread. fn must not throw.
+struct Range {
+  int64_t begin;
+  int64_t end;
+};
+
+// Splits [0, n) into at most get_num_threads() contiguous chunks of at least
+// `grain` items (one chunk when n is small).
+inline std::vector<Range> split_range(int64_t n, int64_t grain) {
+  std::vector<Range> ranges;
+  if (n <= 0) return ranges;
+  const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(grain, 1));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), max_chunks));
+  const int64_t size = (n + chunks - 1) / chunks;
+  for (int64_t begin = 0; begin < n; begin += size) ranges.push_back({begin, std::min(n, begin + size)});
+  return ranges;
+}
+
+// Calls fn(chunk_index, begin, end) for every range, each on its own thread
+// (the first on the calling thread). fn must not throw.
+template <class F>
+void run_chunks(const std::vector<Range>& ranges, const F& fn) {
+  if (ranges.empty()) return;
+  std::vector<std::thread> workers;
+  workers.reserve(ranges.size() - 1);
+  for (std::size_t i = 1; i < ranges.size(); ++i)
+    workers.emplace_back([&fn, &ranges, i] { fn(i, ranges[i].begin, ranges[i].end); });
+  fn(std::size_t(0), ranges[0].begin, ranges[0].end);
+  for (auto& w : workers) w.join();
+}
+
+// Calls fn(begin, end) on disjoint chunks covering [0, n).
 template <class F>
 void parallel_for(int64_t n, int64_t grain, const F& fn) {
-  if (n <= 0) return;
-  const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(grain, 1));
-  const int64_t threads = std::min<int64_t>(get_num_threads(), max_chunks);
-  if (threads <= 1) {
-    fn(int64_t(0), n);
-    return;
-  }
-  const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::thread> workers;
-  workers.reserve(threads - 1);
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t begin = t * chunk;
-    const int64_t end = std::min(n, begin + chunk);
-    if (begin >= end) break;
-    workers.emplace_back([&fn, begin, end] { fn(begin, end); });
-  }
-  fn(int64_t(0), std::min(n, chunk));
-  for (auto& w : workers) w.join();
+  run_chunks(split_range(n, grain), [&fn](std::size_t, int64_t begin, int64_t end) { fn(begin, end); });
 }
 
 }  // namespace segpost

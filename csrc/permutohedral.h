@@ -3,10 +3,13 @@
 //
 // "Build once, filter many": construction hashes every simplex vertex once and
 // stores, per point, its d+1 vertex indices and barycentric weights (splat and
-// slice become a fixed sparse matrix), per vertex its splat contributions in
-// point order (a CSR transpose, so splatting is a deterministic gather), and
-// per vertex and lattice axis its two blur neighbours. Filtering then does no
-// hashing at all.
+// slice become a fixed sparse matrix) and, per vertex and lattice axis, its two
+// blur neighbours. Filtering then does no hashing at all.
+//
+// Determinism: vertex ids follow the order of first occurrence in point order
+// (per-chunk tables merged in chunk order), and splatting scatters a fixed,
+// thread-independent partition of the points into one buffer each, summed in
+// partition order. Results are bit-for-bit identical for any thread count.
 //
 // Vertex indices are stored shifted by +1 so that index 0 is an always-zero
 // row: a missing blur neighbour reads zeros and the blur is branch-free.
@@ -26,13 +29,18 @@ class PermutohedralLattice {
   static constexpr int kMaxDim = 64;
 
   // features: (num_points, dim) row-major, already divided by the bandwidths.
-  // Throws std::invalid_argument on bad sizes and std::overflow_error when the
+  // They are translated to start at zero first (in double precision), which
+  // makes the result invariant to translating all points. Throws
+  // std::invalid_argument on bad sizes and std::overflow_error when the
   // lattice keys would not fit in int32.
   PermutohedralLattice(const double* features, int64_t num_points, int dim);
+  PermutohedralLattice(const float* features, int64_t num_points, int dim);
 
   // values, out: (num_points, channels) row-major float32; `out` may not alias
   // `values`. transpose=true applies the exact adjoint (blur axes reversed).
-  void filter(const float* values, int64_t channels, float* out, bool transpose) const;
+  // A non-null `divisor` (num_points, positive) divides each output row.
+  void filter(const float* values, int64_t channels, float* out, bool transpose,
+              const float* divisor = nullptr) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }
@@ -43,6 +51,9 @@ class PermutohedralLattice {
   std::size_t filter_scratch_bytes(int64_t channels) const;
 
  private:
+  template <typename T>
+  void build(const T* features);
+
   int64_t num_points_;
   int dim_;
   int64_t num_vertices_ = 0;
@@ -50,10 +61,6 @@ class PermutohedralLattice {
   // corner of the point's enclosing simplex.
   std::vector<int32_t> corner_vertex_;
   std::vector<float> corner_weight_;
-  // CSR over vertices: entries [splat_start_[v], splat_start_[v+1]) are flat
-  // corner indices (point * (dim+1) + corner), in increasing point order.
-  std::vector<int64_t> splat_start_;
-  std::vector<int32_t> splat_corner_;
   // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
   // vertex along each lattice axis, 0 where the neighbour does not exist.
   std::vector<int32_t> blur_neighbour_;

@@ -14,17 +14,6 @@ __all__ = ["PermutohedralLattice", "MAX_LATTICE_DIM"]
 #: Largest feature dimension the lattice accepts.
 MAX_LATTICE_DIM: int = int(_C.max_lattice_dim)
 
-# Lattice keys are int32; keep elevated coordinates far from that limit
-# (the C++ side re-checks with the exact values).
-_KEY_LIMIT = 2.0**29
-
-
-def _lattice_scale(d: int) -> np.ndarray:
-    """Per-axis factors that make the lattice blur a unit-variance Gaussian."""
-    i = np.arange(d, dtype=np.float64)
-    return np.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt((i + 1.0) * (i + 2.0))
-
-
 class PermutohedralLattice:
     """A permutohedral lattice built once over a point set, then used to filter many signals.
 
@@ -42,7 +31,7 @@ class PermutohedralLattice:
         Any strides are accepted; the caller's array is never modified.
         Features are translated to start at zero (in float64) before they are
         rounded to the lattice, so the result is invariant to translating all
-        points.
+        points. float32 and float64 are read in place, without a copy.
 
     Attributes
     ----------
@@ -106,19 +95,20 @@ class PermutohedralLattice:
         if not 1 <= d <= MAX_LATTICE_DIM:
             raise ValueError(f"features dimension d must be between 1 and {MAX_LATTICE_DIM}, got d = {d}")
         check_finite(arr, "features")
-        # float64 and translated to the origin: a new array, the caller's stays untouched.
-        centred = arr.astype(np.float64, order="C", copy=True)
-        centred -= centred.min(axis=0)
-        extent = centred.max(axis=0) * _lattice_scale(d)
-        bound = float(extent.sum() + d * extent.max())
-        if not bound < _KEY_LIMIT:
-            raise ValueError(
-                f"features span too large a range for the lattice (scaled extent {bound:.3g} >= "
-                f"{_KEY_LIMIT:.3g}): features must be divided by their bandwidths; use larger bandwidths"
-            )
+        if arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float32)
         if n * (d + 1) >= 2**31 - 1:
             raise ValueError(f"too many points for one lattice: N * (d + 1) = {n * (d + 1)} must be below 2**31")
-        self._lattice = _C.PermutohedralLattice(centred)
+        # The C++ side translates the features to start at zero (in float64,
+        # without touching this array) and checks the int32 key range exactly.
+        try:
+            self._lattice = _C.PermutohedralLattice(np.ascontiguousarray(arr))
+        except OverflowError:
+            extent = float(np.max(arr.max(axis=0) - arr.min(axis=0)))
+            raise ValueError(
+                f"features span too large a range for the lattice's int32 keys (largest extent {extent:.3g} "
+                f"bandwidths): features must be divided by their bandwidths; use larger bandwidths"
+            ) from None
         self._norm = None  # filtered ones, computed on first normalised call
 
     @property
@@ -199,13 +189,12 @@ class PermutohedralLattice:
             raise ValueError("adjoint=True is defined for the unnormalised filter; use normalize=False")
         check_finite(arr, "values")
         matrix = np.ascontiguousarray(arr.reshape(n, -1), dtype=np.float32)
-        out = self._lattice.filter(matrix, bool(adjoint))
-        if normalize:
-            out /= self._filtered_ones()
+        divisor = self._filtered_ones() if normalize else None
+        out = self._lattice.filter(matrix, bool(adjoint), divisor)
         return like_input(out.reshape(arr.shape), was_torch)
 
     def _filtered_ones(self) -> np.ndarray:
-        """(N, 1) filtered constant one; strictly positive (each point weighs itself)."""
+        """(N,) filtered constant one; strictly positive (each point weighs itself)."""
         if self._norm is None:
-            self._norm = self._lattice.filter(np.ones((self.num_points, 1), np.float32), False)
+            self._norm = self._lattice.filter(np.ones((self.num_points, 1), np.float32), False)[:, 0].copy()
         return self._norm

@@ -257,7 +257,7 @@ def test_lattice_is_reusable_across_many_filters():
         (np.zeros((5, 2), np.complex64), TypeError, "floating"),
         (np.array([["a", "b"]]), TypeError, "floating"),
         (np.array([[0.0, 0.0], [1e12, 0.0]]), ValueError, "bandwidths"),
-        (np.array([[0.0], [3e8]]), ValueError, "too large a range"),
+        (np.array([[0.0], [1e9]]), ValueError, "too large a range"),
         ([[0.0, 1.0], [2.0]], TypeError, "numpy array or torch tensor"),
     ],
 )
@@ -268,7 +268,7 @@ def test_bad_features_raise(features, error, match):
 
 def test_largest_allowed_range_still_computes_correctly():
     # Just inside the key limit: two far-apart points must stay independent.
-    features = np.array([[0.0], [1e8]])
+    features = np.array([[0.0], [3e8]])
     out = PermutohedralLattice(features).filter(np.array([1.0, 5.0]), normalize=True)
     np.testing.assert_allclose(out, [1.0, 5.0])
 
@@ -301,3 +301,18 @@ def test_cuda_tensor_gets_a_clear_error():
     meta = torch.zeros((4, 2), device="meta")
     with pytest.raises(ValueError, match="meta tensor"):
         PermutohedralLattice(meta)
+
+
+@pytest.mark.parametrize("channels", [1, 7, 8, 9, 64, 65, 150])
+def test_wide_signals_equal_channel_by_channel_filtering(channels):
+    # Rows are padded to blocks of 8 and signals wider than 64 go through in
+    # blocks: every layout must give the same numbers as one channel at a time.
+    rng = np.random.default_rng(channels)
+    lattice_features = rng.uniform(0, 3, size=(500, 3))
+    lattice = PermutohedralLattice(lattice_features)
+    values = rng.normal(size=(500, channels)).astype(np.float32)
+    together = lattice.filter(values, normalize=True)
+    for k in (0, channels // 2, channels - 1):
+        np.testing.assert_allclose(together[:, k], lattice.filter(values[:, k], normalize=True), rtol=1e-6, atol=1e-6)
+    exact = exact_gaussian_filter(lattice_features, values, normalize=True)
+    assert np.abs(together - exact).mean() <= ERROR_BOUND[3][1] * (values.max() - values.min())

@@ -13,26 +13,39 @@
 
 #include "../parallel.h"
 
+// Hot loops get an AVX2/FMA clone picked at load time; the default clone keeps
+// the extension portable to any x86-64 CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__)
+#define SEGPOST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SEGPOST_MULTIVERSION
+#endif
+
 namespace segpost {
 
 namespace {
 
 // Grain sizes: below these a loop stays on the calling thread.
-constexpr int64_t kPointGrain = 2048;
+constexpr int64_t kPointGrain = 4096;
 constexpr int64_t kVertexGrain = 1024;
+// Splat partitions: points are cut into a fixed number of contiguous
+// partitions (never more than kMaxPartitions, and never depending on the
+// thread count), each scattered into its own buffer, then summed in order.
+constexpr int64_t kMaxPartitions = 4;
+constexpr int64_t kPartitionBytes = int64_t(64) << 20;
+// Channels are processed in blocks padded to a multiple of 8 floats (one AVX
+// register) that fit on the stack.
+constexpr int64_t kMaxStackChannels = 64;
 
 // Open-addressing hash table from d-dimensional integer keys (the last lattice
-// coordinate is implied by the zero sum) to dense vertex ids in insertion
-// order. Sequential inserts in point order make the numbering independent of
-// the thread count.
+// coordinate is implied by the zero sum) to dense ids in insertion order.
 class KeyTable {
  public:
   KeyTable(int key_size, int64_t expected) : key_size_(key_size) {
-    std::size_t capacity = 1024;
+    std::size_t capacity = 256;
     while (capacity < static_cast<std::size_t>(expected) * 2) capacity <<= 1;
     slots_.assign(capacity, -1);
     mask_ = capacity - 1;
-    keys_.reserve(static_cast<std::size_t>(expected) * key_size);
   }
 
   int64_t size() const { return size_; }
@@ -67,13 +80,16 @@ class KeyTable {
   const int32_t* key(int64_t id) const { return keys_.data() + id * key_size_; }
 
  private:
+  // Polynomial hash of the coordinates, then MurmurHash3's 64-bit finaliser
+  // so that linear probing sees well-spread slots.
   std::size_t hash(const int32_t* key) const {
-    uint64_t h = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < key_size_; ++i) {
-      h ^= static_cast<uint32_t>(key[i]);
-      h *= 0xBF58476D1CE4E5B9ull;
-      h ^= h >> 31;
-    }
+    uint64_t h = 0;
+    for (int i = 0; i < key_size_; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 33;
     return static_cast<std::size_t>(h);
   }
 
@@ -103,128 +119,286 @@ class KeyTable {
   std::vector<int32_t> keys_;
 };
 
+// ---------------------------------------------------------------- construction
+
+// Enclosing simplex of one point. `position` holds the d coordinates already
+// translated and scaled. Writes the nearest zero-coloured lattice point
+// `rem0` (d+1), the `rank` of each remainder (d+1) and the barycentric
+// weights `bary` (d+2; the first d+1 are used). Returns false when a
+// coordinate is beyond the int32 key range.
+SEGPOST_MULTIVERSION
+bool find_simplex(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
+  const int d1 = d + 1;
+  const double down = 1.0 / d1;
+  // Keys must stay well inside int32 (neighbour keys add +-d).
+  const double key_limit = static_cast<double>(1 << 30);
+  double elevated[PermutohedralLattice::kMaxDim + 1];
+  double running = 0.0;
+  for (int j = d; j > 0; --j) {
+    const double cf = position[j - 1];
+    elevated[j] = running - j * cf;
+    running += cf;
+  }
+  elevated[0] = running;
+  bool in_range = true;
+  for (int i = 0; i <= d; ++i) in_range &= std::fabs(elevated[i]) < key_limit;
+  if (!in_range) return false;
+
+  int sum = 0;
+  for (int i = 0; i <= d; ++i) {
+    const double v = elevated[i] * down;
+    double lo = static_cast<double>(static_cast<int64_t>(v));  // floor without a libm call
+    if (lo > v) lo -= 1.0;
+    // Nearest multiple of d+1: lo or lo + 1 (times d+1); ties go down.
+    const int32_t k = static_cast<int32_t>(lo) + ((v - lo) > 0.5 ? 1 : 0);
+    rem0[i] = k * d1;
+    sum += k;
+    rank[i] = 0;
+  }
+  // Rank the remainders, larger first; ties broken by index.
+  // Branch-free: the comparisons are data-dependent and mispredict badly.
+  double remainder[PermutohedralLattice::kMaxDim + 1];
+  for (int i = 0; i <= d; ++i) remainder[i] = elevated[i] - rem0[i];
+  for (int i = 0; i < d; ++i) {
+    for (int j = i + 1; j <= d; ++j) {
+      const int smaller = remainder[i] < remainder[j];
+      rank[i] += smaller;
+      rank[j] += 1 - smaller;
+    }
+  }
+  // The nearest zero-coloured point may lie off the hyperplane by `sum`
+  // steps; move the coordinates with the largest/smallest remainders.
+  if (sum > 0) {
+    for (int i = 0; i <= d; ++i) {
+      if (rank[i] >= d1 - sum) {
+        rem0[i] -= d1;
+        rank[i] += sum - d1;
+      } else {
+        rank[i] += sum;
+      }
+    }
+  } else if (sum < 0) {
+    for (int i = 0; i <= d; ++i) {
+      if (rank[i] < -sum) {
+        rem0[i] += d1;
+        rank[i] += d1 + sum;
+      } else {
+        rank[i] += sum;
+      }
+    }
+  }
+  for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
+  for (int i = 0; i <= d; ++i) {
+    const double delta = (elevated[i] - rem0[i]) * down;
+    bary[d - rank[i]] += delta;
+    bary[d + 1 - rank[i]] -= delta;
+  }
+  bary[0] += 1.0 + bary[d + 1];
+  return true;
+}
+
+// ---------------------------------------------------------------- filter kernels
+// Vertex rows are padded to a multiple of 8 floats and processed as blocks of
+// 8 with GCC vector extensions: one AVX register in the x86-64-v3 clone, two
+// SSE registers in the default one.
+
+typedef float Block __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline Block load_block(const float* p) {
+  Block b;
+  __builtin_memcpy(&b, p, sizeof(Block));
+  return b;
+}
+
+__attribute__((always_inline)) inline void store_block(float* p, Block b) { __builtin_memcpy(p, &b, sizeof(Block)); }
+
+// Scatter points [begin, end) into `buffer` (rows of `blocks` * 8 floats):
+// each values row is read once, sequentially.
+SEGPOST_MULTIVERSION
+void splat_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks, const int32_t* corner_vertex,
+                  const float* corner_weight, const float* values, float* buffer) {
+  Block row[kMaxStackChannels / 8];
+  const int64_t full = c / 8;
+  const int64_t stride = blocks * 8;
+  for (int64_t p = begin; p < end; ++p) {
+    const float* src = values + p * c;
+    for (int64_t b = 0; b < full; ++b) row[b] = load_block(src + 8 * b);
+    if (full < blocks) {
+      float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t k = 8 * full; k < c; ++k) tail[k - 8 * full] = src[k];
+      row[full] = load_block(tail);
+    }
+    for (int r = 0; r < d1; ++r) {
+      const float w = corner_weight[p * d1 + r];
+      float* dst = buffer + static_cast<int64_t>(corner_vertex[p * d1 + r]) * stride;
+      for (int64_t b = 0; b < blocks; ++b) store_block(dst + 8 * b, load_block(dst + 8 * b) + w * row[b]);
+    }
+  }
+}
+
+// buffers[0] += buffers[1] + ... + buffers[n-1], rows [begin, end), in a fixed order.
+SEGPOST_MULTIVERSION
+void reduce_rows(int64_t begin, int64_t end, int64_t blocks, float* const* buffers, int64_t n) {
+  float* dst = buffers[0];
+  for (int64_t i = begin * blocks; i < end * blocks; ++i) {
+    Block sum = load_block(dst + 8 * i);
+    for (int64_t b = 1; b < n; ++b) sum += load_block(buffers[b] + 8 * i);
+    store_block(dst + 8 * i, sum);
+  }
+}
+
+SEGPOST_MULTIVERSION
+void blur_vertices(int64_t begin, int64_t end, int64_t blocks, const int32_t* neighbour, const float* current,
+                   float* next) {
+  const int64_t stride = blocks * 8;
+  for (int64_t v = begin; v < end; ++v) {
+    const float* self = current + (v + 1) * stride;
+    const float* lo = current + static_cast<int64_t>(neighbour[2 * v]) * stride;
+    const float* hi = current + static_cast<int64_t>(neighbour[2 * v + 1]) * stride;
+    float* dst = next + (v + 1) * stride;
+    for (int64_t b = 0; b < blocks; ++b)
+      store_block(dst + 8 * b, load_block(self + 8 * b) + 0.5f * (load_block(lo + 8 * b) + load_block(hi + 8 * b)));
+  }
+}
+
+SEGPOST_MULTIVERSION
+void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks, float alpha,
+                  const int32_t* corner_vertex, const float* corner_weight, const float* buffer,
+                  const float* divisor, float* out) {
+  Block acc[kMaxStackChannels / 8];
+  const int64_t full = c / 8;
+  const int64_t stride = blocks * 8;
+  for (int64_t p = begin; p < end; ++p) {
+    for (int64_t b = 0; b < blocks; ++b) acc[b] = Block{};
+    const float scale = divisor ? alpha / divisor[p] : alpha;
+    for (int r = 0; r < d1; ++r) {
+      const float w = scale * corner_weight[p * d1 + r];
+      const float* src = buffer + static_cast<int64_t>(corner_vertex[p * d1 + r]) * stride;
+      for (int64_t b = 0; b < blocks; ++b) acc[b] += w * load_block(src + 8 * b);
+    }
+    float* dst = out + p * c;
+    for (int64_t b = 0; b < full; ++b) store_block(dst + 8 * b, acc[b]);
+    if (full < blocks) {
+      float tail[8];
+      store_block(tail, acc[full]);
+      for (int64_t k = 8 * full; k < c; ++k) dst[k] = tail[k - 8 * full];
+    }
+  }
+}
+
 }  // namespace
 
 PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim)
     : num_points_(num_points), dim_(dim) {
+  build(features);
+}
+
+PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim)
+    : num_points_(num_points), dim_(dim) {
+  build(features);
+}
+
+template <typename T>
+void PermutohedralLattice::build(const T* features) {
+  const int64_t num_points = num_points_;
+  const int d = dim_;
   if (num_points < 1) throw std::invalid_argument("permutohedral lattice: need at least one point");
-  if (dim < 1 || dim > kMaxDim)
-    throw std::invalid_argument("permutohedral lattice: dim must be in [1, " +
-                                std::to_string(kMaxDim) + "], got " + std::to_string(dim));
-  const int d = dim;
+  if (d < 1 || d > kMaxDim)
+    throw std::invalid_argument("permutohedral lattice: dim must be in [1, " + std::to_string(kMaxDim) +
+                                "], got " + std::to_string(d));
   const int d1 = d + 1;
   if (num_points > (std::numeric_limits<int32_t>::max() - 1) / d1)
     throw std::length_error("permutohedral lattice: num_points * (dim + 1) must fit in int32");
 
-  const std::size_t corners = static_cast<std::size_t>(num_points) * d1;
-  corner_weight_.resize(corners);
-  // Per corner: the nearest zero-coloured coordinate and the rank of the
-  // remainder; together they give the vertex keys in the sequential pass.
-  std::vector<int32_t> rem0(corners);
-  std::vector<int32_t> rank(corners);
+  const std::vector<Range> chunks = split_range(num_points, kPointGrain);
+  const std::size_t num_chunks = chunks.size();
+
+  // Per-axis minimum (exact whatever the chunking), so that features start at zero.
+  std::vector<double> origin(static_cast<std::size_t>(d) * num_chunks);
+  run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
+    double* lo = origin.data() + chunk * d;
+    for (int i = 0; i < d; ++i) lo[i] = static_cast<double>(features[begin * d + i]);
+    for (int64_t p = begin; p < end; ++p)
+      for (int i = 0; i < d; ++i) lo[i] = std::min(lo[i], static_cast<double>(features[p * d + i]));
+  });
+  for (std::size_t chunk = 1; chunk < num_chunks; ++chunk)
+    for (int i = 0; i < d; ++i) origin[i] = std::min(origin[i], origin[chunk * d + i]);
 
   // Scaling that makes the lattice blur a unit-variance Gaussian.
   std::vector<double> scale(d);
   const double inv_std_dev = std::sqrt(2.0 / 3.0) * d1;
   for (int i = 0; i < d; ++i) scale[i] = inv_std_dev / std::sqrt((i + 1.0) * (i + 2.0));
 
-  // Keys must stay well inside int32 (neighbour keys add +-d).
-  const double key_limit = static_cast<double>(1 << 30);
+  const std::size_t corners = static_cast<std::size_t>(num_points) * d1;
+  corner_weight_.resize(corners);
+  corner_vertex_.resize(corners);
+
   std::atomic<bool> overflow{false};
 
-  parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
-    double elevated[kMaxDim + 1];
+  // Pass 1, parallel over point chunks: simplex, weights, and vertex keys
+  // hashed into a table per chunk (local ids in corner_vertex_ for now).
+  std::vector<KeyTable> local_tables;
+  local_tables.reserve(num_chunks);
+  for (const Range& r : chunks) local_tables.emplace_back(d, (r.end - r.begin) / 4 + 64);
+  run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
+    KeyTable& table = local_tables[chunk];
+    double position[kMaxDim];
     double bary[kMaxDim + 2];
-    bool local_overflow = false;
-    for (int64_t p = begin; p < end; ++p) {
-      const double* f = features + p * d;
-      double running = 0.0;
-      for (int j = d; j > 0; --j) {
-        const double cf = f[j - 1] * scale[j - 1];
-        elevated[j] = running - j * cf;
-        running += cf;
-      }
-      elevated[0] = running;
-
-      int32_t* r0 = rem0.data() + p * d1;
-      int32_t* rk = rank.data() + p * d1;
-      int sum = 0;
-      for (int i = 0; i <= d; ++i) {
-        if (!(std::fabs(elevated[i]) < key_limit)) local_overflow = true;
-        const double v = elevated[i] / d1;
-        const double up = std::ceil(v) * d1;
-        const double down = std::floor(v) * d1;
-        const double nearest = (up - elevated[i] < elevated[i] - down) ? up : down;
-        r0[i] = local_overflow ? 0 : static_cast<int32_t>(nearest);
-        sum += local_overflow ? 0 : static_cast<int>(nearest / d1);
-        rk[i] = 0;
-      }
-      if (local_overflow) continue;  // reported after the loop
-      // Rank the remainders, larger first; ties broken by index.
-      for (int i = 0; i < d; ++i) {
-        const double di = elevated[i] - r0[i];
-        for (int j = i + 1; j <= d; ++j) {
-          if (di < elevated[j] - r0[j]) ++rk[i];
-          else ++rk[j];
-        }
-      }
-      // The nearest zero-coloured point may lie off the hyperplane by `sum`
-      // steps; move the coordinates with the largest/smallest remainders.
-      if (sum > 0) {
-        for (int i = 0; i <= d; ++i) {
-          if (rk[i] >= d1 - sum) {
-            r0[i] -= d1;
-            rk[i] += sum - d1;
-          } else {
-            rk[i] += sum;
-          }
-        }
-      } else if (sum < 0) {
-        for (int i = 0; i <= d; ++i) {
-          if (rk[i] < -sum) {
-            r0[i] += d1;
-            rk[i] += d1 + sum;
-          } else {
-            rk[i] += sum;
-          }
-        }
-      }
-      for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
-      for (int i = 0; i <= d; ++i) {
-        const double delta = (elevated[i] - r0[i]) / d1;
-        bary[d - rk[i]] += delta;
-        bary[d + 1 - rk[i]] -= delta;
-      }
-      bary[0] += 1.0 + bary[d + 1];
-      float* w = corner_weight_.data() + p * d1;
-      for (int r = 0; r <= d; ++r) w[r] = static_cast<float>(bary[r]);
-    }
-    if (local_overflow) overflow.store(true);
-  });
-  if (overflow)
-    throw std::overflow_error(
-        "permutohedral lattice: features span too large a range for int32 lattice keys");
-
-  // Sequential hashing in point order: deterministic vertex numbering.
-  KeyTable table(d, num_points * 2);
-  corner_vertex_.resize(corners);
-  {
+    int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];
+    int32_t previous_rem0[kMaxDim + 1], previous_rank[kMaxDim + 1];
     int32_t key[kMaxDim];
-    for (int64_t p = 0; p < num_points; ++p) {
-      const int32_t* r0 = rem0.data() + p * d1;
-      const int32_t* rk = rank.data() + p * d1;
-      for (int r = 0; r <= d; ++r) {
-        for (int i = 0; i < d; ++i) key[i] = r0[i] + r - (rk[i] > d - r ? d1 : 0);
-        corner_vertex_[p * d1 + r] = table.insert(key) + 1;
+    bool have_previous = false;
+    for (int64_t p = begin; p < end; ++p) {
+      const T* f = features + p * d;
+      for (int i = 0; i < d; ++i) position[i] = (static_cast<double>(f[i]) - origin[i]) * scale[i];
+      float* weight = corner_weight_.data() + p * d1;
+      int32_t* vertex = corner_vertex_.data() + p * d1;
+      if (!find_simplex(position, d, rem0, rank, bary)) {  // reported after the loop
+        overflow.store(true);
+        for (int r = 0; r <= d; ++r) weight[r] = 0.0f, vertex[r] = 0;
+        have_previous = false;
+        continue;
       }
+      for (int r = 0; r <= d; ++r) weight[r] = static_cast<float>(bary[r]);
+      // Neighbouring points (pixels in raster order) often share a simplex:
+      // then the vertex ids are the previous point's, with no hashing.
+      bool same = have_previous;
+      for (int i = 0; same && i <= d; ++i) same = rem0[i] == previous_rem0[i] && rank[i] == previous_rank[i];
+      if (same) {
+        for (int r = 0; r <= d; ++r) vertex[r] = vertex[r - d1];
+        continue;
+      }
+      for (int r = 0; r <= d; ++r) {
+        for (int i = 0; i < d; ++i) key[i] = rem0[i] + r - (rank[i] > d - r ? d1 : 0);
+        vertex[r] = table.insert(key);
+      }
+      for (int i = 0; i <= d; ++i) previous_rem0[i] = rem0[i], previous_rank[i] = rank[i];
+      have_previous = true;
     }
+  });
+  if (overflow.load())
+    throw std::overflow_error("permutohedral lattice: features span too large a range for int32 lattice keys");
+
+  // Merge the chunk tables in chunk order. Each chunk lists its keys in order
+  // of first occurrence, so the global ids equal those of one sequential pass
+  // in point order: the numbering does not depend on the thread count.
+  KeyTable table(d, local_tables[0].size() + 64);
+  std::vector<std::vector<int32_t>> to_global(num_chunks);
+  for (std::size_t chunk = 0; chunk < num_chunks; ++chunk) {
+    const KeyTable& local = local_tables[chunk];
+    to_global[chunk].resize(local.size());
+    for (int64_t id = 0; id < local.size(); ++id) to_global[chunk][id] = table.insert(local.key(id)) + 1;
   }
+  local_tables.clear();
+  run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
+    const int32_t* map = to_global[chunk].data();
+    for (std::size_t c = begin * d1; c < static_cast<std::size_t>(end) * d1; ++c)
+      corner_vertex_[c] = map[corner_vertex_[c]];
+  });
   num_vertices_ = table.size();
-  std::vector<int32_t>().swap(rem0);
-  std::vector<int32_t>().swap(rank);
+  const int64_t m = num_vertices_;
 
   // Blur neighbours: read-only lookups, parallel over vertices.
-  const int64_t m = num_vertices_;
   blur_neighbour_.assign(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     int32_t lo[kMaxDim], hi[kMaxDim];
@@ -245,81 +419,88 @@ PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_p
       }
     }
   });
-
-  // CSR transpose of the corner -> vertex map (counting sort, stable in point order).
-  splat_start_.assign(m + 1, 0);
-  for (std::size_t c = 0; c < corners; ++c) ++splat_start_[corner_vertex_[c]];
-  for (int64_t v = 0; v < m; ++v) splat_start_[v + 1] += splat_start_[v];
-  splat_corner_.resize(corners);
-  {
-    std::vector<int64_t> cursor(splat_start_.begin(), splat_start_.end() - 1);
-    for (std::size_t c = 0; c < corners; ++c)
-      splat_corner_[cursor[corner_vertex_[c] - 1]++] = static_cast<int32_t>(c);
-  }
 }
 
-void PermutohedralLattice::filter(const float* values, int64_t channels, float* out,
-                                  bool transpose) const {
+void PermutohedralLattice::filter(const float* values, int64_t channels, float* out, bool transpose,
+                                  const float* divisor) const {
+  // Wide signals go through in blocks of channels so that a row fits on the stack.
+  if (channels > kMaxStackChannels) {
+    const int64_t n = num_points_;
+    std::vector<float> in_block(static_cast<std::size_t>(n) * kMaxStackChannels);
+    std::vector<float> out_block(in_block.size());
+    for (int64_t first = 0; first < channels; first += kMaxStackChannels) {
+      const int64_t width = std::min(kMaxStackChannels, channels - first);
+      for (int64_t p = 0; p < n; ++p)
+        std::copy(values + p * channels + first, values + p * channels + first + width,
+                  in_block.begin() + p * width);
+      filter(in_block.data(), width, out_block.data(), transpose, divisor);
+      for (int64_t p = 0; p < n; ++p)
+        std::copy(out_block.begin() + p * width, out_block.begin() + (p + 1) * width, out + p * channels + first);
+    }
+    return;
+  }
   const int d = dim_;
   const int d1 = d + 1;
   const int64_t m = num_vertices_;
   const int64_t c = channels;
-  // Row 0 of each buffer stays zero: it is what missing neighbours read.
-  std::vector<float> current(static_cast<std::size_t>(m + 1) * c, 0.0f);
-  std::vector<float> next(static_cast<std::size_t>(m + 1) * c, 0.0f);
+  const int64_t blocks = (c + 7) / 8;
+  const int64_t stride = blocks * 8;
+  const std::size_t rows = static_cast<std::size_t>(m + 1) * stride;
 
-  // Splat: gather each vertex's weighted contributions in point order.
-  parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      float* dst = current.data() + (v + 1) * c;
-      for (int64_t e = splat_start_[v]; e < splat_start_[v + 1]; ++e) {
-        const int32_t corner = splat_corner_[e];
-        const float w = corner_weight_[corner];
-        const float* src = values + static_cast<int64_t>(corner / d1) * c;
-        for (int64_t k = 0; k < c; ++k) dst[k] += w * src[k];
-      }
-    }
+  // Splat. Row 0 of every buffer stays zero: it is what missing neighbours read.
+  const int64_t partitions = std::max<int64_t>(
+      1, std::min({kMaxPartitions, kPartitionBytes / static_cast<int64_t>(rows * sizeof(float) + 1),
+                   num_points_ / kPointGrain}));
+  std::vector<std::vector<float>> buffers(std::max<int64_t>(partitions, 2));
+  std::vector<float*> parts(partitions);
+  for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].assign(rows, 0.0f);
+  for (int64_t b = 0; b < partitions; ++b) parts[b] = buffers[b].data();
+  parallel_for(partitions, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      splat_points(num_points_ * b / partitions, num_points_ * (b + 1) / partitions, d1, c, blocks,
+                   corner_vertex_.data(), corner_weight_.data(), values, parts[b]);
   });
+  if (partitions > 1) {
+    parallel_for(m + 1, kVertexGrain, [&](int64_t begin, int64_t end) {
+      reduce_rows(begin, end, blocks, parts.data(), partitions);
+    });
+  }
+  float* current = buffers[0].data();
+  float* next = buffers[1].data();
+  std::fill(next, next + stride, 0.0f);
 
   // Blur with [1/2, 1, 1/2] along each lattice axis; reversed order is the adjoint.
   for (int step = 0; step <= d; ++step) {
     const int axis = transpose ? d - step : step;
-    const int32_t* nbr = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
+    const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
     parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t v = begin; v < end; ++v) {
-        const float* self = current.data() + (v + 1) * c;
-        const float* lo = current.data() + static_cast<int64_t>(nbr[2 * v]) * c;
-        const float* hi = current.data() + static_cast<int64_t>(nbr[2 * v + 1]) * c;
-        float* dst = next.data() + (v + 1) * c;
-        for (int64_t k = 0; k < c; ++k) dst[k] = self[k] + 0.5f * (lo[k] + hi[k]);
-      }
+      blur_vertices(begin, end, blocks, neighbour, current, next);
     });
-    current.swap(next);
+    std::swap(current, next);
   }
 
   // Slice: barycentric interpolation, scaled by the lattice's constant.
   const float alpha = static_cast<float>(1.0 / (1.0 + std::pow(2.0, -d)));
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float* dst = out + p * c;
-      for (int64_t k = 0; k < c; ++k) dst[k] = 0.0f;
-      for (int r = 0; r < d1; ++r) {
-        const float w = alpha * corner_weight_[p * d1 + r];
-        const float* src = current.data() + static_cast<int64_t>(corner_vertex_[p * d1 + r]) * c;
-        for (int64_t k = 0; k < c; ++k) dst[k] += w * src[k];
-      }
-    }
+    slice_points(begin, end, d1, c, blocks, alpha, corner_vertex_.data(), corner_weight_.data(), current, divisor,
+                 out);
   });
 }
 
 std::size_t PermutohedralLattice::nbytes() const {
   return corner_vertex_.size() * sizeof(int32_t) + corner_weight_.size() * sizeof(float) +
-         splat_start_.size() * sizeof(int64_t) + splat_corner_.size() * sizeof(int32_t) +
          blur_neighbour_.size() * sizeof(int32_t);
 }
 
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
-  return 2 * static_cast<std::size_t>(num_vertices_ + 1) * channels * sizeof(float);
+  const int64_t c = std::min(channels, kMaxStackChannels);
+  const std::size_t rows = static_cast<std::size_t>(num_vertices_ + 1) * ((c + 7) / 8 * 8);
+  const int64_t partitions = std::max<int64_t>(
+      1, std::min({kMaxPartitions, kPartitionBytes / static_cast<int64_t>(rows * sizeof(float) + 1),
+                   num_points_ / kPointGrain}));
+  std::size_t bytes = std::max<int64_t>(partitions, 2) * rows * sizeof(float);
+  if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
+  return bytes;
 }
 
 }  // namespace segpost
