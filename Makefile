@@ -4,7 +4,8 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 CONSTRAINTS = constraints.txt
-STAMP = .install-stamp
+# The stamp lives in the environment it describes: a new virtualenv reinstalls.
+STAMP := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/.segpost-install-stamp
 
 .PHONY: install install-test demo test bench clean
 

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "mean_field.h"
 #include "parallel.h"
 #include "permutohedral.h"
 
@@ -36,24 +37,130 @@ std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::arr
 }
 
 FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values, bool transpose,
-                  std::optional<FloatArray> divisor) {
+                  std::optional<FloatArray> pre_scale, std::optional<FloatArray> post_scale) {
   if (values.ndim() != 2) throw std::invalid_argument("values must be 2-D (N, C)");
   if (values.shape(0) != lattice.num_points())
     throw std::invalid_argument("values must have one row per lattice point");
   if (values.shape(1) < 1) throw std::invalid_argument("values must have at least one channel");
-  if (divisor && (divisor->ndim() != 1 || divisor->shape(0) != lattice.num_points()))
-    throw std::invalid_argument("divisor must be 1-D with one entry per lattice point");
+  for (const auto* scale : {&pre_scale, &post_scale})
+    if (*scale && ((*scale)->ndim() != 1 || (*scale)->shape(0) != lattice.num_points()))
+      throw std::invalid_argument("row scales must be 1-D with one entry per lattice point");
   const int64_t channels = values.shape(1);
   FloatArray out({static_cast<py::ssize_t>(lattice.num_points()), static_cast<py::ssize_t>(channels)});
   const float* in_ptr = values.data();
-  const float* divisor_ptr = divisor ? divisor->data() : nullptr;
+  const float* pre_ptr = pre_scale ? pre_scale->data() : nullptr;
+  const float* post_ptr = post_scale ? post_scale->data() : nullptr;
   float* out_ptr = out.mutable_data();
   {
     py::gil_scoped_release release;
-    lattice.filter(in_ptr, channels, out_ptr, transpose, divisor_ptr);
+    lattice.filter(in_ptr, channels, out_ptr, transpose, pre_ptr, post_ptr);
   }
   return out;
 }
+
+// A CRF's pairwise terms as the mean-field kernel sees them. Holds references
+// to its lattices (Python objects, kept alive) and padded copies of the
+// compatibilities and normalisation scales.
+class MeanFieldModel {
+ public:
+  MeanFieldModel(int64_t num_points, int64_t num_labels) : n_(num_points), labels_(num_labels) {
+    if (num_points < 1 || num_labels < 1) throw std::invalid_argument("need at least one point and one label");
+  }
+
+  void add_term(py::object lattice_obj, std::optional<FloatArray> pre, std::optional<FloatArray> post, int kind,
+                float potts, std::optional<FloatArray> compat) {
+    const auto& lattice = lattice_obj.cast<const PermutohedralLattice&>();
+    if (lattice.num_points() != n_) throw std::invalid_argument("lattice has the wrong number of points");
+    Term term;
+    term.lattice = lattice_obj;
+    term.kind = static_cast<segpost::Compatibility>(kind);
+    term.potts = potts;
+    for (auto [src, dst] : {std::make_pair(&pre, &term.pre), std::make_pair(&post, &term.post)}) {
+      if (!*src) continue;
+      if ((*src)->ndim() != 1 || (*src)->shape(0) != n_) throw std::invalid_argument("scales must be (N,)");
+      dst->assign((*src)->data(), (*src)->data() + n_);
+    }
+    const int64_t padded = (labels_ + 7) / 8 * 8;
+    if (kind == 1) {
+      if (!compat || compat->ndim() != 1 || compat->shape(0) != labels_)
+        throw std::invalid_argument("diagonal compatibility must be (L,)");
+      term.compat.assign(padded, 0.0f);
+      std::copy(compat->data(), compat->data() + labels_, term.compat.begin());
+    } else if (kind == 2) {
+      if (!compat || compat->ndim() != 2 || compat->shape(0) != labels_ || compat->shape(1) != labels_)
+        throw std::invalid_argument("matrix compatibility must be (L, L)");
+      // Column j of M as a padded row: the kernel walks columns.
+      term.compat.assign(labels_ * padded, 0.0f);
+      const float* m = compat->data();
+      for (int64_t i = 0; i < labels_; ++i)
+        for (int64_t j = 0; j < labels_; ++j) term.compat[j * padded + i] = m[i * labels_ + j];
+    } else if (kind != 0) {
+      throw std::invalid_argument("unknown compatibility kind");
+    }
+    terms_.push_back(std::move(term));
+  }
+
+  FloatArray initial(const FloatArray& unary) const {
+    check(unary, "unary");
+    FloatArray q({n_, labels_});
+    const float* u = unary.data();
+    float* out = q.mutable_data();
+    py::gil_scoped_release release;
+    segpost::softmax_of_negated(u, n_, labels_, out);
+    return q;
+  }
+
+  FloatArray run(const FloatArray& unary, const FloatArray& q_in, int iterations) const {
+    check(unary, "unary");
+    check(q_in, "q");
+    if (iterations < 0) throw std::invalid_argument("iterations must be >= 0");
+    FloatArray q({n_, labels_});
+    std::copy(q_in.data(), q_in.data() + n_ * labels_, q.mutable_data());
+    const float* u = unary.data();
+    float* out = q.mutable_data();
+    const auto terms = view();
+    py::gil_scoped_release release;
+    segpost::mean_field(u, n_, labels_, terms, iterations, out);
+    return q;
+  }
+
+  FloatArray messages(const FloatArray& q) const {
+    check(q, "q");
+    FloatArray out({n_, labels_});
+    const float* q_ptr = q.data();
+    float* out_ptr = out.mutable_data();
+    const auto terms = view();
+    py::gil_scoped_release release;
+    segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr);
+    return out;
+  }
+
+ private:
+  struct Term {
+    py::object lattice;
+    segpost::Compatibility kind;
+    float potts;
+    std::vector<float> pre, post, compat;
+  };
+
+  void check(const FloatArray& a, const char* name) const {
+    if (a.ndim() != 2 || a.shape(0) != n_ || a.shape(1) != labels_)
+      throw std::invalid_argument(std::string(name) + " must be (N, L) float32");
+  }
+
+  std::vector<segpost::PairwiseTerm> view() const {
+    std::vector<segpost::PairwiseTerm> out;
+    for (const Term& t : terms_) {
+      out.push_back({&t.lattice.cast<const PermutohedralLattice&>(), t.pre.empty() ? nullptr : t.pre.data(),
+                     t.post.empty() ? nullptr : t.post.data(), t.kind, t.potts,
+                     t.compat.empty() ? nullptr : t.compat.data()});
+    }
+    return out;
+  }
+
+  py::ssize_t n_, labels_;
+  std::vector<Term> terms_;
+};
 
 }  // namespace
 
@@ -66,11 +173,20 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PermutohedralLattice>(m, "PermutohedralLattice")
       .def(py::init(&build_lattice<float>), py::arg("features"))
       .def(py::init(&build_lattice<double>), py::arg("features"))
-      .def("filter", &filter, py::arg("values"), py::arg("transpose") = false, py::arg("divisor") = py::none())
+      .def("filter", &filter, py::arg("values"), py::arg("transpose") = false, py::arg("pre_scale") = py::none(),
+           py::arg("post_scale") = py::none())
       .def_property_readonly("num_points", &PermutohedralLattice::num_points)
       .def_property_readonly("dim", &PermutohedralLattice::dim)
       .def_property_readonly("num_vertices", &PermutohedralLattice::num_vertices)
       .def_property_readonly("nbytes", &PermutohedralLattice::nbytes)
       .def("filter_scratch_bytes", &PermutohedralLattice::filter_scratch_bytes,
            py::arg("channels"));
+
+  py::class_<MeanFieldModel>(m, "MeanFieldModel")
+      .def(py::init<int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"))
+      .def("add_term", &MeanFieldModel::add_term, py::arg("lattice"), py::arg("pre_scale"), py::arg("post_scale"),
+           py::arg("kind"), py::arg("potts"), py::arg("compat"))
+      .def("initial", &MeanFieldModel::initial, py::arg("unary"))
+      .def("run", &MeanFieldModel::run, py::arg("unary"), py::arg("q"), py::arg("iterations"))
+      .def("messages", &MeanFieldModel::messages, py::arg("q"));
 }

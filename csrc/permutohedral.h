@@ -38,9 +38,10 @@ class PermutohedralLattice {
 
   // values, out: (num_points, channels) row-major float32; `out` may not alias
   // `values`. transpose=true applies the exact adjoint (blur axes reversed).
-  // A non-null `divisor` (num_points, positive) divides each output row.
+  // Non-null `pre_scale` / `post_scale` (num_points) multiply each input row
+  // before splatting / each output row after slicing (kernel normalisations).
   void filter(const float* values, int64_t channels, float* out, bool transpose,
-              const float* divisor = nullptr) const;
+              const float* pre_scale = nullptr, const float* post_scale = nullptr) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }

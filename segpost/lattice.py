@@ -189,12 +189,13 @@ class PermutohedralLattice:
             raise ValueError("adjoint=True is defined for the unnormalised filter; use normalize=False")
         check_finite(arr, "values")
         matrix = np.ascontiguousarray(arr.reshape(n, -1), dtype=np.float32)
-        divisor = self._filtered_ones() if normalize else None
-        out = self._lattice.filter(matrix, bool(adjoint), divisor)
+        post_scale = self._inverse_filtered_ones() if normalize else None
+        out = self._lattice.filter(matrix, bool(adjoint), None, post_scale)
         return like_input(out.reshape(arr.shape), was_torch)
 
-    def _filtered_ones(self) -> np.ndarray:
-        """(N,) filtered constant one; strictly positive (each point weighs itself)."""
+    def _inverse_filtered_ones(self) -> np.ndarray:
+        """(N,) 1 / (filtered constant one); finite, since each point weighs itself."""
         if self._norm is None:
-            self._norm = self._lattice.filter(np.ones((self.num_points, 1), np.float32), False)[:, 0].copy()
+            ones = self._lattice.filter(np.ones((self.num_points, 1), np.float32), False)[:, 0]
+            self._norm = (1.0 / ones).astype(np.float32)
         return self._norm

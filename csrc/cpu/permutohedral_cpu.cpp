@@ -12,14 +12,8 @@
 #include <string>
 
 #include "../parallel.h"
+#include "simd.h"
 
-// Hot loops get an AVX2/FMA clone picked at load time; the default clone keeps
-// the extension portable to any x86-64 CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__)
-#define SEGPOST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SEGPOST_MULTIVERSION
-#endif
 
 namespace segpost {
 
@@ -198,40 +192,32 @@ bool find_simplex(const double* position, int d, int32_t* rem0, int32_t* rank, d
 }
 
 // ---------------------------------------------------------------- filter kernels
-// Vertex rows are padded to a multiple of 8 floats and processed as blocks of
-// 8 with GCC vector extensions: one AVX register in the x86-64-v3 clone, two
-// SSE registers in the default one.
-
-typedef float Block __attribute__((vector_size(32)));
-
-__attribute__((always_inline)) inline Block load_block(const float* p) {
-  Block b;
-  __builtin_memcpy(&b, p, sizeof(Block));
-  return b;
-}
-
-__attribute__((always_inline)) inline void store_block(float* p, Block b) { __builtin_memcpy(p, &b, sizeof(Block)); }
+// Vertex rows are padded to a multiple of 8 floats and processed as blocks.
+using simd::Block;
+using simd::load;
+using simd::store;
 
 // Scatter points [begin, end) into `buffer` (rows of `blocks` * 8 floats):
 // each values row is read once, sequentially.
 SEGPOST_MULTIVERSION
 void splat_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks, const int32_t* corner_vertex,
-                  const float* corner_weight, const float* values, float* buffer) {
+                  const float* corner_weight, const float* values, const float* pre_scale, float* buffer) {
   Block row[kMaxStackChannels / 8];
   const int64_t full = c / 8;
   const int64_t stride = blocks * 8;
   for (int64_t p = begin; p < end; ++p) {
     const float* src = values + p * c;
-    for (int64_t b = 0; b < full; ++b) row[b] = load_block(src + 8 * b);
+    for (int64_t b = 0; b < full; ++b) row[b] = load(src + 8 * b);
     if (full < blocks) {
       float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       for (int64_t k = 8 * full; k < c; ++k) tail[k - 8 * full] = src[k];
-      row[full] = load_block(tail);
+      row[full] = load(tail);
     }
+    const float scale = pre_scale ? pre_scale[p] : 1.0f;
     for (int r = 0; r < d1; ++r) {
-      const float w = corner_weight[p * d1 + r];
+      const float w = scale * corner_weight[p * d1 + r];
       float* dst = buffer + static_cast<int64_t>(corner_vertex[p * d1 + r]) * stride;
-      for (int64_t b = 0; b < blocks; ++b) store_block(dst + 8 * b, load_block(dst + 8 * b) + w * row[b]);
+      for (int64_t b = 0; b < blocks; ++b) store(dst + 8 * b, load(dst + 8 * b) + w * row[b]);
     }
   }
 }
@@ -241,9 +227,9 @@ SEGPOST_MULTIVERSION
 void reduce_rows(int64_t begin, int64_t end, int64_t blocks, float* const* buffers, int64_t n) {
   float* dst = buffers[0];
   for (int64_t i = begin * blocks; i < end * blocks; ++i) {
-    Block sum = load_block(dst + 8 * i);
-    for (int64_t b = 1; b < n; ++b) sum += load_block(buffers[b] + 8 * i);
-    store_block(dst + 8 * i, sum);
+    Block sum = load(dst + 8 * i);
+    for (int64_t b = 1; b < n; ++b) sum += load(buffers[b] + 8 * i);
+    store(dst + 8 * i, sum);
   }
 }
 
@@ -257,30 +243,30 @@ void blur_vertices(int64_t begin, int64_t end, int64_t blocks, const int32_t* ne
     const float* hi = current + static_cast<int64_t>(neighbour[2 * v + 1]) * stride;
     float* dst = next + (v + 1) * stride;
     for (int64_t b = 0; b < blocks; ++b)
-      store_block(dst + 8 * b, load_block(self + 8 * b) + 0.5f * (load_block(lo + 8 * b) + load_block(hi + 8 * b)));
+      store(dst + 8 * b, load(self + 8 * b) + 0.5f * (load(lo + 8 * b) + load(hi + 8 * b)));
   }
 }
 
 SEGPOST_MULTIVERSION
 void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks, float alpha,
                   const int32_t* corner_vertex, const float* corner_weight, const float* buffer,
-                  const float* divisor, float* out) {
+                  const float* post_scale, float* out) {
   Block acc[kMaxStackChannels / 8];
   const int64_t full = c / 8;
   const int64_t stride = blocks * 8;
   for (int64_t p = begin; p < end; ++p) {
     for (int64_t b = 0; b < blocks; ++b) acc[b] = Block{};
-    const float scale = divisor ? alpha / divisor[p] : alpha;
+    const float scale = post_scale ? alpha * post_scale[p] : alpha;
     for (int r = 0; r < d1; ++r) {
       const float w = scale * corner_weight[p * d1 + r];
       const float* src = buffer + static_cast<int64_t>(corner_vertex[p * d1 + r]) * stride;
-      for (int64_t b = 0; b < blocks; ++b) acc[b] += w * load_block(src + 8 * b);
+      for (int64_t b = 0; b < blocks; ++b) acc[b] += w * load(src + 8 * b);
     }
     float* dst = out + p * c;
-    for (int64_t b = 0; b < full; ++b) store_block(dst + 8 * b, acc[b]);
+    for (int64_t b = 0; b < full; ++b) store(dst + 8 * b, acc[b]);
     if (full < blocks) {
       float tail[8];
-      store_block(tail, acc[full]);
+      store(tail, acc[full]);
       for (int64_t k = 8 * full; k < c; ++k) dst[k] = tail[k - 8 * full];
     }
   }
@@ -422,7 +408,7 @@ void PermutohedralLattice::build(const T* features) {
 }
 
 void PermutohedralLattice::filter(const float* values, int64_t channels, float* out, bool transpose,
-                                  const float* divisor) const {
+                                  const float* pre_scale, const float* post_scale) const {
   // Wide signals go through in blocks of channels so that a row fits on the stack.
   if (channels > kMaxStackChannels) {
     const int64_t n = num_points_;
@@ -433,7 +419,7 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
       for (int64_t p = 0; p < n; ++p)
         std::copy(values + p * channels + first, values + p * channels + first + width,
                   in_block.begin() + p * width);
-      filter(in_block.data(), width, out_block.data(), transpose, divisor);
+      filter(in_block.data(), width, out_block.data(), transpose, pre_scale, post_scale);
       for (int64_t p = 0; p < n; ++p)
         std::copy(out_block.begin() + p * width, out_block.begin() + (p + 1) * width, out + p * channels + first);
     }
@@ -458,7 +444,7 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   parallel_for(partitions, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
       splat_points(num_points_ * b / partitions, num_points_ * (b + 1) / partitions, d1, c, blocks,
-                   corner_vertex_.data(), corner_weight_.data(), values, parts[b]);
+                   corner_vertex_.data(), corner_weight_.data(), values, pre_scale, parts[b]);
   });
   if (partitions > 1) {
     parallel_for(m + 1, kVertexGrain, [&](int64_t begin, int64_t end) {
@@ -482,8 +468,8 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   // Slice: barycentric interpolation, scaled by the lattice's constant.
   const float alpha = static_cast<float>(1.0 / (1.0 + std::pow(2.0, -d)));
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
-    slice_points(begin, end, d1, c, blocks, alpha, corner_vertex_.data(), corner_weight_.data(), current, divisor,
-                 out);
+    slice_points(begin, end, d1, c, blocks, alpha, corner_vertex_.data(), corner_weight_.data(), current,
+                 post_scale, out);
   });
 }
 

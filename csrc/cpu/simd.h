@@ -1,0 +1,60 @@
+// Blocks of 8 floats with GCC vector extensions: one AVX register in the
+// x86-64-v3 clones, two SSE registers in the baseline ones.
+#pragma once
+
+#include <cstdint>
+
+// Hot loops get an AVX2/FMA clone picked at load time; the default clone keeps
+// the extension portable to any x86-64 CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__)
+#define SEGPOST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SEGPOST_MULTIVERSION
+#endif
+
+namespace segpost {
+namespace simd {
+
+// Under-aligned on purpose: blocks live in std::vector and on the stack at
+// any 4-byte boundary, so the compiler must use unaligned loads and stores.
+typedef float Block __attribute__((vector_size(32), aligned(4)));
+typedef int32_t IntBlock __attribute__((vector_size(32), aligned(4)));
+
+__attribute__((always_inline)) inline Block load(const float* p) {
+  Block b;
+  __builtin_memcpy(&b, p, sizeof(Block));
+  return b;
+}
+
+__attribute__((always_inline)) inline void store(float* p, Block b) { __builtin_memcpy(p, &b, sizeof(Block)); }
+
+__attribute__((always_inline)) inline Block splat(float x) { return Block{} + x; }
+
+// exp(x) for each lane: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2,
+// then a degree-6 Taylor polynomial (relative error below 2e-7) scaled by 2^n
+// through the exponent bits. Lanes below -87 (where float underflows) give 0.
+__attribute__((always_inline)) inline Block exp(Block x) {
+  const Block too_small = splat(-87.0f);
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  const IntBlock underflow = x < too_small;
+  x = x < too_small ? too_small : x;
+  const Block t = x * 1.44269504088896341f;
+  const IntBlock n = __builtin_convertvector(t + (t >= 0.0f ? splat(0.5f) : splat(-0.5f)), IntBlock);
+  const Block nf = __builtin_convertvector(n, Block);
+  const Block r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
+  Block p = splat(1.0f / 720.0f);
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const IntBlock bits = (n + 127) << 23;
+  Block scale;
+  __builtin_memcpy(&scale, &bits, sizeof(Block));
+  const Block result = p * scale;
+  return underflow ? Block{} : result;
+}
+
+}  // namespace simd
+}  // namespace segpost

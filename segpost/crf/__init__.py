@@ -1,0 +1,3 @@
+from .model import DenseCRF
+
+__all__ = ["DenseCRF"]
