@@ -9,7 +9,7 @@ STAMP := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/.segpost-install-
 
 .PHONY: install install-test demo test bench clean
 
-$(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
+$(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -100,28 +101,29 @@ class MeanFieldModel {
     terms_.push_back(std::move(term));
   }
 
-  FloatArray initial(const FloatArray& unary) const {
+  // Runs `iterations` updates from q (softmax(-unary) when None); returns
+  // (Q or None, labels or None) as asked.
+  py::tuple infer(const FloatArray& unary, int iterations, std::optional<FloatArray> q_init, bool return_q,
+                  bool return_labels) const {
     check(unary, "unary");
-    FloatArray q({n_, labels_});
-    const float* u = unary.data();
-    float* out = q.mutable_data();
-    py::gil_scoped_release release;
-    segpost::softmax_of_negated(u, n_, labels_, out);
-    return q;
-  }
-
-  FloatArray run(const FloatArray& unary, const FloatArray& q_in, int iterations) const {
-    check(unary, "unary");
-    check(q_in, "q");
+    if (q_init) check(*q_init, "q");
     if (iterations < 0) throw std::invalid_argument("iterations must be >= 0");
-    FloatArray q({n_, labels_});
-    std::copy(q_in.data(), q_in.data() + n_ * labels_, q.mutable_data());
+    std::optional<FloatArray> q;
+    std::optional<py::array_t<int64_t>> labels;
+    if (return_q) q.emplace(std::vector<py::ssize_t>{n_, labels_});
+    if (return_labels) labels.emplace(std::vector<py::ssize_t>{n_});
     const float* u = unary.data();
-    float* out = q.mutable_data();
+    const float* init = q_init ? q_init->data() : nullptr;
+    float* q_ptr = q ? q->mutable_data() : nullptr;
+    int64_t* labels_ptr = labels ? labels->mutable_data() : nullptr;
     const auto terms = view();
-    py::gil_scoped_release release;
-    segpost::mean_field(u, n_, labels_, terms, iterations, out);
-    return q;
+    {
+      py::gil_scoped_release release;
+      with_workspace([&](segpost::Workspace& w) {
+        segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w);
+      });
+    }
+    return py::make_tuple(q ? py::object(*q) : py::none(), labels ? py::object(*labels) : py::none());
   }
 
   FloatArray messages(const FloatArray& q) const {
@@ -131,7 +133,7 @@ class MeanFieldModel {
     float* out_ptr = out.mutable_data();
     const auto terms = view();
     py::gil_scoped_release release;
-    segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr);
+    with_workspace([&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w); });
     return out;
   }
 
@@ -158,8 +160,22 @@ class MeanFieldModel {
     return out;
   }
 
+  // Runs fn with the model's workspace, or a private one if another thread holds it.
+  template <class F>
+  void with_workspace(const F& fn) const {
+    std::unique_lock<std::mutex> lock(workspace_mutex_, std::try_to_lock);
+    if (lock.owns_lock()) {
+      fn(workspace_);
+    } else {
+      segpost::Workspace own;
+      fn(own);
+    }
+  }
+
   py::ssize_t n_, labels_;
   std::vector<Term> terms_;
+  mutable std::mutex workspace_mutex_;
+  mutable segpost::Workspace workspace_;
 };
 
 }  // namespace
@@ -186,7 +202,7 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"))
       .def("add_term", &MeanFieldModel::add_term, py::arg("lattice"), py::arg("pre_scale"), py::arg("post_scale"),
            py::arg("kind"), py::arg("potts"), py::arg("compat"))
-      .def("initial", &MeanFieldModel::initial, py::arg("unary"))
-      .def("run", &MeanFieldModel::run, py::arg("unary"), py::arg("q"), py::arg("iterations"))
+      .def("infer", &MeanFieldModel::infer, py::arg("unary"), py::arg("iterations"), py::arg("q") = py::none(),
+           py::arg("return_q") = true, py::arg("return_labels") = false)
       .def("messages", &MeanFieldModel::messages, py::arg("q"));
 }

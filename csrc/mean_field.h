@@ -26,15 +26,18 @@ struct PairwiseTerm {
   const float* compat;      // kDiagonal: (L) v, compat(x) = v * x; kMatrix: (L, L) M, compat(x) = M x
 };
 
-// Q = softmax(-unary), row by row.
-void softmax_of_negated(const float* unary, int64_t num_points, int64_t num_labels, float* q);
+// Buffers for the filtered signal of every term, reused across calls (fresh
+// multi-megabyte buffers page-fault on every call).
+using Workspace = std::vector<std::vector<float>>;
 
-// `iterations` mean-field updates of q in place.
+// `iterations` mean-field updates starting from q_init (softmax(-unary) when
+// null). Writes the final marginals to q_out and/or their argmax to
+// labels_out (either may be null); q_out may alias q_init.
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                int iterations, float* q);
+                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace);
 
 // messages = sum_k compat_k(post_k * K_k(pre_k * q)), (num_points, num_labels).
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                       float* messages);
+                       float* messages, Workspace& workspace);
 
 }  // namespace segpost

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 namespace segpost {
@@ -43,6 +44,21 @@ class PermutohedralLattice {
   void filter(const float* values, int64_t channels, float* out, bool transpose,
               const float* pre_scale = nullptr, const float* post_scale = nullptr) const;
 
+  // Building blocks for fused loops (the dense CRF's mean field): the splat
+  // and slice as per-point sparse rows, the partition rule, and the blur.
+  const int32_t* corner_vertex() const { return corner_vertex_.data(); }
+  const float* corner_weight() const { return corner_weight_.data(); }
+  // Slice scale: 1 / (1 + 2^-d).
+  float alpha() const;
+  // Number of splat partitions for vertex rows of `stride` floats; depends on
+  // the sizes only, never on the thread count.
+  int64_t splat_partitions(int64_t stride) const;
+  // Sums `count` partition buffers of rows of blocks*8 floats into `out`.
+  void reduce_partitions(float* const* parts, int64_t count, int64_t blocks, float* out) const;
+  // Blurs `current` along every lattice axis using `next` as scratch; returns
+  // the buffer that holds the result (one of the two). Row 0 of both must be zero.
+  float* blur(float* current, float* next, int64_t blocks, bool transpose) const;
+
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }
   int64_t num_vertices() const { return num_vertices_; }
@@ -65,6 +81,11 @@ class PermutohedralLattice {
   // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
   // vertex along each lattice axis, 0 where the neighbour does not exist.
   std::vector<int32_t> blur_neighbour_;
+  // Filter scratch kept between calls: fresh multi-megabyte buffers would
+  // page-fault on every call, which costs more than the blur itself. A call
+  // that finds it in use by another thread allocates its own.
+  mutable std::mutex scratch_mutex_;
+  mutable std::vector<float> scratch_;
 };
 
 }  // namespace segpost

@@ -4,15 +4,19 @@ Dense CRF on a permutohedral lattice, fast metrics, exact upsampling and
 test-time-augmentation pipelines.
 """
 from ._threads import get_num_threads, set_num_threads
+from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRFParams",
+    "DenseCRF",
     "MAX_LATTICE_DIM",
     "PermutohedralLattice",
     "bilateral_filter",
+    "crf_refine",
     "get_num_threads",
     "set_num_threads",
     "__version__",

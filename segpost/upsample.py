@@ -43,6 +43,19 @@ def _resize_bilinear(x: np.ndarray, size, align_corners: bool) -> np.ndarray:
     return ((1 - wy) * ((1 - wx) * t[..., left] + wx * t[..., right]) + wy * ((1 - wx) * b[..., left] + wx * b[..., right])).astype(np.float32)
 
 
+def _resize_bilinear_channels_last(x: np.ndarray, size, align_corners: bool) -> np.ndarray:
+    """Bilinear resize of the first two axes of an (h, w, C) float32 array."""
+    h_out, w_out = size
+    top, bottom, wy = _source_coordinates(x.shape[0], h_out, align_corners)
+    left, right, wx = _source_coordinates(x.shape[1], w_out, align_corners)
+    wx = wx[None, :, None]
+    wy = wy[:, None, None]
+    t = x[top]
+    b = x[bottom]
+    out = (1 - wy) * ((1 - wx) * t[:, left] + wx * t[:, right]) + wy * ((1 - wx) * b[:, left] + wx * b[:, right])
+    return out.astype(np.float32, copy=False)
+
+
 def resize_logits(x, size, *, align_corners=False):
     """Bilinearly resize logits (or probabilities) to ``size``.
 

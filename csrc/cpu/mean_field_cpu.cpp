@@ -1,6 +1,14 @@
-// CPU mean-field updates: the lattice filters every label at once, then one
-// fused, parallel pass per point applies the compatibilities, adds the unary
-// and normalises with a vectorised softmax.
+// CPU mean field, fused: one pass over the points per iteration slices every
+// pairwise term's blurred lattice at the point, applies the compatibilities,
+// adds the unary, normalises with a vectorised softmax and scatters the new Q
+// straight into the next iteration's splat buffers. Q itself is written only
+// after the last iteration, so an iteration streams little more than the
+// unary through memory; the lattices' vertex buffers stay in cache.
+//
+// Points are cut into the lattices' fixed splat partitions (sizes only, never
+// the thread count), each partition scattered by one thread into its own
+// buffers and the buffers summed in partition order: results are identical
+// whatever the thread count.
 #include "../mean_field.h"
 
 #include <algorithm>
@@ -17,130 +25,350 @@ using simd::Block;
 
 constexpr int64_t kPointGrain = 2048;
 
-// Per-thread scratch rows padded to whole blocks; padding lanes are masked.
-// Plain float storage (blocks are loaded and stored unaligned): std::vector
-// of a vector type would drop the type's under-alignment.
-struct RowScratch {
-  explicit RowScratch(int64_t labels)
-      : blocks((labels + 7) / 8), acc(blocks * 8), tmp(blocks * 8, 0.0f), mask(blocks * 8, 0.0f) {
-    for (int64_t k = 0; k < labels; ++k) mask[k] = 1.0f;
-  }
-  Block get(const std::vector<float>& row, int64_t b) const { return simd::load(row.data() + 8 * b); }
-  void set(std::vector<float>& row, int64_t b, Block value) { simd::store(row.data() + 8 * b, value); }
-  int64_t blocks;
-  std::vector<float> acc, tmp, mask;
+// Block b of a row of `labels` floats; the last, partial block is zero-padded.
+__attribute__((always_inline)) inline Block load_labels(const float* row, int64_t b, int64_t labels) {
+  const int64_t first = 8 * b;
+  if (first + 8 <= labels) return simd::load(row + first);
+  float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t k = first; k < labels; ++k) tail[k - first] = row[k];
+  return simd::load(tail);
+}
+
+__attribute__((always_inline)) inline void store_labels(float* row, int64_t b, int64_t labels, Block value) {
+  const int64_t first = 8 * b;
+  if (first + 8 <= labels) return simd::store(row + first, value);
+  float tail[8];
+  simd::store(tail, value);
+  for (int64_t k = first; k < labels; ++k) row[k] = tail[k - first];
+}
+
+// One pairwise term's lattice and buffers during a mean-field run.
+struct TermBuffers {
+  const PairwiseTerm* term;
+  const PermutohedralLattice* lattice;
+  int d1;
+  float alpha;
+  std::size_t rows;            // floats per buffer: (num_vertices + 1) padded rows
+  std::vector<float*> parts;   // splat partitions
+  float* ping;                 // reduce target and blur scratch
+  float* pong;
+  const float* blurred = nullptr;
 };
 
-// acc = -src (negate) or acc = 0 (src null), padding lanes zero.
-inline void start_row(RowScratch& s, const float* src, int64_t labels) {
-  std::fill(s.acc.begin(), s.acc.end(), 0.0f);
-  if (src)
-    for (int64_t k = 0; k < labels; ++k) s.acc[k] = -src[k];
-}
+// Accumulator rows of B blocks of 8 labels (labels padded with zeros). B is a
+// compile-time constant so the rows live in registers; the kernels below are
+// instantiated for B = 1..8 (up to 64 labels) and dispatched at run time, and
+// wider label sets go through in a generic, memory-backed form (B = 0).
+// Everything called from a multiversioned entry point must inline into it, so
+// that each clone compiles it for its own instruction set.
+#define SEGPOST_INLINE __attribute__((always_inline)) inline
 
-// acc -= compat(message), for one point.
-inline void subtract_compat(const PairwiseTerm& term, const float* message, int64_t labels, RowScratch& s) {
-  switch (term.kind) {
-    case Compatibility::kPotts:
-      std::copy(message, message + labels, s.tmp.begin());
-      for (int64_t b = 0; b < s.blocks; ++b) s.set(s.acc, b, s.get(s.acc, b) + term.potts_weight * s.get(s.tmp, b));
-      break;
-    case Compatibility::kDiagonal:
-      std::copy(message, message + labels, s.tmp.begin());
-      for (int64_t b = 0; b < s.blocks; ++b)
-        s.set(s.acc, b, s.get(s.acc, b) - simd::load(term.compat + 8 * b) * s.get(s.tmp, b));
-      break;
-    case Compatibility::kMatrix:
-      // compat holds M transposed and padded: column j of M is a padded row.
-      for (int64_t j = 0; j < labels; ++j) {
-        const float x = message[j];
-        const float* column = term.compat + j * s.blocks * 8;
-        for (int64_t b = 0; b < s.blocks; ++b) s.set(s.acc, b, s.get(s.acc, b) - x * simd::load(column + 8 * b));
+template <int B>
+struct Row {
+  static constexpr int kStatic = B > 0 ? B : 1;
+  SEGPOST_INLINE explicit Row(int64_t blocks) : blocks(B > 0 ? B : blocks), heap(B > 0 ? 0 : blocks * 8) {}
+  SEGPOST_INLINE Block& operator[](int64_t b) { return B > 0 ? fixed[b] : *reinterpret_cast<Block*>(heap.data() + 8 * b); }
+  int64_t blocks;
+  Block fixed[kStatic];
+  std::vector<float> heap;
+};
+
+template <int B>
+struct Kernels {
+  // acc[b] = -unary row.
+  SEGPOST_INLINE static void load_negated(Row<B>& acc, const float* unary_row, int64_t labels) {
+    for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = -load_labels(unary_row, b, labels);
+  }
+
+  // msg = post[p] * alpha * sum_r w_r blurred[v_r]: the filtered signal at point p.
+  SEGPOST_INLINE static void slice(const TermBuffers& t, int64_t p, Row<B>& msg) {
+    const float* post = t.term->post_scale;
+    const float scale = post ? t.alpha * post[p] : t.alpha;
+    const int32_t* vertex = t.lattice->corner_vertex() + p * t.d1;
+    const float* weight = t.lattice->corner_weight() + p * t.d1;
+    const int64_t stride = msg.blocks * 8;
+    for (int64_t b = 0; b < msg.blocks; ++b) msg[b] = Block{};
+    for (int r = 0; r < t.d1; ++r) {
+      const float w = scale * weight[r];
+      const float* src = t.blurred + static_cast<int64_t>(vertex[r]) * stride;
+      for (int64_t b = 0; b < msg.blocks; ++b) msg[b] += w * simd::load(src + 8 * b);
+    }
+  }
+
+  // Scatter row (times pre[p]) of point p into `part`.
+  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+    const float* pre = t.term->pre_scale;
+    const float scale = pre ? pre[p] : 1.0f;
+    const int32_t* vertex = t.lattice->corner_vertex() + p * t.d1;
+    const float* weight = t.lattice->corner_weight() + p * t.d1;
+    const int64_t stride = row.blocks * 8;
+    for (int r = 0; r < t.d1; ++r) {
+      const float w = scale * weight[r];
+      float* dst = part + static_cast<int64_t>(vertex[r]) * stride;
+      for (int64_t b = 0; b < row.blocks; ++b) simd::store(dst + 8 * b, simd::load(dst + 8 * b) + w * row[b]);
+    }
+  }
+
+  // acc -= compat(msg).
+  SEGPOST_INLINE static void subtract_compat(const PairwiseTerm& term, Row<B>& msg, Row<B>& acc, int64_t labels) {
+    switch (term.kind) {
+      case Compatibility::kPotts:
+        for (int64_t b = 0; b < acc.blocks; ++b) acc[b] += term.potts_weight * msg[b];
+        break;
+      case Compatibility::kDiagonal:
+        for (int64_t b = 0; b < acc.blocks; ++b) acc[b] -= simd::load(term.compat + 8 * b) * msg[b];
+        break;
+      case Compatibility::kMatrix: {
+        // compat holds M transposed and padded: column j of M is a padded row.
+        float values[8 * (B > 0 ? B : 1)];
+        std::vector<float> wide(B > 0 ? 0 : acc.blocks * 8);
+        float* x = B > 0 ? values : wide.data();
+        for (int64_t b = 0; b < acc.blocks; ++b) simd::store(x + 8 * b, msg[b]);
+        for (int64_t j = 0; j < labels; ++j) {
+          const float* column = term.compat + j * acc.blocks * 8;
+          for (int64_t b = 0; b < acc.blocks; ++b) acc[b] -= x[j] * simd::load(column + 8 * b);
+        }
+        break;
       }
-      break;
+    }
   }
-}
 
-// Softmax of s.acc over the real labels, written to q_row.
-inline void softmax_row(RowScratch& s, int64_t labels, float* q_row) {
-  float peak = s.acc[0];
-  for (int64_t k = 1; k < labels; ++k) peak = std::max(peak, s.acc[k]);
-  Block total{};
-  for (int64_t b = 0; b < s.blocks; ++b) {
-    const Block e = simd::exp(s.get(s.acc, b) - peak) * s.get(s.mask, b);
-    s.set(s.acc, b, e);
-    total += e;
+  // acc <- softmax(acc) over the first `labels` lanes; padding lanes become 0.
+  SEGPOST_INLINE static void softmax(Row<B>& acc, int64_t labels) {
+    const Block lowest = simd::splat(-3.0e38f);
+    Block top = lowest;
+    for (int64_t b = 0; b < acc.blocks; ++b) {
+      const Block masked = lane_mask(b, labels) ? acc[b] : lowest;
+      top = top > masked ? top : masked;
+    }
+    float peak = top[0];
+    for (int lane = 1; lane < 8; ++lane) peak = std::max(peak, top[lane]);
+    Block total{};
+    for (int64_t b = 0; b < acc.blocks; ++b) {
+      acc[b] = lane_mask(b, labels) ? simd::exp(acc[b] - peak) : Block{};
+      total += acc[b];
+    }
+    float sum = 0.0f;
+    for (int lane = 0; lane < 8; ++lane) sum += total[lane];
+    const float inv = 1.0f / sum;  // sum >= 1: the largest entry contributes exp(0)
+    for (int64_t b = 0; b < acc.blocks; ++b) acc[b] *= inv;
   }
-  float sum = 0.0f;
-  for (int lane = 0; lane < 8; ++lane) sum += total[lane];
-  const float inv = 1.0f / sum;  // sum >= 1: the largest entry contributes exp(0)
-  for (int64_t k = 0; k < labels; ++k) q_row[k] = s.acc[k] * inv;
+
+  // Lanes of block b that hold real labels.
+  SEGPOST_INLINE static simd::IntBlock lane_mask(int64_t b, int64_t labels) {
+    const simd::IntBlock lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    return lane + static_cast<int32_t>(8 * b) < static_cast<int32_t>(labels);
+  }
+
+  // Scatter the rows of q (or, with q null, of softmax(-unary)) into partition `part`.
+  SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, int64_t part, const float* q, const float* unary,
+                                          int64_t labels, int64_t blocks, const std::vector<TermBuffers>& terms) {
+    Row<B> row(blocks);
+    for (int64_t p = begin; p < end; ++p) {
+      if (q) {
+        for (int64_t b = 0; b < row.blocks; ++b) row[b] = load_labels(q + p * labels, b, labels);
+      } else {
+        load_negated(row, unary + p * labels, labels);
+        softmax(row, labels);
+      }
+      for (const TermBuffers& t : terms) scatter(t, p, row, t.parts[part]);
+    }
+  }
+
+  // Writes the row to q_out (if set) and its most likely label to labels_out (if set).
+  SEGPOST_INLINE static void emit(Row<B>& acc, int64_t p, int64_t labels, float* q_out, int64_t* labels_out) {
+    if (q_out)
+      for (int64_t b = 0; b < acc.blocks; ++b) store_labels(q_out + p * labels, b, labels, acc[b]);
+    if (labels_out) {
+      float values[8 * Row<B>::kStatic];
+      std::vector<float> wide(B > 0 ? 0 : acc.blocks * 8);
+      float* x = B > 0 ? values : wide.data();
+      for (int64_t b = 0; b < acc.blocks; ++b) simd::store(x + 8 * b, acc[b]);
+      int64_t best = 0;  // first maximum, as numpy's argmax
+      for (int64_t k = 1; k < labels; ++k) best = x[k] > x[best] ? k : best;
+      labels_out[p] = best;
+    }
+  }
+
+  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, int64_t part, const float* unary, int64_t labels,
+                          int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
+                          int64_t* labels_out) {
+    Row<B> acc(blocks), msg(blocks);
+    for (int64_t p = begin; p < end; ++p) {
+      load_negated(acc, unary + p * labels, labels);
+      for (const TermBuffers& t : terms) {
+        slice(t, p, msg);
+        subtract_compat(*t.term, msg, acc, labels);
+      }
+      softmax(acc, labels);
+      if (scatter_next)
+        for (const TermBuffers& t : terms) scatter(t, p, acc, t.parts[part]);
+      emit(acc, p, labels, q_out, labels_out);
+    }
+  }
+
+  SEGPOST_INLINE static void message_rows(int64_t begin, int64_t end, int64_t labels, int64_t blocks,
+                           const std::vector<TermBuffers>& terms, float* out) {
+    Row<B> acc(blocks), msg(blocks);
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = Block{};
+      for (const TermBuffers& t : terms) {
+        slice(t, p, msg);
+        subtract_compat(*t.term, msg, acc, labels);
+      }
+      for (int64_t b = 0; b < acc.blocks; ++b) store_labels(out + p * labels, b, labels, -acc[b]);
+    }
+  }
+
+  // Rows of q_in (or of softmax(-unary) when q_in is null), emitted.
+  SEGPOST_INLINE static void emit_rows(int64_t begin, int64_t end, const float* q_in, const float* unary, int64_t labels,
+                                       int64_t blocks, float* q_out, int64_t* labels_out) {
+    Row<B> acc(blocks);
+    for (int64_t p = begin; p < end; ++p) {
+      if (q_in) {
+        for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = load_labels(q_in + p * labels, b, labels);
+      } else {
+        load_negated(acc, unary + p * labels, labels);
+        softmax(acc, labels);
+      }
+      emit(acc, p, labels, q_out, labels_out);
+    }
+  }
+};
+
+// Calls Kernels<B>::method(args...) for the label count's block count.
+#define SEGPOST_DISPATCH_BLOCKS(blocks, method, ...)             \
+  switch (blocks) {                                              \
+    case 1: Kernels<1>::method(__VA_ARGS__); break;              \
+    case 2: Kernels<2>::method(__VA_ARGS__); break;              \
+    case 3: Kernels<3>::method(__VA_ARGS__); break;              \
+    case 4: Kernels<4>::method(__VA_ARGS__); break;              \
+    case 5: Kernels<5>::method(__VA_ARGS__); break;              \
+    case 6: Kernels<6>::method(__VA_ARGS__); break;              \
+    case 7: Kernels<7>::method(__VA_ARGS__); break;              \
+    case 8: Kernels<8>::method(__VA_ARGS__); break;              \
+    default: Kernels<0>::method(__VA_ARGS__); break;             \
+  }
+
+SEGPOST_MULTIVERSION
+void scatter_rows(int64_t begin, int64_t end, int64_t part, const float* q, const float* unary, int64_t labels,
+                  const std::vector<TermBuffers>& terms) {
+  const int64_t blocks = (labels + 7) / 8;
+  SEGPOST_DISPATCH_BLOCKS(blocks, scatter_rows, begin, end, part, q, unary, labels, blocks, terms)
 }
 
 SEGPOST_MULTIVERSION
-void update_points(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                   const std::vector<PairwiseTerm>& terms, const std::vector<std::vector<float>>& messages, float* q) {
-  RowScratch s(labels);
-  for (int64_t p = begin; p < end; ++p) {
-    start_row(s, unary + p * labels, labels);
-    for (std::size_t k = 0; k < terms.size(); ++k) subtract_compat(terms[k], messages[k].data() + p * labels, labels, s);
-    softmax_row(s, labels, q + p * labels);
-  }
+void update_rows(int64_t begin, int64_t end, int64_t part, const float* unary, int64_t labels,
+                 const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
+  const int64_t blocks = (labels + 7) / 8;
+  SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, part, unary, labels, blocks, terms, scatter, q_out,
+                          labels_out)
 }
 
 SEGPOST_MULTIVERSION
-void softmax_points(int64_t begin, int64_t end, const float* unary, int64_t labels, float* q) {
-  RowScratch s(labels);
-  for (int64_t p = begin; p < end; ++p) {
-    start_row(s, unary + p * labels, labels);
-    softmax_row(s, labels, q + p * labels);
-  }
+void message_rows(int64_t begin, int64_t end, int64_t labels, const std::vector<TermBuffers>& terms, float* out) {
+  const int64_t blocks = (labels + 7) / 8;
+  SEGPOST_DISPATCH_BLOCKS(blocks, message_rows, begin, end, labels, blocks, terms, out)
 }
 
 SEGPOST_MULTIVERSION
-void combine_messages(int64_t begin, int64_t end, int64_t labels, const std::vector<PairwiseTerm>& terms,
-                      const std::vector<std::vector<float>>& filtered, float* messages) {
-  RowScratch s(labels);
-  for (int64_t p = begin; p < end; ++p) {
-    start_row(s, nullptr, labels);
-    for (std::size_t k = 0; k < terms.size(); ++k) subtract_compat(terms[k], filtered[k].data() + p * labels, labels, s);
-    for (int64_t k = 0; k < labels; ++k) messages[p * labels + k] = -s.acc[k];
-  }
+void emit_points(int64_t begin, int64_t end, const float* q_in, const float* unary, int64_t labels, float* q_out,
+                 int64_t* labels_out) {
+  const int64_t blocks = (labels + 7) / 8;
+  SEGPOST_DISPATCH_BLOCKS(blocks, emit_rows, begin, end, q_in, unary, labels, blocks, q_out, labels_out)
 }
 
-void filter_all(const float* q, int64_t labels, const std::vector<PairwiseTerm>& terms,
-                std::vector<std::vector<float>>& filtered) {
-  for (std::size_t k = 0; k < terms.size(); ++k)
-    terms[k].lattice->filter(q, labels, filtered[k].data(), false, terms[k].pre_scale, terms[k].post_scale);
+// Lays out the workspace: per term, `partitions` splat buffers plus two for
+// the reduction and the blur, each (num_vertices + 1) rows of padded labels.
+std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, int64_t partitions,
+                                 Workspace& workspace) {
+  const int64_t stride = (labels + 7) / 8 * 8;
+  workspace.resize(terms.size());
+  std::vector<TermBuffers> out;
+  for (std::size_t k = 0; k < terms.size(); ++k) {
+    const PermutohedralLattice* lattice = terms[k].lattice;
+    const std::size_t rows = static_cast<std::size_t>(lattice->num_vertices() + 1) * stride;
+    std::vector<float>& memory = workspace[k];
+    if (memory.size() < (partitions + 2) * rows) memory.resize((partitions + 2) * rows);
+    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), rows, {}, nullptr, nullptr};
+    for (int64_t b = 0; b < partitions; ++b) t.parts.push_back(memory.data() + b * rows);
+    t.ping = memory.data() + partitions * rows;
+    t.pong = t.ping + rows;
+    std::fill(t.pong, t.pong + stride, 0.0f);  // row 0 reads as a missing neighbour
+    out.push_back(t);
+  }
+  return out;
+}
+
+int64_t shared_partitions(const std::vector<PairwiseTerm>& terms, int64_t labels) {
+  const int64_t stride = (labels + 7) / 8 * 8;
+  int64_t partitions = 1 << 20;
+  for (const PairwiseTerm& t : terms) partitions = std::min(partitions, t.lattice->splat_partitions(stride));
+  return std::max<int64_t>(partitions, 1);
+}
+
+// Runs fn(partition, begin, end) for every partition, in parallel; each
+// partition first zeroes its own splat buffers when `zero` is set.
+template <class F>
+void for_partitions(int64_t num_points, int64_t partitions, const std::vector<TermBuffers>& terms, bool zero,
+                    const F& fn) {
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    for (int64_t part = first; part < last; ++part) {
+      if (zero)
+        for (const TermBuffers& t : terms) std::fill(t.parts[part], t.parts[part] + t.rows, 0.0f);
+      fn(part, num_points * part / partitions, num_points * (part + 1) / partitions);
+    }
+  });
+}
+
+void reduce_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
+  const int64_t blocks = (labels + 7) / 8;
+  for (TermBuffers& t : terms) {
+    t.lattice->reduce_partitions(t.parts.data(), static_cast<int64_t>(t.parts.size()), blocks, t.ping);
+    t.blurred = t.lattice->blur(t.ping, t.pong, blocks, false);
+  }
 }
 
 }  // namespace
 
-void softmax_of_negated(const float* unary, int64_t num_points, int64_t num_labels, float* q) {
-  parallel_for(num_points, kPointGrain,
-               [&](int64_t begin, int64_t end) { softmax_points(begin, end, unary, num_labels, q); });
-}
-
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                int iterations, float* q) {
-  std::vector<std::vector<float>> filtered(terms.size());
-  for (auto& f : filtered) f.resize(static_cast<std::size_t>(num_points) * num_labels);
-  for (int it = 0; it < iterations; ++it) {
-    filter_all(q, num_labels, terms, filtered);
+                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace) {
+  if (iterations <= 0 || terms.empty()) {  // no update, or none that changes softmax(-U)
+    const float* source = iterations <= 0 ? q_init : nullptr;
     parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
-      update_points(begin, end, unary, num_labels, terms, filtered, q);
+      emit_points(begin, end, source, unary, num_labels, q_out, labels_out);
+    });
+    return;
+  }
+  const int64_t partitions = shared_partitions(terms, num_labels);
+  std::vector<TermBuffers> buffers = prepare(terms, num_labels, partitions, workspace);
+  for_partitions(num_points, partitions, buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+    scatter_rows(begin, end, part, q_init, unary, num_labels, buffers);
+  });
+  for (int it = 0; it < iterations; ++it) {
+    reduce_and_blur(buffers, num_labels);
+    const bool last = it + 1 == iterations;
+    for_partitions(num_points, partitions, buffers, !last, [&](int64_t part, int64_t begin, int64_t end) {
+      update_rows(begin, end, part, unary, num_labels, buffers, !last, last ? q_out : nullptr,
+                  last ? labels_out : nullptr);
     });
   }
 }
 
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                       float* messages) {
-  std::vector<std::vector<float>> filtered(terms.size());
-  for (auto& f : filtered) f.resize(static_cast<std::size_t>(num_points) * num_labels);
-  filter_all(q, num_labels, terms, filtered);
-  parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
-    combine_messages(begin, end, num_labels, terms, filtered, messages);
+                       float* messages, Workspace& workspace) {
+  if (terms.empty()) {
+    std::fill(messages, messages + num_points * num_labels, 0.0f);
+    return;
+  }
+  const int64_t partitions = shared_partitions(terms, num_labels);
+  std::vector<TermBuffers> buffers = prepare(terms, num_labels, partitions, workspace);
+  for_partitions(num_points, partitions, buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+    scatter_rows(begin, end, part, q, nullptr, num_labels, buffers);
   });
+  reduce_and_blur(buffers, num_labels);
+  parallel_for(num_points, kPointGrain,
+               [&](int64_t begin, int64_t end) { message_rows(begin, end, num_labels, buffers, messages); });
 }
 
 }  // namespace segpost

@@ -222,14 +222,13 @@ void splat_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
   }
 }
 
-// buffers[0] += buffers[1] + ... + buffers[n-1], rows [begin, end), in a fixed order.
+// out = buffers[0] + buffers[1] + ... + buffers[n-1], rows [begin, end), in a fixed order.
 SEGPOST_MULTIVERSION
-void reduce_rows(int64_t begin, int64_t end, int64_t blocks, float* const* buffers, int64_t n) {
-  float* dst = buffers[0];
+void reduce_rows(int64_t begin, int64_t end, int64_t blocks, float* const* buffers, int64_t n, float* out) {
   for (int64_t i = begin * blocks; i < end * blocks; ++i) {
-    Block sum = load(dst + 8 * i);
+    Block sum = load(buffers[0] + 8 * i);
     for (int64_t b = 1; b < n; ++b) sum += load(buffers[b] + 8 * i);
-    store(dst + 8 * i, sum);
+    store(out + 8 * i, sum);
   }
 }
 
@@ -434,43 +433,57 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   const std::size_t rows = static_cast<std::size_t>(m + 1) * stride;
 
   // Splat. Row 0 of every buffer stays zero: it is what missing neighbours read.
-  const int64_t partitions = std::max<int64_t>(
-      1, std::min({kMaxPartitions, kPartitionBytes / static_cast<int64_t>(rows * sizeof(float) + 1),
-                   num_points_ / kPointGrain}));
-  std::vector<std::vector<float>> buffers(std::max<int64_t>(partitions, 2));
-  std::vector<float*> parts(partitions);
-  for (std::size_t b = 0; b < buffers.size(); ++b) buffers[b].assign(rows, 0.0f);
-  for (int64_t b = 0; b < partitions; ++b) parts[b] = buffers[b].data();
+  const int64_t partitions = splat_partitions(stride);
+  const int64_t num_buffers = std::max<int64_t>(partitions, 2);
+  std::unique_lock<std::mutex> lock(scratch_mutex_, std::try_to_lock);
+  std::vector<float> own_scratch;
+  std::vector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
+  if (scratch.size() < num_buffers * rows) scratch.resize(num_buffers * rows);
+  std::vector<float*> parts(num_buffers);
+  for (int64_t b = 0; b < num_buffers; ++b) parts[b] = scratch.data() + b * rows;
+  parallel_for(num_buffers, 1, [&](int64_t begin, int64_t end) {
+    std::fill(parts[begin], parts[begin] + (end - begin) * rows, 0.0f);
+  });
   parallel_for(partitions, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
       splat_points(num_points_ * b / partitions, num_points_ * (b + 1) / partitions, d1, c, blocks,
                    corner_vertex_.data(), corner_weight_.data(), values, pre_scale, parts[b]);
   });
-  if (partitions > 1) {
-    parallel_for(m + 1, kVertexGrain, [&](int64_t begin, int64_t end) {
-      reduce_rows(begin, end, blocks, parts.data(), partitions);
-    });
-  }
-  float* current = buffers[0].data();
-  float* next = buffers[1].data();
-  std::fill(next, next + stride, 0.0f);
+  if (partitions > 1) reduce_partitions(parts.data(), partitions, blocks, parts[0]);
+  const float* result = blur(parts[0], parts[1], blocks, transpose);
 
-  // Blur with [1/2, 1, 1/2] along each lattice axis; reversed order is the adjoint.
+  // Slice: barycentric interpolation, scaled by the lattice's constant.
+  const float scale = alpha();
+  parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
+    slice_points(begin, end, d1, c, blocks, scale, corner_vertex_.data(), corner_weight_.data(), result,
+                 post_scale, out);
+  });
+}
+
+float PermutohedralLattice::alpha() const { return static_cast<float>(1.0 / (1.0 + std::pow(2.0, -dim_))); }
+
+int64_t PermutohedralLattice::splat_partitions(int64_t stride) const {
+  const int64_t bytes = (num_vertices_ + 1) * stride * static_cast<int64_t>(sizeof(float));
+  return std::max<int64_t>(1, std::min({kMaxPartitions, kPartitionBytes / (bytes + 1), num_points_ / kPointGrain}));
+}
+
+void PermutohedralLattice::reduce_partitions(float* const* parts, int64_t count, int64_t blocks, float* out) const {
+  parallel_for(num_vertices_ + 1, kVertexGrain,
+               [&](int64_t begin, int64_t end) { reduce_rows(begin, end, blocks, parts, count, out); });
+}
+
+float* PermutohedralLattice::blur(float* current, float* next, int64_t blocks, bool transpose) const {
+  const int d = dim_;
+  const int64_t m = num_vertices_;
+  // [1/2, 1, 1/2] along each lattice axis; reversed order is the adjoint.
   for (int step = 0; step <= d; ++step) {
     const int axis = transpose ? d - step : step;
     const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
-    parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
-      blur_vertices(begin, end, blocks, neighbour, current, next);
-    });
+    parallel_for(m, kVertexGrain,
+                 [&](int64_t begin, int64_t end) { blur_vertices(begin, end, blocks, neighbour, current, next); });
     std::swap(current, next);
   }
-
-  // Slice: barycentric interpolation, scaled by the lattice's constant.
-  const float alpha = static_cast<float>(1.0 / (1.0 + std::pow(2.0, -d)));
-  parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
-    slice_points(begin, end, d1, c, blocks, alpha, corner_vertex_.data(), corner_weight_.data(), current,
-                 post_scale, out);
-  });
+  return current;
 }
 
 std::size_t PermutohedralLattice::nbytes() const {
@@ -480,11 +493,9 @@ std::size_t PermutohedralLattice::nbytes() const {
 
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
   const int64_t c = std::min(channels, kMaxStackChannels);
-  const std::size_t rows = static_cast<std::size_t>(num_vertices_ + 1) * ((c + 7) / 8 * 8);
-  const int64_t partitions = std::max<int64_t>(
-      1, std::min({kMaxPartitions, kPartitionBytes / static_cast<int64_t>(rows * sizeof(float) + 1),
-                   num_points_ / kPointGrain}));
-  std::size_t bytes = std::max<int64_t>(partitions, 2) * rows * sizeof(float);
+  const int64_t stride = (c + 7) / 8 * 8;
+  const std::size_t rows = static_cast<std::size_t>(num_vertices_ + 1) * stride;
+  std::size_t bytes = std::max<int64_t>(splat_partitions(stride), 2) * rows * sizeof(float);
   if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
   return bytes;
 }

@@ -155,10 +155,24 @@ class DenseCRF:
             raise ValueError(f"too many points for one CRF: {self.num_points}")
         check_memory(self.num_points, self.num_labels, [])
         # Point-major (N, L) float32: the layout the lattice filters.
-        self._unary = np.ascontiguousarray(arr.reshape(self.num_labels, -1).T, dtype=np.float32)
+        self._set_unary(np.ascontiguousarray(arr.reshape(self.num_labels, -1).T, dtype=np.float32))
+
+    @classmethod
+    def _from_point_major(cls, unary_points, spatial_shape, *, torch_output=False):
+        """A CRF from an already validated (N, L) float32 C-contiguous unary (no transpose)."""
+        self = cls.__new__(cls)
+        self._torch = torch_output
+        self.num_labels = int(unary_points.shape[1])
+        self.spatial_shape = tuple(spatial_shape)
+        self.num_points = int(unary_points.shape[0])
+        self._set_unary(unary_points)
+        return self
+
+    def _set_unary(self, unary_points):
+        self._unary = unary_points
         self._model = _C.MeanFieldModel(self.num_points, self.num_labels)
         self._feature_dims = []
-        self.pairwise_terms = []  # (description dict) per term, for repr and inspection
+        self.pairwise_terms = []  # a description dict per term, for repr and inspection
 
     # ------------------------------------------------------------------ terms
 
@@ -295,11 +309,13 @@ class DenseCRF:
 
     def initial_q(self):
         """``softmax(-U)``, shaped like the unary (float32)."""
-        return self._from_points(self._model.initial(self._unary))
+        q, _ = self._model.infer(self._unary, 0)
+        return self._from_points(q)
 
     def step(self, q):
         """One mean-field update of ``q`` (shaped like the unary); returns the new Q."""
-        return self._from_points(self._model.run(self._unary, self._to_points(q), 1))
+        new_q, _ = self._model.infer(self._unary, 1, self._to_points(q))
+        return self._from_points(new_q)
 
     def inference(self, iterations=10):
         """Run ``iterations`` mean-field updates from ``softmax(-U)``.
@@ -309,14 +325,17 @@ class DenseCRF:
         q : ndarray or torch.Tensor
             float32 marginals shaped like the unary; they sum to one over labels.
         """
-        iterations = _check_iterations(iterations)
-        q = self._model.initial(self._unary)
-        return self._from_points(self._model.run(self._unary, q, iterations))
+        q, _ = self._model.infer(self._unary, _check_iterations(iterations))
+        return self._from_points(q)
 
     def map(self, iterations=10):
         """Most likely label per point after ``iterations`` updates (int64, the unary's spatial shape)."""
-        q = self._model.run(self._unary, self._model.initial(self._unary), _check_iterations(iterations))
-        return like_input(q.argmax(axis=1).astype(np.int64).reshape(self.spatial_shape), self._torch)
+        _, labels = self._model.infer(self._unary, _check_iterations(iterations), None, False, True)
+        return like_input(labels.reshape(self.spatial_shape), self._torch)
+
+    def _infer_points(self, iterations, *, return_q):
+        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine."""
+        return self._model.infer(self._unary, _check_iterations(iterations), None, return_q, True)
 
     def kl_divergence(self, q):
         """KL(Q || P) up to the constant log Z, as pydensecrf computes it.
