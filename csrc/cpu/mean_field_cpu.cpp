@@ -81,31 +81,52 @@ struct Kernels {
   }
 
   // msg = post[p] * alpha * sum_r w_r blurred[v_r]: the filtered signal at point p.
-  SEGPOST_INLINE static void slice(const TermBuffers& t, int64_t p, Row<B>& msg) {
+  // D1 > 0 fixes the simplex size at compile time (unrolled); 0 reads t.d1.
+  template <int D1>
+  SEGPOST_INLINE static void slice_fixed(const TermBuffers& t, int64_t p, Row<B>& msg) {
+    const int d1 = D1 > 0 ? D1 : t.d1;
     const float* post = t.term->post_scale;
     const float scale = post ? t.alpha * post[p] : t.alpha;
-    const int32_t* vertex = t.lattice->corner_vertex() + p * t.d1;
-    const float* weight = t.lattice->corner_weight() + p * t.d1;
+    const int32_t* vertex = t.lattice->corner_vertex() + p * d1;
+    const float* weight = t.lattice->corner_weight() + p * d1;
     const int64_t stride = msg.blocks * 8;
     for (int64_t b = 0; b < msg.blocks; ++b) msg[b] = Block{};
-    for (int r = 0; r < t.d1; ++r) {
+    for (int r = 0; r < d1; ++r) {
       const float w = scale * weight[r];
       const float* src = t.blurred + static_cast<int64_t>(vertex[r]) * stride;
       for (int64_t b = 0; b < msg.blocks; ++b) msg[b] += w * simd::load(src + 8 * b);
     }
   }
 
+  SEGPOST_INLINE static void slice(const TermBuffers& t, int64_t p, Row<B>& msg) {
+    switch (t.d1) {  // the smoothness (d = 2) and appearance (d = 5) kernels of images
+      case 3: return slice_fixed<3>(t, p, msg);
+      case 6: return slice_fixed<6>(t, p, msg);
+      default: return slice_fixed<0>(t, p, msg);
+    }
+  }
+
   // Scatter row (times pre[p]) of point p into `part`.
-  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+  template <int D1>
+  SEGPOST_INLINE static void scatter_fixed(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+    const int d1 = D1 > 0 ? D1 : t.d1;
     const float* pre = t.term->pre_scale;
     const float scale = pre ? pre[p] : 1.0f;
-    const int32_t* vertex = t.lattice->corner_vertex() + p * t.d1;
-    const float* weight = t.lattice->corner_weight() + p * t.d1;
+    const int32_t* vertex = t.lattice->corner_vertex() + p * d1;
+    const float* weight = t.lattice->corner_weight() + p * d1;
     const int64_t stride = row.blocks * 8;
-    for (int r = 0; r < t.d1; ++r) {
+    for (int r = 0; r < d1; ++r) {
       const float w = scale * weight[r];
       float* dst = part + static_cast<int64_t>(vertex[r]) * stride;
       for (int64_t b = 0; b < row.blocks; ++b) simd::store(dst + 8 * b, simd::load(dst + 8 * b) + w * row[b]);
+    }
+  }
+
+  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+    switch (t.d1) {
+      case 3: return scatter_fixed<3>(t, p, row, part);
+      case 6: return scatter_fixed<6>(t, p, row, part);
+      default: return scatter_fixed<0>(t, p, row, part);
     }
   }
 

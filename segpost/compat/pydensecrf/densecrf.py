@@ -1,0 +1,170 @@
+"""``pydensecrf.densecrf`` on segpost: DenseCRF, DenseCRF2D and the kernel constants.
+
+Conventions kept from pydensecrf: unary energies are float32, C-contiguous,
+(nlabels, nvar); pairwise features float32, C-contiguous, (D, nvar);
+``DenseCRF2D(width, height, nlabels)`` takes the width first; images are
+(H, W, 3) uint8 C-contiguous; a scalar compat is Potts, a 1-D float32 array
+diagonal and a 2-D float32 array a full matrix (symmetrised); Q is
+(nlabels, nvar).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ...crf.model import DenseCRF as _DenseCRF
+
+__all__ = [
+    "CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL",
+    "NO_NORMALIZATION", "NORMALIZE_BEFORE", "NORMALIZE_AFTER", "NORMALIZE_SYMMETRIC",
+    "DenseCRF", "DenseCRF2D",
+]
+
+CONST_KERNEL, DIAG_KERNEL, FULL_KERNEL = 0, 1, 2
+NO_NORMALIZATION, NORMALIZE_BEFORE, NORMALIZE_AFTER, NORMALIZE_SYMMETRIC = 0, 1, 2, 3
+
+_KERNELS = {CONST_KERNEL: "const", DIAG_KERNEL: "diag", FULL_KERNEL: "full"}
+_NORMALIZATIONS = {NO_NORMALIZATION: "none", NORMALIZE_BEFORE: "before", NORMALIZE_AFTER: "after",
+                   NORMALIZE_SYMMETRIC: "symmetric"}
+
+
+def _strict_array(x, name, dtype, ndim, shape=None):
+    """pydensecrf's typed-memoryview checks, as ValueErrors that say how to fix the call."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array of {np.dtype(dtype).name}, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}; "
+                         f"use {name}.astype(np.{np.dtype(dtype).name})")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; use np.ascontiguousarray({name})")
+    if shape is not None and any(s is not None and s != t for s, t in zip(shape, x.shape)):
+        expected = tuple("*" if s is None else s for s in shape)
+        raise ValueError(f"{name} must have shape {expected}, got {x.shape}")
+    return x
+
+
+def _compat(compat, nlabels):
+    if isinstance(compat, numbers.Number) and not isinstance(compat, bool):
+        return float(compat)
+    arr = np.asarray(compat) if not isinstance(compat, np.ndarray) else compat
+    if arr.ndim == 1:
+        return _strict_array(arr, "compat", np.float32, 1, (nlabels,))
+    if arr.ndim == 2:
+        return _strict_array(arr, "compat", np.float32, 2, (nlabels, nlabels))
+    raise ValueError("LabelCompatibility of dimension >2 not meaningful.")
+
+
+def _choice(value, table, name):
+    try:
+        return table[int(value)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name} must be one of {sorted(table)}, got {value!r}") from None
+
+
+class DenseCRF:
+    """A dense CRF over ``nvar`` variables and ``nlabels`` labels (pydensecrf's API).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import segpost.compat.pydensecrf.densecrf as dcrf
+    >>> d = dcrf.DenseCRF(100, 3)
+    >>> d.setUnaryEnergy(np.random.default_rng(0).random((3, 100)).astype(np.float32))
+    >>> d.addPairwiseEnergy(np.random.default_rng(1).random((2, 100)).astype(np.float32), compat=3)
+    >>> Q = d.inference(5)
+    >>> np.array(Q).shape
+    (3, 100)
+    """
+
+    def __init__(self, nvar, nlabels):
+        for value, name in ((nvar, "nvar"), (nlabels, "nlabels")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._nvar, self._nlabel = int(nvar), int(nlabels)
+        # No unary until setUnaryEnergy: zero energies, as pydensecrf.
+        self._crf = _DenseCRF._from_point_major(np.zeros((self._nvar, self._nlabel), np.float32), (self._nvar,))
+
+    def setUnaryEnergy(self, u, f=None):
+        """Set the unary energy U, float32 (nlabels, nvar): negative log-probabilities."""
+        if f is not None:
+            raise NotImplementedError("feature-based (learned logistic) unaries are not supported by segpost")
+        _strict_array(u, "unary", np.float32, 2, (self._nlabel, self._nvar))
+        if not np.isfinite(u).all():
+            raise ValueError("unary must be finite (NaN or infinity found)")
+        self._crf._unary = np.ascontiguousarray(u.T)
+
+    def addPairwiseEnergy(self, f, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
+        """Add a Gaussian pairwise term on features f, float32 (D, nvar), already divided by bandwidths."""
+        _strict_array(f, "features", np.float32, 2, (None, self._nvar))
+        self._crf.add_pairwise(f.T, _compat(compat, self._nlabel), kernel=_choice(kernel, _KERNELS, "kernel"),
+                               normalization=_choice(normalization, _NORMALIZATIONS, "normalization"))
+
+    def inference(self, niter):
+        """Q after ``niter`` mean-field iterations, float32 (nlabels, nvar)."""
+        q, _ = self._crf._model.infer(self._crf._unary, _iterations(niter))
+        return np.ascontiguousarray(q.T)
+
+    def startInference(self):
+        """(Q, tmp1, tmp2) to pass to stepInference; Q = softmax(-U)."""
+        q, _ = self._crf._model.infer(self._crf._unary, 0)
+        return np.ascontiguousarray(q.T), np.zeros_like(q.T), np.zeros_like(q.T)
+
+    def stepInference(self, Q, tmp1, tmp2):
+        """One mean-field iteration, updating Q in place."""
+        _strict_array(Q, "Q", np.float32, 2, (self._nlabel, self._nvar))
+        q, _ = self._crf._model.infer(self._crf._unary, 1, np.ascontiguousarray(Q.T))
+        Q[...] = q.T
+
+    def klDivergence(self, Q):
+        """KL divergence between Q and the CRF's distribution, up to the constant log Z."""
+        _strict_array(Q, "Q", np.float32, 2, (self._nlabel, self._nvar))
+        return self._crf.kl_divergence(Q)
+
+
+class DenseCRF2D(DenseCRF):
+    """A dense CRF over the pixels of a W x H image (width first, as in pydensecrf)."""
+
+    def __init__(self, w, h, nlabels):
+        for value, name in ((w, "w"), (h, "h")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        super().__init__(int(w) * int(h), nlabels)
+        self._w, self._h = int(w), int(h)
+        self._crf.spatial_shape = (self._h, self._w)
+
+    def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
+        """Smoothness term on (x / sx, y / sy); sxy is a number or (sx, sy)."""
+        sx, sy = _pair(sxy, "sxy")
+        self._crf.add_gaussian((sy, sx), compat=_compat(compat, self._nlabel),
+                               kernel=_choice(kernel, _KERNELS, "kernel"),
+                               normalization=_choice(normalization, _NORMALIZATIONS, "normalization"))
+
+    def addPairwiseBilateral(self, sxy, srgb, rgbim, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
+        """Appearance term on (x / sx, y / sy, r / sr, g / sg, b / sb); rgbim is (H, W, 3) uint8."""
+        sx, sy = _pair(sxy, "sxy")
+        srgb = (srgb,) * 3 if isinstance(srgb, numbers.Number) else tuple(srgb)
+        if len(srgb) != 3:
+            raise ValueError(f"srgb must be a number or 3 numbers, got {srgb!r}")
+        if not isinstance(rgbim, np.ndarray) or rgbim.shape[:2] != (self._h, self._w):
+            raise ValueError("Bad shape for pairwise bilateral. Need (H,W,3) "
+                             f"= ({self._h}, {self._w}, 3), got {getattr(rgbim, 'shape', None)}")
+        _strict_array(rgbim, "rgbim", np.uint8, 3, (self._h, self._w, 3))
+        self._crf.add_bilateral(rgbim, (sy, sx), srgb, compat=_compat(compat, self._nlabel),
+                                kernel=_choice(kernel, _KERNELS, "kernel"),
+                                normalization=_choice(normalization, _NORMALIZATIONS, "normalization"))
+
+
+def _pair(value, name):
+    pair = (value, value) if isinstance(value, numbers.Number) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a number or (x, y), got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _iterations(n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"niter must be a non-negative integer, got {n!r}")
+    return int(n)
