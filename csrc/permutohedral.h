@@ -30,8 +30,8 @@ class PermutohedralLattice {
   static constexpr int kMaxDim = 64;
 
   // features: (num_points, dim) row-major, already divided by the bandwidths.
-  // They are translated to start at zero first (in double precision), which
-  // makes the result invariant to translating all points. Throws
+  // They are first translated towards zero by whole lattice periods (in
+  // double precision), which leaves the filter unchanged. Throws
   // std::invalid_argument on bad sizes and std::overflow_error when the
   // lattice keys would not fit in int32.
   PermutohedralLattice(const double* features, int64_t num_points, int dim);

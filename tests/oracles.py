@@ -28,3 +28,50 @@ def exact_bilateral_filter(image, sigma_spatial, sigma_color):
         [np.stack([yy.ravel(), xx.ravel()], 1) / sigma_spatial, img.reshape(-1, c) / sigma_color], 1
     )
     return exact_gaussian_filter(features, img.reshape(-1, c), normalize=True).reshape(h, w, c)
+
+
+def exact_mean_field(unary, terms, iterations):
+    """Brute-force mean field of a dense CRF with exact Gaussian kernels, in float64.
+
+    unary: (L, N) energies. terms: list of (features (N, D), compat, normalization)
+    with compat a number (Potts w: compat(x) = -w x), an (L,) array (diagonal:
+    v * x) or an (L, L) array (matrix, symmetrised). Q starts at softmax(-U) and
+    Q <- softmax(-U - sum compat(K Q)), K including each point's own weight.
+    """
+    unary = np.asarray(unary, np.float64)
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=0, keepdims=True))
+        return e / e.sum(axis=0, keepdims=True)
+
+    kernels = []
+    for features, compat, normalization in terms:
+        k = gaussian_affinity(features)
+        norm = k.sum(axis=1)
+        if normalization == "symmetric":
+            s = 1 / np.sqrt(norm)
+            k = s[:, None] * k * s[None, :]
+        elif normalization == "before":
+            k = k / norm[None, :]
+        elif normalization == "after":
+            k = k / norm[:, None]
+        # "none": the raw kernel sum
+        kernels.append((k, compat))
+
+    def messages(q):
+        total = np.zeros_like(q)
+        for k, compat in kernels:
+            filtered = q @ k.T  # (L, N): row l filtered over points
+            if np.ndim(compat) == 0:
+                total += -float(compat) * filtered
+            elif np.ndim(compat) == 1:
+                total += np.asarray(compat, np.float64)[:, None] * filtered
+            else:
+                m = np.asarray(compat, np.float64)
+                total += 0.5 * (m + m.T) @ filtered
+        return total
+
+    q = softmax(-unary)
+    for _ in range(iterations):
+        q = softmax(-unary - messages(q))
+    return q, messages

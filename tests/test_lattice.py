@@ -103,15 +103,48 @@ def test_invariant_to_permuting_points(data, random):
     np.testing.assert_allclose(out_perm, out[perm], rtol=1e-4, atol=1e-5)
 
 
-@given(point_sets(), st.lists(st.integers(-1000, 1000), min_size=6, max_size=6))
-def test_invariant_to_translating_all_features(data, shift):
+def lattice_periods(d):
+    """Per-axis translations that map the lattice onto itself: sqrt(1.5 (i+1)(i+2))."""
+    i = np.arange(d)
+    return np.sqrt(1.5 * (i + 1) * (i + 2))
+
+
+@given(point_sets(), st.lists(st.integers(-10**4, 10**4), min_size=6, max_size=6))
+def test_invariant_to_translating_all_features_by_lattice_periods(data, periods):
+    # Whole lattice periods move every elevated point by a lattice vector: the
+    # same lattice, so the same result up to float rounding of the features.
+    # (Jittered off exact ties: a point on a simplex boundary may round to
+    # either side once shifted, and the sparse lattice is discontinuous there.)
     features, values = data
-    # Dyadic features and integer shifts: the translation itself is exact.
-    features = np.round(features * 1024) / 1024
-    shifted = features + np.array(shift[: features.shape[1]], np.float64)
-    out = PermutohedralLattice(features).filter(values)
-    out_shifted = PermutohedralLattice(shifted).filter(values)
-    np.testing.assert_array_equal(out_shifted, out)
+    d = features.shape[1]
+    features = features + np.random.default_rng(7).uniform(0, 1e-3, size=features.shape)
+    shifted = features + np.array(periods[:d]) * lattice_periods(d)
+    out = PermutohedralLattice(features).filter(values, normalize=True)
+    out_shifted = PermutohedralLattice(shifted).filter(values, normalize=True)
+    np.testing.assert_allclose(out_shifted, out, rtol=1e-4, atol=1e-4 * np.abs(values).max())
+
+
+@given(point_sets(), st.lists(st.floats(-1e4, 1e4), min_size=6, max_size=6))
+def test_arbitrary_translations_stay_within_the_accuracy_bound(data, shift):
+    # Other translations realign the points with the lattice: the result moves,
+    # but both stay within the documented bound of the exact filter.
+    features, values = data
+    d = features.shape[1]
+    exact = exact_gaussian_filter(features, values, normalize=True)
+    out = PermutohedralLattice(features + np.array(shift[:d])).filter(values, normalize=True)
+    assert np.abs(out - exact).max() <= ERROR_BOUND[d][0] * (values.max() - values.min()) + 1e-4
+
+
+def test_far_away_features_keep_full_precision():
+    # Features around 1e7 bandwidths: the lattice works relative to the data.
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0, 3, size=(200, 3))
+    values = rng.normal(size=(200, 2))
+    near = PermutohedralLattice(features).filter(values, normalize=True)
+    far = PermutohedralLattice(features + 1e7).filter(values, normalize=True)
+    exact = exact_gaussian_filter(features, values, normalize=True)
+    for out in (near, far):
+        assert np.abs(out - exact).mean() <= ERROR_BOUND[3][1] * (values.max() - values.min())
 
 
 @given(point_sets(), st.floats(-1e3, 1e3))

@@ -298,7 +298,7 @@ void PermutohedralLattice::build(const T* features) {
   const std::vector<Range> chunks = split_range(num_points, kPointGrain);
   const std::size_t num_chunks = chunks.size();
 
-  // Per-axis minimum (exact whatever the chunking), so that features start at zero.
+  // Per-axis minimum (exact whatever the chunking), to bring the features near zero.
   std::vector<double> origin(static_cast<std::size_t>(d) * num_chunks);
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     double* lo = origin.data() + chunk * d;
@@ -313,6 +313,16 @@ void PermutohedralLattice::build(const T* features) {
   std::vector<double> scale(d);
   const double inv_std_dev = std::sqrt(2.0 / 3.0) * d1;
   for (int i = 0; i < d; ++i) scale[i] = inv_std_dev / std::sqrt((i + 1.0) * (i + 2.0));
+  // Translating feature i by a multiple of (d+1) / scale[i] moves every
+  // elevated point by a lattice vector, (d+1) * (1, .., 1, -(i+1), 0, .., 0):
+  // the lattice maps onto itself and the filter is unchanged. Shifting the
+  // origin by such periods keeps keys small (no int32 overflow, full double
+  // precision for far-off features) while giving exactly the reference
+  // implementation's lattice alignment.
+  for (int i = 0; i < d; ++i) {
+    const double period = d1 / scale[i];
+    origin[i] = std::floor(origin[i] / period) * period;
+  }
 
   const std::size_t corners = static_cast<std::size_t>(num_points) * d1;
   corner_weight_.resize(corners);

@@ -113,7 +113,8 @@ class DenseCRF:
     Normalisations (per-point scales computed once from the filtered ones,
     ``n = K 1``): ``"symmetric"`` (default; ``n^-1/2 K n^-1/2``, keeps the CRF
     symmetric), ``"before"`` (``K n^-1``), ``"after"`` (``n^-1 K``, the NIPS
-    2011 one), ``"none"`` (``K / mean(n)``). Kernel types ``"const"``,
+    2011 one), ``"none"`` (the raw lattice sum ``K``, whose scale is the
+    lattice's approximation of the Gaussian sum, as in pydensecrf). Kernel types ``"const"``,
     ``"diag"``, ``"full"`` name which kernel parameters would be learnt; they do
     not change inference.
 
@@ -296,8 +297,7 @@ class DenseCRF:
             pre = (1.0 / (ones + 1e-20)).astype(np.float32)
         elif normalization == "after":
             post = (1.0 / (ones + 1e-20)).astype(np.float32)
-        else:
-            post = np.full(self.num_points, self.num_points / ones.sum(), np.float32)
+        # "none": the raw lattice sum, as pydensecrf (which computes a mean norm but never applies it).
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._feature_dims.append(features.shape[1])
         self.pairwise_terms.append(

@@ -1,0 +1,249 @@
+"""DenseCRF against a brute-force dense CRF with exact Gaussian kernels, and its invariants."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from skimage import data
+
+import segpost
+from segpost import DenseCRF
+
+from oracles import exact_mean_field
+
+# Differences between our marginals and the exact-kernel mean field on small
+# photo crops (3x3 to 12x12), any normalisation and compatibility; the
+# lattice's kernel approximation is the only source. Worst cases found by a
+# 700-example hypothesis search targeting them, then bounds with headroom
+# (HYPOTHESIS_PROFILE=stress reruns the tests with 2000 examples):
+# - smoothness kernel only (d = 2, dense): one step 0.019; after 10 iterations
+#   0.017 max, 0.0037 mean;
+# - with the bilateral kernel (d = 5, sparse on such tiny crops): one step
+#   0.096; after 10 iterations 0.17 max, 0.055 mean.
+# One step uses Potts weights up to 3 (diagonal/matrix entries up to 2); the
+# converged comparison uses up to 1.5, a contractive regime: stronger CRFs can
+# amplify kernel differences at label boundaries into different fixed points.
+BOUNDS = {  # term -> (one step max, converged max, converged mean)
+    "gaussian": (0.03, 0.03, 0.006),
+    "bilateral": (0.14, 0.25, 0.08),
+}
+
+
+def _bounds(term):
+    return BOUNDS["gaussian" if term == "gaussian" else "bilateral"]
+
+
+def _grid_features(h, w, sxy):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx.ravel(), yy.ravel()], 1) / sxy
+
+
+@st.composite
+def crf_problems(draw, max_weight=3.0):
+    h, w = draw(st.integers(3, 12)), draw(st.integers(3, 12))
+    labels = draw(st.integers(2, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    unary = rng.normal(scale=draw(st.floats(0.1, 2.0)), size=(labels, h, w)).astype(np.float32)
+    kind = draw(st.sampled_from(["potts", "diag", "matrix"]))
+    if kind == "potts":
+        compat = draw(st.floats(0.0, max_weight))
+    elif kind == "diag":
+        compat = rng.uniform(-2 * max_weight / 3, 0, size=labels).astype(np.float32)
+    else:
+        compat = rng.uniform(0, 2 * max_weight / 3, size=(labels, labels)).astype(np.float32)
+    # "none" is the raw lattice sum, whose scale is the lattice's own, not the
+    # exact Gaussian sum's: tested against pydensecrf instead.
+    normalization = draw(st.sampled_from(["symmetric", "before", "after"]))
+    term = draw(st.sampled_from(["gaussian", "bilateral", "both"]))
+    y0, x0 = draw(st.integers(0, 400)), draw(st.integers(0, 400))
+    image = data.astronaut()[y0 : y0 + h, x0 : x0 + w]
+    return unary, compat, normalization, term, image
+
+
+def _build(unary, compat, normalization, term, image):
+    h, w = unary.shape[1:]
+    crf = DenseCRF(unary)
+    exact_terms = []
+    if term in ("gaussian", "both"):
+        crf.add_gaussian(2.0, compat=compat, normalization=normalization)
+        exact_terms.append((_grid_features(h, w, 2.0), compat, normalization))
+    if term in ("bilateral", "both"):
+        crf.add_bilateral(image, 5.0, 20.0, compat=compat, normalization=normalization)
+        features = np.concatenate([_grid_features(h, w, 5.0), image.reshape(-1, 3) / 20.0], 1)
+        exact_terms.append((features, compat, normalization))
+    return crf, exact_terms
+
+
+@given(crf_problems())
+def test_one_step_matches_exact_mean_field(problem):
+    unary, compat, normalization, term, image = problem
+    crf, exact_terms = _build(*problem)
+    labels = unary.shape[0]
+    q0 = np.random.default_rng(0).dirichlet(np.ones(labels), size=unary[0].size).T.astype(np.float32)
+    q1 = crf.step(q0.reshape(unary.shape)).reshape(labels, -1)
+    _, messages = exact_mean_field(unary.reshape(labels, -1), exact_terms, 0)
+    expected = np.exp(-unary.reshape(labels, -1) - messages(q0.astype(np.float64)))
+    expected /= expected.sum(axis=0)
+    assert np.abs(q1 - expected).max() <= _bounds(term)[0]
+
+
+@given(crf_problems(max_weight=1.5))
+def test_converged_marginals_match_exact_mean_field(problem):
+    unary, term = problem[0], problem[3]
+    crf, exact_terms = _build(*problem)
+    labels = unary.shape[0]
+    q = crf.inference(10).reshape(labels, -1)
+    expected, _ = exact_mean_field(unary.reshape(labels, -1), exact_terms, 10)
+    diff = np.abs(q - expected)
+    _, max_bound, mean_bound = _bounds(term)
+    assert diff.max() <= max_bound
+    assert diff.mean() <= mean_bound
+    np.testing.assert_allclose(q.sum(axis=0), 1.0, rtol=1e-5)
+
+
+@given(crf_problems(), st.integers(0, 6))
+def test_inference_equals_repeated_steps(problem, iterations):
+    crf, _ = _build(*problem)
+    q = crf.initial_q()
+    for _ in range(iterations):
+        q = crf.step(q)
+    np.testing.assert_allclose(crf.inference(iterations), q, atol=2e-6)
+    np.testing.assert_array_equal(crf.map(iterations), np.argmax(crf.inference(iterations), axis=0))
+
+
+def test_zero_pairwise_weight_gives_softmax_of_negated_unary():
+    rng = np.random.default_rng(0)
+    unary = rng.normal(scale=3, size=(5, 9, 11)).astype(np.float32)
+    crf = DenseCRF(unary)
+    crf.add_gaussian(3, compat=0.0)
+    crf.add_bilateral(data.coffee()[:9, :11], 10, 10, compat=0.0)
+    expected = np.exp(-unary.astype(np.float64))
+    expected /= expected.sum(axis=0)
+    np.testing.assert_allclose(crf.inference(7), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(DenseCRF(unary).inference(3), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_overwhelming_unary_is_kept():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(20, 20))
+    unary = np.full((4, 20, 20), 50.0, np.float32)
+    unary[labels, np.arange(20)[:, None], np.arange(20)[None, :]] = 0.0
+    crf = DenseCRF(unary)
+    crf.add_gaussian(3, compat=10)
+    crf.add_bilateral(data.astronaut()[:20, :20], 30, 10, compat=10)
+    np.testing.assert_array_equal(crf.map(10), labels)
+
+
+def test_crf_removes_label_noise_on_a_photo_edge():
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:, 20:] = 180
+    truth = (np.arange(40)[None, :] >= 20).repeat(40, 0).astype(int)
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.random(truth.shape) < 0.25, 1 - truth, truth)
+    probs = np.stack([np.where(noisy == 0, 0.65, 0.35), np.where(noisy == 1, 0.65, 0.35)])
+    crf = DenseCRF(-np.log(probs))
+    crf.add_gaussian(3, compat=3)
+    crf.add_bilateral(image, 20, 10, compat=5)
+    assert (crf.map(5) == truth).mean() > 0.99
+    assert (noisy == truth).mean() < 0.8
+
+
+def test_kl_divergence_decreases_with_symmetric_kernels():
+    rng = np.random.default_rng(3)
+    crf = DenseCRF(rng.normal(size=(3, 24, 24)).astype(np.float32))
+    crf.add_gaussian(3, compat=3)
+    crf.add_bilateral(data.chelsea()[:24, :24], 10, 13, compat=4)
+    q = crf.initial_q()
+    kls = [crf.kl_divergence(q)]
+    for _ in range(5):
+        q = crf.step(q)
+        kls.append(crf.kl_divergence(q))
+    assert kls[-1] < kls[0]
+
+
+def test_volumes_with_spacing_match_the_exact_crf():
+    # A 3-D volume with anisotropic voxel spacing: features = index * spacing / sigma.
+    rng = np.random.default_rng(0)
+    unary = rng.normal(size=(3, 4, 6, 5)).astype(np.float32)
+    intensity = rng.uniform(0, 100, size=(4, 6, 5))
+    crf = DenseCRF(unary)
+    crf.add_gaussian(3.0, compat=2, spacing=(2.5, 1.0, 1.0))
+    crf.add_bilateral(intensity, 5.0, 20.0, compat=2, spacing=(2.5, 1.0, 1.0), channel_axis=None)
+    zz, yy, xx = np.mgrid[0:4, 0:6, 0:5]
+    pos = np.stack([xx.ravel(), yy.ravel(), 2.5 * zz.ravel()], 1)
+    terms = [(pos / 3.0, 2, "symmetric"), (np.concatenate([pos / 5.0, intensity.reshape(-1, 1) / 20.0], 1), 2, "symmetric")]
+    expected, _ = exact_mean_field(unary.reshape(3, -1), terms, 5)
+    q = crf.inference(5)
+    assert q.shape == (3, 4, 6, 5)
+    assert np.abs(q.reshape(3, -1) - expected).max() <= BOUNDS["bilateral"][1]
+
+
+def test_arbitrary_features_and_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    unary = torch.from_numpy(rng.normal(size=(3, 50)).astype(np.float32))
+    crf = DenseCRF(unary)
+    crf.add_pairwise(torch.from_numpy(rng.uniform(0, 3, size=(50, 4))), compat=2.0)
+    q = crf.inference(3)
+    assert isinstance(q, torch.Tensor) and q.shape == (3, 50)
+    np.testing.assert_allclose(q.sum(0).numpy(), 1.0, rtol=1e-5)
+    assert crf.map(3).dtype == torch.int64
+
+
+def test_results_do_not_depend_on_thread_count():
+    image = data.astronaut()[:96, :128]
+    unary = np.random.default_rng(0).normal(size=(6, 96, 128)).astype(np.float32)
+    previous = segpost.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            segpost.set_num_threads(threads)
+            crf = DenseCRF(unary)
+            crf.add_gaussian(3, compat=3)
+            crf.add_bilateral(image, 30, 10, compat=5)
+            results.append(crf.inference(4))
+    finally:
+        segpost.set_num_threads(previous)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_many_labels_take_the_generic_path():
+    rng = np.random.default_rng(0)
+    for labels in (1, 7, 9, 64, 65, 150):
+        unary = rng.normal(size=(labels, 6, 7)).astype(np.float32)
+        crf = DenseCRF(unary)
+        crf.add_gaussian(2, compat=1.5)
+        q = crf.inference(3)
+        expected, _ = exact_mean_field(unary.reshape(labels, -1), [(_grid_features(6, 7, 2.0), 1.5, "symmetric")], 3)
+        assert np.abs(q.reshape(labels, -1) - expected).max() <= BOUNDS["gaussian"][1]
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: DenseCRF(np.zeros((0, 5))), ValueError, "non-empty"),
+        (lambda: DenseCRF(np.zeros(5)), ValueError, "non-empty"),
+        (lambda: DenseCRF(np.full((2, 3), np.nan)), ValueError, "finite"),
+        (lambda: DenseCRF(np.zeros((2, 3), np.int32)), TypeError, "floating"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian(0), ValueError, "sigma"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian((1, 2, 3)), ValueError, "sigma"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian(1, compat=np.zeros(3)), ValueError, "compat"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian(1, compat=float("nan")), ValueError, "compat"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian(1, normalization="l2"), ValueError, "normalization"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_gaussian(1, kernel="box"), ValueError, "kernel"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_bilateral(np.zeros((5, 4, 3)), 1, 1), ValueError, "grid"),
+        (lambda: DenseCRF(np.zeros((2, 4, 4))).add_bilateral(np.zeros((4, 4, 3)), 1, -1), ValueError, "sigma_color"),
+        (lambda: DenseCRF(np.zeros((2, 6))).add_pairwise(np.zeros((5, 2))), ValueError, "one row per point"),
+        (lambda: DenseCRF(np.zeros((2, 6))).inference(-1), ValueError, "iterations"),
+        (lambda: DenseCRF(np.zeros((2, 6))).step(np.zeros((3, 6))), ValueError, "shaped like the unary"),
+    ],
+)
+def test_bad_input_raises(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_memory_estimate_refuses_huge_problems(monkeypatch):
+    monkeypatch.setenv("SEGPOST_MAX_MEMORY_GB", "0.001")
+    with pytest.raises(MemoryError, match="SEGPOST_MAX_MEMORY_GB"):
+        DenseCRF(np.zeros((21, 256, 256), np.float32))
