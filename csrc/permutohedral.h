@@ -44,17 +44,26 @@ class PermutohedralLattice {
   void filter(const float* values, int64_t channels, float* out, bool transpose,
               const float* pre_scale = nullptr, const float* post_scale = nullptr) const;
 
-  // Building blocks for fused loops (the dense CRF's mean field): the splat
-  // and slice as per-point sparse rows, the partition rule, and the blur.
+  // Building blocks for fused loops (the dense CRF's mean field).
+  //
+  // Splatting is a scatter over a fixed partition of the points into
+  // contiguous ranges (its count depends on the number of points only, never
+  // on the thread count). Each partition scatters into a compact buffer of
+  // just the vertices it touches, numbered locally; `gather_partitions` then
+  // adds the partitions into one buffer of all vertices in partition order.
   const int32_t* corner_vertex() const { return corner_vertex_.data(); }
+  const int32_t* corner_local() const { return corner_local_.data(); }
   const float* corner_weight() const { return corner_weight_.data(); }
+  int64_t num_partitions() const { return static_cast<int64_t>(partition_vertices_.size()); }
+  int64_t partition_begin(int64_t b) const { return num_points_ * b / num_partitions(); }
+  int64_t partition_end(int64_t b) const { return num_points_ * (b + 1) / num_partitions(); }
+  // Vertices touched by partition b (rows of its compact buffer).
+  int64_t partition_rows(int64_t b) const { return static_cast<int64_t>(partition_vertices_[b].size()); }
   // Slice scale: 1 / (1 + 2^-d).
   float alpha() const;
-  // Number of splat partitions for vertex rows of `stride` floats; depends on
-  // the sizes only, never on the thread count.
-  int64_t splat_partitions(int64_t stride) const;
-  // Sums `count` partition buffers of rows of blocks*8 floats into `out`.
-  void reduce_partitions(float* const* parts, int64_t count, int64_t blocks, float* out) const;
+  // out (num_vertices + 1 rows of blocks*8 floats) = sum of the partitions'
+  // compact buffers, added in partition order; row 0 stays zero.
+  void gather_partitions(const float* const* parts, int64_t blocks, float* out) const;
   // Blurs `current` along every lattice axis using `next` as scratch; returns
   // the buffer that holds the result (one of the two). Row 0 of both must be zero.
   float* blur(float* current, float* next, int64_t blocks, bool transpose) const;
@@ -78,6 +87,10 @@ class PermutohedralLattice {
   // corner of the point's enclosing simplex.
   std::vector<int32_t> corner_vertex_;
   std::vector<float> corner_weight_;
+  // (num_points, dim+1): the corner's row in its partition's compact buffer.
+  std::vector<int32_t> corner_local_;
+  // Per partition: shifted global index of each local row.
+  std::vector<std::vector<int32_t>> partition_vertices_;
   // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
   // vertex along each lattice axis, 0 where the neighbour does not exist.
   std::vector<int32_t> blur_neighbour_;

@@ -48,8 +48,8 @@ struct TermBuffers {
   const PermutohedralLattice* lattice;
   int d1;
   float alpha;
-  std::size_t rows;            // floats per buffer: (num_vertices + 1) padded rows
-  std::vector<float*> parts;   // splat partitions
+  std::vector<float*> parts;   // compact splat buffers, one per partition
+  std::vector<std::size_t> part_floats;
   float* ping;                 // reduce target and blur scratch
   float* pong;
   const float* blurred = nullptr;
@@ -112,7 +112,7 @@ struct Kernels {
     const int d1 = D1 > 0 ? D1 : t.d1;
     const float* pre = t.term->pre_scale;
     const float scale = pre ? pre[p] : 1.0f;
-    const int32_t* vertex = t.lattice->corner_vertex() + p * d1;
+    const int32_t* vertex = t.lattice->corner_local() + p * d1;  // rows of the partition's compact buffer
     const float* weight = t.lattice->corner_weight() + p * d1;
     const int64_t stride = row.blocks * 8;
     for (int r = 0; r < d1; ++r) {
@@ -299,21 +299,26 @@ void emit_points(int64_t begin, int64_t end, const float* q_in, const float* una
   SEGPOST_DISPATCH_BLOCKS(blocks, emit_rows, begin, end, q_in, unary, labels, blocks, q_out, labels_out)
 }
 
-// Lays out the workspace: per term, `partitions` splat buffers plus two for
-// the reduction and the blur, each (num_vertices + 1) rows of padded labels.
-std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, int64_t partitions,
-                                 Workspace& workspace) {
+// Lays out the workspace: per term, the partitions' compact splat buffers,
+// then two full vertex buffers for the gathered sum and the blur.
+std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, Workspace& workspace) {
   const int64_t stride = (labels + 7) / 8 * 8;
   workspace.resize(terms.size());
   std::vector<TermBuffers> out;
   for (std::size_t k = 0; k < terms.size(); ++k) {
     const PermutohedralLattice* lattice = terms[k].lattice;
     const std::size_t rows = static_cast<std::size_t>(lattice->num_vertices() + 1) * stride;
+    std::vector<std::size_t> offset(1, 0);
+    for (int64_t b = 0; b < lattice->num_partitions(); ++b)
+      offset.push_back(offset.back() + lattice->partition_rows(b) * stride);
     std::vector<float>& memory = workspace[k];
-    if (memory.size() < (partitions + 2) * rows) memory.resize((partitions + 2) * rows);
-    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), rows, {}, nullptr, nullptr};
-    for (int64_t b = 0; b < partitions; ++b) t.parts.push_back(memory.data() + b * rows);
-    t.ping = memory.data() + partitions * rows;
+    if (memory.size() < offset.back() + 2 * rows) memory.resize(offset.back() + 2 * rows);
+    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {}, {}, nullptr, nullptr};
+    for (int64_t b = 0; b < lattice->num_partitions(); ++b) {
+      t.parts.push_back(memory.data() + offset[b]);
+      t.part_floats.push_back(offset[b + 1] - offset[b]);
+    }
+    t.ping = memory.data() + offset.back();
     t.pong = t.ping + rows;
     std::fill(t.pong, t.pong + stride, 0.0f);  // row 0 reads as a missing neighbour
     out.push_back(t);
@@ -321,31 +326,25 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
   return out;
 }
 
-int64_t shared_partitions(const std::vector<PairwiseTerm>& terms, int64_t labels) {
-  const int64_t stride = (labels + 7) / 8 * 8;
-  int64_t partitions = 1 << 20;
-  for (const PairwiseTerm& t : terms) partitions = std::min(partitions, t.lattice->splat_partitions(stride));
-  return std::max<int64_t>(partitions, 1);
-}
-
-// Runs fn(partition, begin, end) for every partition, in parallel; each
-// partition first zeroes its own splat buffers when `zero` is set.
+// Runs fn(partition, begin, end) for every splat partition, in parallel; each
+// partition first zeroes its own splat buffers when `zero` is set. All the
+// lattices of a CRF share the points, hence the partitions.
 template <class F>
-void for_partitions(int64_t num_points, int64_t partitions, const std::vector<TermBuffers>& terms, bool zero,
-                    const F& fn) {
-  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+void for_partitions(const std::vector<TermBuffers>& terms, bool zero, const F& fn) {
+  const PermutohedralLattice* lattice = terms[0].lattice;
+  parallel_for(lattice->num_partitions(), 1, [&](int64_t first, int64_t last) {
     for (int64_t part = first; part < last; ++part) {
       if (zero)
-        for (const TermBuffers& t : terms) std::fill(t.parts[part], t.parts[part] + t.rows, 0.0f);
-      fn(part, num_points * part / partitions, num_points * (part + 1) / partitions);
+        for (const TermBuffers& t : terms) std::fill(t.parts[part], t.parts[part] + t.part_floats[part], 0.0f);
+      fn(part, lattice->partition_begin(part), lattice->partition_end(part));
     }
   });
 }
 
-void reduce_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
+void gather_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
   const int64_t blocks = (labels + 7) / 8;
   for (TermBuffers& t : terms) {
-    t.lattice->reduce_partitions(t.parts.data(), static_cast<int64_t>(t.parts.size()), blocks, t.ping);
+    t.lattice->gather_partitions(t.parts.data(), blocks, t.ping);
     t.blurred = t.lattice->blur(t.ping, t.pong, blocks, false);
   }
 }
@@ -361,15 +360,14 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     });
     return;
   }
-  const int64_t partitions = shared_partitions(terms, num_labels);
-  std::vector<TermBuffers> buffers = prepare(terms, num_labels, partitions, workspace);
-  for_partitions(num_points, partitions, buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+  std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
+  for_partitions(buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
-    reduce_and_blur(buffers, num_labels);
+    gather_and_blur(buffers, num_labels);
     const bool last = it + 1 == iterations;
-    for_partitions(num_points, partitions, buffers, !last, [&](int64_t part, int64_t begin, int64_t end) {
+    for_partitions(buffers, !last, [&](int64_t part, int64_t begin, int64_t end) {
       update_rows(begin, end, part, unary, num_labels, buffers, !last, last ? q_out : nullptr,
                   last ? labels_out : nullptr);
     });
@@ -382,12 +380,11 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
     std::fill(messages, messages + num_points * num_labels, 0.0f);
     return;
   }
-  const int64_t partitions = shared_partitions(terms, num_labels);
-  std::vector<TermBuffers> buffers = prepare(terms, num_labels, partitions, workspace);
-  for_partitions(num_points, partitions, buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+  std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
+  for_partitions(buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q, nullptr, num_labels, buffers);
   });
-  reduce_and_blur(buffers, num_labels);
+  gather_and_blur(buffers, num_labels);
   parallel_for(num_points, kPointGrain,
                [&](int64_t begin, int64_t end) { message_rows(begin, end, num_labels, buffers, messages); });
 }

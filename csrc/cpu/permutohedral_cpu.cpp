@@ -22,11 +22,11 @@ namespace {
 // Grain sizes: below these a loop stays on the calling thread.
 constexpr int64_t kPointGrain = 4096;
 constexpr int64_t kVertexGrain = 1024;
-// Splat partitions: points are cut into a fixed number of contiguous
-// partitions (never more than kMaxPartitions, and never depending on the
-// thread count), each scattered into its own buffer, then summed in order.
+// Splat partitions: points are cut into contiguous partitions of at least
+// kPartitionPoints points, at most kMaxPartitions of them: a function of the
+// number of points only, never of the thread count.
 constexpr int64_t kMaxPartitions = 4;
-constexpr int64_t kPartitionBytes = int64_t(64) << 20;
+constexpr int64_t kPartitionPoints = 16384;
 // Channels are processed in blocks padded to a multiple of 8 floats (one AVX
 // register) that fit on the stack.
 constexpr int64_t kMaxStackChannels = 64;
@@ -222,13 +222,14 @@ void splat_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
   }
 }
 
-// out = buffers[0] + buffers[1] + ... + buffers[n-1], rows [begin, end), in a fixed order.
+// out[rows[i]] += part[i] for the local rows [begin, end) of one partition.
 SEGPOST_MULTIVERSION
-void reduce_rows(int64_t begin, int64_t end, int64_t blocks, float* const* buffers, int64_t n, float* out) {
-  for (int64_t i = begin * blocks; i < end * blocks; ++i) {
-    Block sum = load(buffers[0] + 8 * i);
-    for (int64_t b = 1; b < n; ++b) sum += load(buffers[b] + 8 * i);
-    store(out + 8 * i, sum);
+void add_partition_rows(int64_t begin, int64_t end, int64_t blocks, const int32_t* rows, const float* part, float* out) {
+  const int64_t stride = blocks * 8;
+  for (int64_t i = begin; i < end; ++i) {
+    float* dst = out + static_cast<int64_t>(rows[i]) * stride;
+    const float* src = part + i * stride;
+    for (int64_t b = 0; b < blocks; ++b) store(dst + 8 * b, load(dst + 8 * b) + load(src + 8 * b));
   }
 }
 
@@ -414,6 +415,27 @@ void PermutohedralLattice::build(const T* features) {
       }
     }
   });
+
+  // Splat partitions: each numbers the vertices it touches in order of first
+  // occurrence, for a compact scatter buffer.
+  const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
+  partition_vertices_.assign(partitions, {});
+  corner_local_.resize(corners);
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    std::vector<int32_t> local_of(m + 1, -1);
+    for (int64_t b = first; b < last; ++b) {
+      std::vector<int32_t>& rows = partition_vertices_[b];
+      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
+        const int32_t v = corner_vertex_[c];
+        if (local_of[v] < 0) {
+          local_of[v] = static_cast<int32_t>(rows.size());
+          rows.push_back(v);
+        }
+        corner_local_[c] = local_of[v];
+      }
+      for (const int32_t v : rows) local_of[v] = -1;
+    }
+  });
 }
 
 void PermutohedralLattice::filter(const float* values, int64_t channels, float* out, bool transpose,
@@ -442,25 +464,31 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   const int64_t stride = blocks * 8;
   const std::size_t rows = static_cast<std::size_t>(m + 1) * stride;
 
-  // Splat. Row 0 of every buffer stays zero: it is what missing neighbours read.
-  const int64_t partitions = splat_partitions(stride);
-  const int64_t num_buffers = std::max<int64_t>(partitions, 2);
+  // Scratch: the partitions' compact buffers, then two full vertex buffers
+  // (row 0 of both stays zero: it is what missing neighbours read).
+  const int64_t partitions = num_partitions();
+  std::vector<std::size_t> offset(partitions + 1, 0);
+  for (int64_t b = 0; b < partitions; ++b) offset[b + 1] = offset[b] + partition_rows(b) * stride;
   std::unique_lock<std::mutex> lock(scratch_mutex_, std::try_to_lock);
   std::vector<float> own_scratch;
   std::vector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
-  if (scratch.size() < num_buffers * rows) scratch.resize(num_buffers * rows);
-  std::vector<float*> parts(num_buffers);
-  for (int64_t b = 0; b < num_buffers; ++b) parts[b] = scratch.data() + b * rows;
-  parallel_for(num_buffers, 1, [&](int64_t begin, int64_t end) {
-    std::fill(parts[begin], parts[begin] + (end - begin) * rows, 0.0f);
+  if (scratch.size() < offset[partitions] + 2 * rows) scratch.resize(offset[partitions] + 2 * rows);
+  std::vector<const float*> parts(partitions);
+  for (int64_t b = 0; b < partitions; ++b) parts[b] = scratch.data() + offset[b];
+  float* current = scratch.data() + offset[partitions];
+  float* next = current + rows;
+
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float* part = scratch.data() + offset[b];
+      std::fill(part, part + partition_rows(b) * stride, 0.0f);
+      splat_points(partition_begin(b), partition_end(b), d1, c, blocks, corner_local_.data(), corner_weight_.data(),
+                   values, pre_scale, part);
+    }
   });
-  parallel_for(partitions, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      splat_points(num_points_ * b / partitions, num_points_ * (b + 1) / partitions, d1, c, blocks,
-                   corner_vertex_.data(), corner_weight_.data(), values, pre_scale, parts[b]);
-  });
-  if (partitions > 1) reduce_partitions(parts.data(), partitions, blocks, parts[0]);
-  const float* result = blur(parts[0], parts[1], blocks, transpose);
+  gather_partitions(parts.data(), blocks, current);
+  std::fill(next, next + stride, 0.0f);
+  const float* result = blur(current, next, blocks, transpose);
 
   // Slice: barycentric interpolation, scaled by the lattice's constant.
   const float scale = alpha();
@@ -472,14 +500,19 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
 
 float PermutohedralLattice::alpha() const { return static_cast<float>(1.0 / (1.0 + std::pow(2.0, -dim_))); }
 
-int64_t PermutohedralLattice::splat_partitions(int64_t stride) const {
-  const int64_t bytes = (num_vertices_ + 1) * stride * static_cast<int64_t>(sizeof(float));
-  return std::max<int64_t>(1, std::min({kMaxPartitions, kPartitionBytes / (bytes + 1), num_points_ / kPointGrain}));
-}
-
-void PermutohedralLattice::reduce_partitions(float* const* parts, int64_t count, int64_t blocks, float* out) const {
+void PermutohedralLattice::gather_partitions(const float* const* parts, int64_t blocks, float* out) const {
+  const int64_t stride = blocks * 8;
   parallel_for(num_vertices_ + 1, kVertexGrain,
-               [&](int64_t begin, int64_t end) { reduce_rows(begin, end, blocks, parts, count, out); });
+               [&](int64_t begin, int64_t end) { std::fill(out + begin * stride, out + end * stride, 0.0f); });
+  // One partition at a time: within a partition the rows are distinct
+  // vertices, so the rows split across threads and every vertex still sums
+  // its partitions in partition order.
+  for (int64_t b = 0; b < num_partitions(); ++b) {
+    const int32_t* rows = partition_vertices_[b].data();
+    parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
+      add_partition_rows(begin, end, blocks, rows, parts[b], out);
+    });
+  }
 }
 
 float* PermutohedralLattice::blur(float* current, float* next, int64_t blocks, bool transpose) const {
@@ -497,15 +530,18 @@ float* PermutohedralLattice::blur(float* current, float* next, int64_t blocks, b
 }
 
 std::size_t PermutohedralLattice::nbytes() const {
-  return corner_vertex_.size() * sizeof(int32_t) + corner_weight_.size() * sizeof(float) +
-         blur_neighbour_.size() * sizeof(int32_t);
+  std::size_t partition_bytes = 0;
+  for (const auto& rows : partition_vertices_) partition_bytes += rows.size() * sizeof(int32_t);
+  return corner_vertex_.size() * sizeof(int32_t) + corner_local_.size() * sizeof(int32_t) +
+         corner_weight_.size() * sizeof(float) + blur_neighbour_.size() * sizeof(int32_t) + partition_bytes;
 }
 
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
   const int64_t c = std::min(channels, kMaxStackChannels);
   const int64_t stride = (c + 7) / 8 * 8;
-  const std::size_t rows = static_cast<std::size_t>(num_vertices_ + 1) * stride;
-  std::size_t bytes = std::max<int64_t>(splat_partitions(stride), 2) * rows * sizeof(float);
+  std::size_t rows = 2 * static_cast<std::size_t>(num_vertices_ + 1);
+  for (int64_t b = 0; b < num_partitions(); ++b) rows += partition_rows(b);
+  std::size_t bytes = rows * stride * sizeof(float);
   if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
   return bytes;
 }

@@ -1,0 +1,113 @@
+"""Dense CRF end to end: segpost.crf_refine against pydensecrf, in one process.
+
+Both start from the same coarse logits (output stride 8) of a scikit-image photo
+and end with a label map: upsample bilinearly, unary, two kernels, mean field,
+argmax. Prints medians and the ratio pydensecrf / segpost; peak memory of each
+is measured in a fresh subprocess.
+
+Run:  python benchmarks/bench_crf.py [--quick]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import median_time, print_table  # noqa: E402
+
+import segpost  # noqa: E402
+from segpost.upsample import resize_logits  # noqa: E402
+
+
+def photo(size):
+    from skimage import data
+    from skimage.transform import resize
+
+    image = data.astronaut()
+    if size != image.shape[0]:
+        image = (resize(image, (size, size), order=1, anti_aliasing=False) * 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def coarse_logits(size, labels, seed=0):
+    return np.random.default_rng(seed).normal(scale=2.0, size=(labels, size // 8, size // 8)).astype(np.float32)
+
+
+def run_pydensecrf(image, logits, params, iterations):
+    import pydensecrf.densecrf as dcrf
+
+    h, w = image.shape[:2]
+    full = resize_logits(logits, (h, w))
+    peak = full.max(axis=0)
+    unary = (np.log(np.exp(full - peak).sum(axis=0)) + peak - full).reshape(len(full), -1)
+    d = dcrf.DenseCRF2D(w, h, len(full))
+    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    d.addPairwiseGaussian(sxy=params.pos_xy, compat=params.pos_weight)
+    d.addPairwiseBilateral(sxy=params.bi_xy, srgb=params.bi_rgb, rgbim=image, compat=params.bi_weight)
+    return np.argmax(d.inference(iterations), axis=0).reshape(h, w)
+
+
+def run_segpost(image, logits, params, iterations):
+    return segpost.crf_refine(image, logits, params=params, iterations=iterations)
+
+
+RUNNERS = {"segpost": run_segpost, "pydensecrf": run_pydensecrf}
+
+
+def measure_memory(which, size, labels, iterations):
+    """Peak RSS growth (MiB) of one run in a fresh process."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import bench_crf as b
+from bench_lattice import reset_peak_rss, peak_rss_kib
+image, logits = b.photo({size}), b.coarse_logits({size}, {labels})
+params = b.segpost.CRFParams.pydensecrf()
+before = reset_peak_rss()
+b.RUNNERS[{which!r}](image, logits, params, {iterations})
+print(json.dumps((peak_rss_kib() - before) / 1024))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(size, labels, preset, iterations, repeats):
+    image, logits = photo(size), coarse_logits(size, labels)
+    params = segpost.CRFParams.coerce(preset)
+    t_ours = median_time(lambda: run_segpost(image, logits, params, iterations), repeats=repeats)
+    t_ref = median_time(lambda: run_pydensecrf(image, logits, params, iterations), repeats=repeats)
+    agree = (run_segpost(image, logits, params, iterations) == run_pydensecrf(image, logits, params, iterations)).mean()
+    return [f"{size}x{size}", labels, preset, iterations, f"{t_ref * 1e3:.0f}", f"{t_ours * 1e3:.0f}",
+            f"{t_ref / t_ours:.1f}x", f"{100 * agree:.2f}%"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only the 512x512 table, 3 repeats")
+    args = parser.parse_args()
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        sys.exit("pydensecrf is needed for the comparison: make install (or pip install pydensecrf2)")
+    repeats = 3 if args.quick else 5
+    headers = ["image", "labels", "preset", "iters", "pydensecrf ms", "segpost ms", "speedup", "same labels"]
+    print(f"Dense CRF end to end (coarse logits at stride 8 -> labels), {segpost.get_num_threads()} threads, "
+          f"median of {repeats}")
+    rows = [compare(512, 21, preset, its, repeats) for preset in ("deeplab", "pydensecrf") for its in (5, 10)]
+    print_table(headers, rows)
+    if args.quick:
+        return
+    print("\nsize sweep (21 labels, pydensecrf preset, 10 iterations)")
+    print_table(headers, [compare(s, 21, "pydensecrf", 10, 3 if s < 2048 else 1) for s in (256, 512, 1024, 2048)])
+    print("\nlabel sweep (512x512, pydensecrf preset, 10 iterations)")
+    print_table(headers, [compare(512, n, "pydensecrf", 10, 3) for n in (2, 21, 150)])
+    print("\npeak memory of one run in a fresh process (512x512, 21 labels, 10 iterations), MiB")
+    mem = {which: measure_memory(which, 512, 21, 10) for which in ("pydensecrf", "segpost")}
+    print_table(["pydensecrf MiB", "segpost MiB"], [[f"{mem['pydensecrf']:.0f}", f"{mem['segpost']:.0f}"]])
+
+
+if __name__ == "__main__":
+    main()
