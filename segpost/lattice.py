@@ -29,9 +29,9 @@ class PermutohedralLattice:
         Point positions already divided by their bandwidths (so the kernel has
         unit standard deviation), float16/float32/float64, ``1 <= d <= 64``.
         Any strides are accepted; the caller's array is never modified.
-        Features are translated to start at zero (in float64) before they are
-        rounded to the lattice, so the result is invariant to translating all
-        points. float32 and float64 are read in place, without a copy.
+        Features are moved towards the origin by whole lattice periods (in
+        float64), which leaves the filter unchanged and keeps far-off features
+        precise. float32 and float64 are read in place, without a copy.
 
     Attributes
     ----------
@@ -99,8 +99,8 @@ class PermutohedralLattice:
             arr = arr.astype(np.float32)
         if n * (d + 1) >= 2**31 - 1:
             raise ValueError(f"too many points for one lattice: N * (d + 1) = {n * (d + 1)} must be below 2**31")
-        # The C++ side translates the features to start at zero (in float64,
-        # without touching this array) and checks the int32 key range exactly.
+        # The C++ side moves the features towards zero by whole lattice periods
+        # (in float64, without touching this array) and checks the int32 key range exactly.
         try:
             self._lattice = _C.PermutohedralLattice(np.ascontiguousarray(arr))
         except OverflowError:
