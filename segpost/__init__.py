@@ -7,6 +7,8 @@ from ._threads import get_num_threads, set_num_threads
 from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
+from .metrics import SegMetrics, confusion_matrix
+from . import metrics
 
 __version__ = "0.1.0"
 
@@ -15,7 +17,10 @@ __all__ = [
     "DenseCRF",
     "MAX_LATTICE_DIM",
     "PermutohedralLattice",
+    "SegMetrics",
     "bilateral_filter",
+    "confusion_matrix",
+    "metrics",
     "crf_refine",
     "get_num_threads",
     "set_num_threads",

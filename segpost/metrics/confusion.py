@@ -1,0 +1,261 @@
+"""The confusion matrix: one fused, parallel pass over any integer label maps."""
+from __future__ import annotations
+
+import numbers
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .._threads import get_num_threads
+from .._validation import is_torch_tensor
+
+__all__ = ["confusion_matrix", "ConfusionResult", "warmup"]
+
+# Below this many pixels one thread is faster than starting more (measured
+# with benchmarks/bench_metrics.py: thread start-up is ~50 us).
+PARALLEL_THRESHOLD = 1 << 18
+# Sub-histograms per thread (breaking increment chains) while K*K stays small.
+_SUB_HISTOGRAM_BINS = 1 << 16
+
+
+class ConfusionResult(np.ndarray):
+    """A (K, K) int64 confusion matrix (rows = target, columns = prediction) that
+    also reports ``num_invalid``: labels dropped with ``on_invalid="ignore"``."""
+
+    num_invalid: int = 0
+
+    def __array_finalize__(self, obj):
+        self.num_invalid = getattr(obj, "num_invalid", 0)
+
+
+def _normalise_ignore(ignore_index):
+    if ignore_index is None:
+        return ()
+    if isinstance(ignore_index, (numbers.Integral, np.integer)) and not isinstance(ignore_index, bool):
+        return (int(ignore_index),)
+    try:
+        values = tuple(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an int or a collection of ints, got {ignore_index!r}") from None
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
+            raise TypeError(f"ignore_index must contain ints, got {v!r}")
+    return tuple(int(v) for v in values)
+
+
+def _labels_from(x, name, torch_ok=True):
+    """An integer array (numpy) or tensor (torch) of labels; scores are handled by the caller."""
+    if is_torch_tensor(x):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a numeric array, got objects")
+    return arr
+
+
+def _argmax_scores(pred, target_ndim, name="pred"):
+    """Scores with one more axis than the target: argmax over the class axis (0 for one image, 1 for a batch)."""
+    axis = 0 if pred.ndim == 3 else 1
+    if pred.ndim not in (3, 4):
+        raise ValueError(f"{name} scores must be (C, H, W) or (B, C, H, W), got shape {tuple(pred.shape)}")
+    return pred.argmax(axis) if is_torch_tensor(pred) else np.argmax(pred, axis=axis)
+
+
+def prepare_labels(pred, target):
+    """Validated (pred, target) label arrays of one shape: scores argmaxed, dtypes checked."""
+    pred, target = _labels_from(pred, "pred"), _labels_from(target, "target")
+    if is_torch_tensor(pred) != is_torch_tensor(target):
+        import torch
+
+        pred = torch.as_tensor(np.asarray(pred)) if not is_torch_tensor(pred) else pred
+        target = torch.as_tensor(np.asarray(target)) if not is_torch_tensor(target) else target
+        if pred.device != target.device:
+            target = target.to(pred.device) if pred.device.type != "cpu" else target
+            pred = pred.to(target.device)
+    is_float = (lambda a: a.is_floating_point()) if is_torch_tensor(pred) else (lambda a: a.dtype.kind == "f")
+    if is_float(target) or (is_torch_tensor(target) and target.is_complex()) or (not is_torch_tensor(target) and target.dtype.kind not in "biu"):
+        raise TypeError(f"target must hold integer labels, got dtype {target.dtype}")
+    if is_float(pred):
+        if pred.ndim == target.ndim + 1:
+            pred = _argmax_scores(pred, target.ndim)
+        else:
+            raise TypeError(
+                f"pred is floating-point with shape {tuple(pred.shape)}: pass integer labels, or scores with one more "
+                f"(class) axis than the target {tuple(target.shape)}"
+            )
+    elif not is_torch_tensor(pred) and pred.dtype.kind not in "biu":
+        raise TypeError(f"pred must hold integer labels or float scores, got dtype {pred.dtype}")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    return pred, target
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (numbers.Integral, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if num_classes > 65536:
+        raise ValueError(f"num_classes={num_classes} would need a {num_classes}x{num_classes} matrix; at most 65536")
+    return int(num_classes)
+
+
+def _common_dtype(a, b):
+    if a.dtype == b.dtype:
+        return a, b
+    common = np.promote_types(a.dtype, b.dtype)
+    if common.kind != "i" and common.kind != "u":
+        common = np.dtype(np.int64)  # uint64 with a signed type: values above 2**63 are invalid labels anyway
+    return a.astype(common, copy=False), b.astype(common, copy=False)
+
+
+def _numpy_confusion(pred, target, k, ignore):
+    from ._kernels import confusion_counts
+
+    if pred.dtype == np.bool_:
+        pred = pred.view(np.uint8)
+    if target.dtype == np.bool_:
+        target = target.view(np.uint8)
+    pred, target = _common_dtype(np.ascontiguousarray(pred).reshape(-1), np.ascontiguousarray(target).reshape(-1))
+    in_range = np.zeros(k, np.bool_)
+    outside = []
+    for v in ignore:
+        if 0 <= v < k:
+            in_range[v] = True
+        else:
+            outside.append(v)
+    outside = np.array(outside, np.int64)
+    copies = 4 if k * k <= _SUB_HISTOGRAM_BINS else 1
+    n = pred.size
+    threads = min(get_num_threads(), max(1, n // PARALLEL_THRESHOLD))
+    if threads <= 1:
+        parts = [confusion_counts(pred, target, k, in_range, outside, copies)]
+        offsets = [0]
+    else:
+        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+        offsets = bounds[:-1]
+        with ThreadPoolExecutor(threads) as pool:  # the kernel releases the GIL
+            parts = list(pool.map(lambda i: confusion_counts(pred[bounds[i]:bounds[i + 1]], target[bounds[i]:bounds[i + 1]],
+                                                             k, in_range, outside, copies), range(threads)))
+    matrix = sum(h.sum(axis=0) for h, *_ in parts).reshape(k, k)
+    invalid = sum(int(p[1]) for p in parts)
+    first = [(int(off) + int(p[2]), int(p[3])) for off, p in zip(offsets, parts) if p[2] >= 0]
+    first_value = min(first)[1] if first else None
+    return matrix, invalid, first_value
+
+
+def _torch_confusion(pred, target, k, ignore):
+    """Confusion on the tensors' device with torch ops (CUDA stays on the GPU)."""
+    import torch
+
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = torch.ones_like(target, dtype=torch.bool)
+    for v in ignore:
+        keep &= target != v
+    valid = keep & (target >= 0) & (target < k) & (pred >= 0) & (pred < k)
+    invalid_mask = keep & ~valid
+    invalid = int(invalid_mask.sum())
+    first_value = None
+    if invalid:
+        i = int(torch.nonzero(invalid_mask)[0])
+        t = int(target[i])
+        first_value = t if not 0 <= t < k else int(pred[i])
+    counts = torch.bincount(target[valid] * k + pred[valid], minlength=k * k)
+    return counts.reshape(k, k), invalid, first_value
+
+
+def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid="raise"):
+    """Confusion matrix of a predicted label map against the ground truth.
+
+    Parameters
+    ----------
+    pred : array_like or torch.Tensor
+        Integer labels of any dtype (uint8, uint16, int32, int64, ...), any
+        shape matching ``target`` (a batch is just more pixels); or float
+        scores with one more axis than ``target``, argmaxed over the class
+        axis: axis 0 for one image ((C, H, W) vs (H, W)), axis 1 for a batch
+        ((B, C, H, W) vs (B, H, W)).
+    target : array_like or torch.Tensor
+        Integer ground-truth labels.
+    num_classes : int
+        K; valid labels are 0 .. K-1.
+    ignore_index : int or collection of int, keyword-only, optional
+        Target values to leave out (e.g. 255); they may lie inside or outside [0, K).
+    on_invalid : {"raise", "ignore"}, keyword-only, default "raise"
+        What to do with labels outside [0, K) that are not ignored (in the
+        target, or in the prediction at a non-ignored pixel): raise
+        ValueError naming how many and the first bad value, or drop those
+        pixels and report their number in ``result.num_invalid``.
+
+    Returns
+    -------
+    cm : (K, K) int64 ndarray (a :class:`ConfusionResult`), or a torch int64
+        tensor on the inputs' device for torch inputs. Rows are the target,
+        columns the prediction: ``cm[t, p]`` counts pixels of class t
+        predicted as p.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, bad num_classes or on_invalid, invalid labels with
+        ``on_invalid="raise"``.
+    TypeError
+        Float targets, float predictions without a class axis, bad ignore_index.
+
+    Notes
+    -----
+    NumPy and CPU torch inputs go through a fused Numba kernel on the native
+    dtypes (no widening copy, no mask array; the bounds check drops ignore
+    values >= K) with per-thread histograms above ~262k pixels; CUDA tensors
+    are counted with torch ops on the GPU. Call :func:`warmup` to compile
+    the kernels ahead of time.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import confusion_matrix
+    >>> target = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
+    >>> pred = np.array([[0, 1, 1], [1, 2, 0]], np.uint8)
+    >>> confusion_matrix(pred, target, 3, ignore_index=255)
+    ConfusionResult([[1, 1, 0],
+                     [0, 2, 0],
+                     [0, 0, 1]])
+    """
+    k = _check_num_classes(num_classes)
+    if on_invalid not in ("raise", "ignore"):
+        raise ValueError(f"on_invalid must be 'raise' or 'ignore', got {on_invalid!r}")
+    ignore = _normalise_ignore(ignore_index)
+    pred, target = prepare_labels(pred, target)
+    if is_torch_tensor(pred):
+        if pred.device.type == "cpu":
+            matrix, invalid, first = _numpy_confusion(pred.numpy(), target.numpy(), k, ignore)
+            out = ConfusionResult.__new__(ConfusionResult, (k, k), np.int64)
+            out[...] = matrix
+        else:
+            out, invalid, first = _torch_confusion(pred, target, k, ignore)
+    else:
+        matrix, invalid, first = _numpy_confusion(pred, target, k, ignore)
+        out = matrix.astype(np.int64, copy=False).view(ConfusionResult)
+    if invalid and on_invalid == "raise":
+        raise ValueError(
+            f"{invalid} pixel(s) have labels outside [0, {k}) that are not ignored (first bad value: {first}); "
+            f"fix num_classes or ignore_index, or pass on_invalid='ignore' to drop and count them"
+        )
+    if is_torch_tensor(pred) and pred.device.type == "cpu":
+        import torch
+
+        tensor = torch.from_numpy(np.asarray(out))
+        tensor.num_invalid = invalid  # type: ignore[attr-defined]
+        return tensor
+    if not is_torch_tensor(pred):
+        out.num_invalid = invalid
+    else:
+        out.num_invalid = invalid  # type: ignore[attr-defined]
+    return out
+
+
+def warmup():
+    """Compile (or load from the disk cache) the confusion kernels for every integer dtype now."""
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64):
+        a = np.zeros(4, dtype)
+        confusion_matrix(a, a, 2)

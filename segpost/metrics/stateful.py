@@ -1,0 +1,252 @@
+"""SegMetrics: a streaming metric whose only state is the confusion matrix."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from .._validation import is_torch_tensor
+from . import scores
+from .confusion import _check_num_classes, _normalise_ignore, confusion_matrix, prepare_labels
+
+__all__ = ["SegMetrics", "SegMetricsResult"]
+
+
+class SegMetricsResult:
+    """Scores derived from a confusion matrix, per class and averaged.
+
+    Attributes
+    ----------
+    confusion : (K, K) int64 ndarray
+        Rows = target, columns = prediction.
+    iou, dice, precision, recall : (K,) float64
+        Per-class scores (``absent`` for classes in neither target nor prediction).
+    miou, mdice, mprecision, mrecall : float
+        Macro means over valid, non-excluded classes (dataset-level: the
+        summed matrix is scored once).
+    weighted_miou, micro_iou : float
+        IoU weighted by target support, and micro-averaged (sum TP / sum (TP+FP+FN)).
+    pixel_accuracy, mean_accuracy, fw_iou : float
+    counts : (K,) int64
+        Target pixels per class.
+    num_valid_classes : int
+        Classes present in the target or the prediction (and not excluded).
+    num_invalid : int
+        Pixels dropped for out-of-range labels (``on_invalid="ignore"``).
+    per_image_miou : float or None
+        Mean over images of each image's mIoU (only with ``per_image=True``);
+        a different number from the dataset-level ``miou``.
+    """
+
+    def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
+                 per_image_miou=None, num_images=0):
+        self.confusion = np.asarray(confusion, np.int64)
+        k = self.confusion.shape[0]
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+        self.exclude_classes = tuple(int(c) for c in exclude_classes)
+        self.absent = absent
+        self.iou = scores.iou(self.confusion, absent=absent)
+        self.dice = scores.dice(self.confusion, absent=absent)
+        self.precision = scores.precision(self.confusion, absent=absent)
+        self.recall = scores.recall(self.confusion, absent=absent)
+        ex = self.exclude_classes
+        self.miou = scores.mean_score(self.iou, exclude_classes=ex)
+        self.mdice = scores.mean_score(self.dice, exclude_classes=ex)
+        self.mprecision = scores.mean_score(self.precision, exclude_classes=ex)
+        self.mrecall = scores.mean_score(self.recall, exclude_classes=ex)
+        self.counts = self.confusion.sum(axis=1)
+        self.weighted_miou = scores.mean_score(self.iou, weights=self.counts, exclude_classes=ex)
+        self.micro_iou = scores.micro_iou(self.confusion)
+        self.pixel_accuracy = scores.pixel_accuracy(self.confusion)
+        self.mean_accuracy = scores.mean_accuracy(self.confusion, exclude_classes=ex)
+        self.fw_iou = scores.fw_iou(self.confusion, exclude_classes=ex)
+        valid = scores.valid_classes(self.confusion)
+        valid[list(ex)] = False
+        self.num_valid_classes = int(valid.sum())
+        self.num_invalid = int(num_invalid)
+        self.per_image_miou = per_image_miou
+        self.num_images = int(num_images)
+
+    def table(self, digits=2) -> str:
+        """Aligned text: one row per class (IoU, Dice, precision, recall, pixels), then the means."""
+        def pct(x):
+            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+        width = max(5, *(len(n) for n in self.class_names))
+        lines = [f"{'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'Prec':>7}  {'Recall':>7}  {'pixels':>12}"]
+        for c, name in enumerate(self.class_names):
+            mark = " (excluded)" if c in self.exclude_classes else ""
+            lines.append(
+                f"{name:<{width}}  {pct(self.iou[c]):>7}  {pct(self.dice[c]):>7}  {pct(self.precision[c]):>7}  "
+                f"{pct(self.recall[c]):>7}  {int(self.counts[c]):>12}{mark}"
+            )
+        lines.append(f"{'mean':<{width}}  {pct(self.miou):>7}  {pct(self.mdice):>7}  {pct(self.mprecision):>7}  "
+                     f"{pct(self.mrecall):>7}  {int(self.counts.sum()):>12}")
+        lines.append(f"mIoU {pct(self.miou)} over {self.num_valid_classes} valid classes | pixel acc "
+                     f"{pct(self.pixel_accuracy)} | mean acc {pct(self.mean_accuracy)} | fwIoU {pct(self.fw_iou)}")
+        if self.per_image_miou is not None:
+            lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_images} images")
+        if self.num_invalid:
+            lines.append(f"{self.num_invalid} pixels with out-of-range labels were dropped")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (NaN becomes None)."""
+        def clean(x):
+            if isinstance(x, np.ndarray):
+                return [clean(v) for v in x.tolist()]
+            if isinstance(x, list):
+                return [clean(v) for v in x]
+            if isinstance(x, float) and math.isnan(x):
+                return None
+            return x
+
+        out = {name: clean(getattr(self, name)) for name in (
+            "miou", "mdice", "mprecision", "mrecall", "weighted_miou", "micro_iou", "pixel_accuracy",
+            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images")}
+        out.update({name: clean(np.asarray(getattr(self, name), np.float64)) for name in ("iou", "dice", "precision", "recall")})
+        out["counts"] = self.counts.tolist()
+        out["class_names"] = self.class_names
+        out["confusion"] = self.confusion.tolist()
+        out["exclude_classes"] = list(self.exclude_classes)
+        json.dumps(out)  # guaranteed serialisable
+        return out
+
+    def __repr__(self):
+        return (f"SegMetricsResult(miou={self.miou:.4f}, pixel_accuracy={self.pixel_accuracy:.4f}, "
+                f"num_valid_classes={self.num_valid_classes})")
+
+
+class SegMetrics:
+    """Streaming segmentation metrics for any eval loop; the state is the confusion matrix.
+
+    Parameters
+    ----------
+    num_classes : int
+    ignore_index : int or collection of int, keyword-only
+    class_names : sequence of str, keyword-only
+    per_image : bool, keyword-only, default False
+        Also track the mean over images of per-image mIoU (``per_image_miou``).
+        Each image of a batch (first axis of a (B, H, W) target) counts once.
+    absent : {"nan", 0, 1}, keyword-only
+        Score of classes absent from both target and prediction (see scores).
+    exclude_classes : sequence of int, keyword-only
+        Classes left out of the means (e.g. background).
+    on_invalid : {"raise", "ignore"}, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import SegMetrics
+    >>> metrics = SegMetrics(3, ignore_index=255, class_names=["sky", "road", "car"])
+    >>> for _ in range(4):                                   # your eval loop
+    ...     target = np.random.default_rng(0).integers(0, 3, (2, 8, 8))
+    ...     metrics.update(target, target)                   # (pred, target), batches too
+    >>> result = metrics.compute()
+    >>> result.miou, result.pixel_accuracy
+    (1.0, 1.0)
+    >>> int(metrics.state_dict()["confusion"].sum())
+    512
+    """
+
+    def __init__(self, num_classes, *, ignore_index=None, class_names=None, per_image=False, absent="nan",
+                 exclude_classes=(), on_invalid="raise"):
+        self.num_classes = _check_num_classes(num_classes)
+        self.ignore_index = _normalise_ignore(ignore_index)
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {self.num_classes} classes")
+        scores._absent_value(absent)
+        for c in exclude_classes:
+            if not 0 <= int(c) < self.num_classes:
+                raise ValueError(f"exclude_classes entry {c} is not a class index below {self.num_classes}")
+        self.class_names = class_names
+        self.per_image = bool(per_image)
+        self.absent = absent
+        self.exclude_classes = tuple(int(c) for c in exclude_classes)
+        self.on_invalid = on_invalid
+        self.reset()
+
+    def reset(self):
+        """Forget everything counted so far."""
+        self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self.num_invalid = 0
+        self.per_image_sum = 0.0
+        self.num_images = 0
+
+    def update(self, pred, target):
+        """Count one image or a batch: labels, or scores with a class axis (see confusion_matrix)."""
+        pred, target = prepare_labels(pred, target)
+        cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
+        self.confusion += _to_numpy(cm)
+        self.num_invalid += int(getattr(cm, "num_invalid", 0))
+        if self.per_image:
+            images = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
+            for p, t in images:
+                image_cm = confusion_matrix(p, t, self.num_classes, ignore_index=self.ignore_index, on_invalid="ignore")
+                value = scores.mean_score(scores.iou(_to_numpy(image_cm), absent=self.absent),
+                                          exclude_classes=self.exclude_classes)
+                if not math.isnan(value):  # an image with nothing counted has no mIoU
+                    self.per_image_sum += value
+                    self.num_images += 1
+
+    def compute(self) -> SegMetricsResult:
+        """Scores of everything counted (dataset-level; per-image mean too if requested)."""
+        per_image = (self.per_image_sum / self.num_images if self.num_images else float("nan")) if self.per_image else None
+        return SegMetricsResult(self.confusion, absent=self.absent, exclude_classes=self.exclude_classes,
+                                class_names=self.class_names, num_invalid=self.num_invalid,
+                                per_image_miou=per_image, num_images=self.num_images)
+
+    def merge(self, other: "SegMetrics"):
+        """Add another SegMetrics' counts (e.g. from another worker)."""
+        if not isinstance(other, SegMetrics) or other.num_classes != self.num_classes:
+            raise ValueError("can only merge a SegMetrics with the same num_classes")
+        if other.ignore_index != self.ignore_index:
+            raise ValueError(f"cannot merge metrics with different ignore_index ({self.ignore_index} vs {other.ignore_index})")
+        self.confusion += other.confusion
+        self.num_invalid += other.num_invalid
+        self.per_image_sum += other.per_image_sum
+        self.num_images += other.num_images
+        return self
+
+    def state_dict(self) -> dict:
+        return {"confusion": self.confusion.copy(), "num_invalid": self.num_invalid,
+                "per_image_sum": self.per_image_sum, "num_images": self.num_images,
+                "num_classes": self.num_classes}
+
+    def load_state_dict(self, state: dict):
+        confusion = np.asarray(state["confusion"], np.int64)
+        if confusion.shape != (self.num_classes, self.num_classes):
+            raise ValueError(f"state has a {confusion.shape} matrix, expected {(self.num_classes,) * 2}")
+        self.confusion = confusion.copy()
+        self.num_invalid = int(state.get("num_invalid", 0))
+        self.per_image_sum = float(state.get("per_image_sum", 0.0))
+        self.num_images = int(state.get("num_images", 0))
+        return self
+
+    def sync(self, group=None):
+        """Sum the state over all torch.distributed processes: one all_reduce of the matrix (works with gloo)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        k = self.num_classes
+        flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images]]).astype(np.int64)
+        packed = torch.from_numpy(flat)
+        extra = torch.tensor([self.per_image_sum], dtype=torch.float64)
+        backend = dist.get_backend(group)
+        if backend == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+            packed, extra = packed.to(device), extra.to(device)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(extra, op=dist.ReduceOp.SUM, group=group)
+        packed = packed.cpu().numpy()
+        self.confusion = packed[: k * k].reshape(k, k).copy()
+        self.num_invalid, self.num_images = int(packed[k * k]), int(packed[k * k + 1])
+        self.per_image_sum = float(extra.cpu()[0])
+        return self
+
+
+def _to_numpy(cm):
+    return cm.detach().cpu().numpy() if is_torch_tensor(cm) else np.asarray(cm)
