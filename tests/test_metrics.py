@@ -1,0 +1,291 @@
+"""Metrics against np.bincount, scikit-learn and torchmetrics, plus edge cases."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import segpost
+from segpost.metrics import SegMetrics, confusion_matrix, dice, iou, micro_iou, pixel_accuracy, precision, recall
+
+INT_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64]
+
+
+def bincount_oracle(pred, target, k, ignore=()):
+    """Reference confusion matrix with masks and np.bincount; returns (cm, number of invalid pixels)."""
+    t = np.asarray(target).astype(np.int64).ravel()
+    p = np.asarray(pred).astype(np.int64).ravel()
+    keep = ~np.isin(t, list(ignore)) if ignore else np.ones(t.shape, bool)
+    valid = keep & (t >= 0) & (t < k) & (p >= 0) & (p < k)
+    cm = np.bincount(t[valid] * k + p[valid], minlength=k * k).reshape(k, k)
+    return cm, int((keep & ~valid).sum())
+
+
+@st.composite
+def label_maps(draw, allow_invalid=True):
+    k = draw(st.integers(1, 40))
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(0, 9), min_size=ndim, max_size=ndim)))
+    dtype_t = draw(st.sampled_from(INT_DTYPES))
+    dtype_p = draw(st.sampled_from([dtype_t, dtype_t, *INT_DTYPES]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    hi = min(k + (3 if allow_invalid else 0), 127)
+    target = rng.integers(0, hi, size=shape)
+    pred = rng.integers(0, hi, size=shape)
+    ignore = draw(st.sampled_from([None, 255, 0, (0, 255), (k - 1, 200)]))
+    if ignore is not None:
+        values = [ignore] if isinstance(ignore, int) else list(ignore)
+        mask = rng.random(shape) < 0.2
+        target = np.where(mask, rng.choice(values, size=shape), target)
+    if allow_invalid and draw(st.booleans()) and np.issubdtype(dtype_t, np.signedinteger):
+        target = np.where(rng.random(shape) < 0.05, -1, target)
+    return pred.astype(dtype_p), target.astype(dtype_t), k, ignore
+
+
+@given(label_maps())
+def test_confusion_matches_bincount_on_any_dtype_and_shape(case):
+    pred, target, k, ignore = case
+    ignore_values = () if ignore is None else ((ignore,) if isinstance(ignore, int) else ignore)
+    expected, invalid = bincount_oracle(pred, target, k, ignore_values)
+    cm = confusion_matrix(pred, target, k, ignore_index=ignore, on_invalid="ignore")
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64 and cm.num_invalid == invalid
+    if invalid:
+        with pytest.raises(ValueError, match=f"{invalid} pixel"):
+            confusion_matrix(pred, target, k, ignore_index=ignore)
+    else:
+        np.testing.assert_array_equal(confusion_matrix(pred, target, k, ignore_index=ignore), expected)
+
+
+@given(label_maps(allow_invalid=False))
+def test_confusion_matches_sklearn(case):
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    pred, target, k, ignore = case
+    ignore_values = () if ignore is None else ((ignore,) if isinstance(ignore, int) else ignore)
+    t, p = target.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
+    keep = ~np.isin(t, list(ignore_values)) & (t < k) & (p < k)
+    cm = confusion_matrix(pred, target, k, ignore_index=ignore, on_invalid="ignore")
+    if keep.any():
+        np.testing.assert_array_equal(cm, sk_confusion(t[keep], p[keep], labels=np.arange(k)))
+    else:
+        assert cm.sum() == 0
+
+
+@given(st.integers(2, 30), st.integers(0, 2**32 - 1))
+def test_confusion_and_scores_match_torchmetrics(k, seed):
+    torch = pytest.importorskip("torch")
+    from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, k, size=(2, 17, 23))
+    pred = rng.integers(0, k, size=(2, 17, 23))
+    target[rng.random(target.shape) < 0.1] = 255
+    tm = MulticlassConfusionMatrix(num_classes=k, ignore_index=255)
+    expected = tm(torch.from_numpy(pred), torch.from_numpy(target)).numpy()
+    cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), k, ignore_index=255)
+    np.testing.assert_array_equal(cm.numpy(), expected)
+    jaccard = MulticlassJaccardIndex(num_classes=k, ignore_index=255, average=None)
+    tm_iou = jaccard(torch.from_numpy(pred), torch.from_numpy(target)).numpy()
+    ours = iou(cm, absent=0)  # torchmetrics scores absent classes 0
+    np.testing.assert_allclose(ours, tm_iou, rtol=1e-6)
+
+
+@given(label_maps(allow_invalid=False))
+def test_scores_match_sklearn(case):
+    from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+
+    pred, target, k, ignore = case
+    t, p = target.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
+    ignore_values = () if ignore is None else ((ignore,) if isinstance(ignore, int) else ignore)
+    keep = ~np.isin(t, list(ignore_values)) & (t < k) & (p < k)
+    if not keep.any():
+        return
+    cm = confusion_matrix(pred, target, k, ignore_index=ignore, on_invalid="ignore")
+    labels = np.arange(k)
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    for ours, theirs in (
+        (iou(cm), jaccard_score(t[keep], p[keep], labels=labels, average=None, zero_division=0)),
+        (dice(cm), f1_score(t[keep], p[keep], labels=labels, average=None, zero_division=0)),
+        (precision(cm), precision_score(t[keep], p[keep], labels=labels, average=None, zero_division=0)),
+        (recall(cm), recall_score(t[keep], p[keep], labels=labels, average=None, zero_division=0)),
+    ):
+        np.testing.assert_allclose(ours[present], theirs[present], rtol=1e-12)
+        assert np.isnan(ours[~present]).all()
+    acc = pixel_accuracy(cm)
+    assert acc == pytest.approx((t[keep] == p[keep]).mean())
+    assert micro_iou(cm) == pytest.approx(acc / (2 - acc))
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=5), st.integers(2, 12))
+def test_streaming_over_batches_equals_one_call(seeds, k):
+    batches = []
+    metrics = SegMetrics(k, ignore_index=255)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        target = rng.integers(0, k, size=(rng.integers(1, 3), 9, 7)).astype(np.uint8)
+        target[rng.random(target.shape) < 0.1] = 255
+        pred = rng.integers(0, k, size=target.shape).astype(np.uint8)
+        metrics.update(pred, target)
+        batches.append((pred.reshape(-1), target.reshape(-1)))
+    whole = confusion_matrix(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), k,
+                             ignore_index=255)
+    np.testing.assert_array_equal(metrics.compute().confusion, whole)
+
+
+def test_parallel_path_matches_serial_on_large_maps():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 19, size=(1024, 1100)).astype(np.uint8)
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = rng.integers(0, 19, size=target.shape).astype(np.uint8)
+    expected, _ = bincount_oracle(pred, target, 19, (255,))
+    previous = segpost.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            segpost.set_num_threads(threads)
+            np.testing.assert_array_equal(confusion_matrix(pred, target, 19, ignore_index=255), expected)
+    finally:
+        segpost.set_num_threads(previous)
+
+
+def test_scores_axis_conventions():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, size=(6, 5))
+    scores_single = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(confusion_matrix(scores_single, target, 4),
+                                  confusion_matrix(scores_single.argmax(0), target, 4))
+    batch_target = rng.integers(0, 4, size=(2, 6, 5))
+    scores_batch = rng.normal(size=(2, 4, 6, 5))
+    np.testing.assert_array_equal(confusion_matrix(scores_batch, batch_target, 4),
+                                  confusion_matrix(scores_batch.argmax(1), batch_target, 4))
+
+
+@pytest.mark.parametrize(
+    "pred, target, kwargs, error, match",
+    [
+        (np.zeros((3, 4), np.uint8), np.zeros((3, 5), np.uint8), {}, ValueError, "same shape"),
+        (np.zeros((3, 4), np.float32), np.zeros((3, 4), np.uint8), {}, TypeError, "class"),
+        (np.zeros((3, 4), np.uint8), np.zeros((3, 4), np.float32), {}, TypeError, "integer labels"),
+        (np.array([0, 1, 7]), np.array([0, 9, 1]), {}, ValueError, r"2 pixel\(s\).*first bad value: 9"),
+        (np.zeros(3, int), np.zeros(3, int), {"ignore_index": 1.5}, TypeError, "ignore_index"),
+        (np.zeros(3, int), np.zeros(3, int), {"on_invalid": "skip"}, ValueError, "on_invalid"),
+    ],
+)
+def test_bad_input(pred, target, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        confusion_matrix(pred, target, 3, **kwargs)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, 70000])
+def test_bad_num_classes(k):
+    with pytest.raises(ValueError, match="num_classes"):
+        confusion_matrix(np.zeros(3, int), np.zeros(3, int), k)
+
+
+def test_edge_cases():
+    # empty inputs and all pixels ignored: a zero matrix, undefined scores
+    empty = confusion_matrix(np.zeros((0, 4), np.uint8), np.zeros((0, 4), np.uint8), 3)
+    assert empty.shape == (3, 3) and empty.sum() == 0
+    all_ignored = confusion_matrix(np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8), 3, ignore_index=255)
+    assert all_ignored.sum() == 0
+    result = SegMetrics(3).compute()
+    assert math.isnan(result.miou) and result.num_valid_classes == 0
+    # absent and predicted-only classes
+    cm = confusion_matrix(np.array([0, 0, 2, 2]), np.array([0, 0, 0, 0]), 4)
+    values = iou(cm)
+    assert values[0] == 0.5 and values[2] == 0.0 and np.isnan(values[1]) and np.isnan(values[3])
+    res = SegMetrics(4)
+    res.update(np.array([0, 0, 2, 2]), np.array([0, 0, 0, 0]))
+    r = res.compute()
+    assert r.miou == pytest.approx(0.25) and r.num_valid_classes == 2  # the predicted-only class counts
+    assert SegMetrics(4, absent=0).update(np.array([0, 0, 2, 2]), np.array([0, 0, 0, 0])) is None
+    # uint8 with many classes, K = 1, K = 1000
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 200, size=5000).astype(np.uint8)
+    np.testing.assert_array_equal(confusion_matrix(t, t, 200), np.diag(np.bincount(t, minlength=200)))
+    assert confusion_matrix(np.zeros(10, np.uint8), np.zeros(10, np.uint8), 1).tolist() == [[10]]
+    big = rng.integers(0, 1000, size=20000)
+    cm = confusion_matrix(big, big[::-1].copy(), 1000)
+    np.testing.assert_array_equal(cm, bincount_oracle(big, big[::-1], 1000)[0])
+    # ignore values inside [0, K)
+    cm = confusion_matrix(np.array([0, 1, 2]), np.array([0, 1, 2]), 3, ignore_index=[1])
+    assert cm.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_counts_beyond_two_to_the_32_via_merge():
+    a, b = SegMetrics(2), SegMetrics(2)
+    a.load_state_dict({"confusion": np.array([[2**32 - 1, 0], [0, 5]])})
+    b.load_state_dict({"confusion": np.array([[2**32 - 1, 3], [0, 5]])})
+    a.merge(b)
+    assert a.confusion[0, 0] == 2 * (2**32 - 1) and a.confusion.dtype == np.int64
+    assert a.compute().pixel_accuracy == pytest.approx((2 * (2**32 - 1) + 10) / (2 * (2**32 - 1) + 13))
+
+
+def test_result_object_table_dict_and_state():
+    metrics = SegMetrics(3, ignore_index=255, class_names=["sky", "road", "car"], per_image=True, exclude_classes=[0])
+    metrics.update(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [2, 1]]))
+    metrics.update(np.array([[1, 1], [1, 1]]), np.array([[1, 1], [1, 255]]))
+    result = metrics.compute()
+    text = result.table()
+    assert "sky" in text and "(excluded)" in text and "per-image mIoU" in text
+    d = result.to_dict()
+    json.dumps(d)
+    assert d["class_names"] == ["sky", "road", "car"] and d["num_images"] == 2
+    # per-image and dataset-level mIoU are different numbers under different names
+    assert result.per_image_miou != pytest.approx(result.miou)
+    restored = SegMetrics(3, ignore_index=255, per_image=True, exclude_classes=[0]).load_state_dict(metrics.state_dict())
+    assert restored.compute().miou == result.miou
+    metrics.reset()
+    assert metrics.confusion.sum() == 0
+
+
+def test_torch_inputs_and_numpy_agree():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 5, size=(3, 8, 8)).astype(np.uint8)
+    pred = rng.integers(0, 5, size=(3, 8, 8)).astype(np.uint8)
+    cm_t = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), 5)
+    assert isinstance(cm_t, torch.Tensor) and cm_t.dtype == torch.int64
+    np.testing.assert_array_equal(cm_t.numpy(), confusion_matrix(pred, target, 5))
+    # The device (torch-ops) path, exercised on the CPU.
+    from segpost.metrics.confusion import _torch_confusion
+
+    cm_dev, invalid, _ = _torch_confusion(torch.from_numpy(pred), torch.from_numpy(target), 5, (255,))
+    np.testing.assert_array_equal(cm_dev.numpy(), confusion_matrix(pred, target, 5))
+    assert invalid == 0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_sync_with_two_gloo_processes(tmp_path):
+    pytest.importorskip("torch")
+    worker = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"rank{r}.json")],
+                              env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # Both ranks hold the sum; it equals one process counting everything.
+    from distributed_worker import rank_data
+
+    whole = SegMetrics(5, ignore_index=255, per_image=True)
+    for r in range(2):
+        whole.update(*rank_data(r))
+    expected = whole.compute()
+    for res in results:
+        assert np.array_equal(res["confusion"], expected.confusion.tolist())
+        assert res["miou"] == pytest.approx(expected.miou)
+        assert res["per_image_miou"] == pytest.approx(expected.per_image_miou)
