@@ -63,6 +63,7 @@ def test_confusion_matches_bincount_on_any_dtype_and_shape(case):
         np.testing.assert_array_equal(confusion_matrix(pred, target, k, ignore_index=ignore), expected)
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found")
 @given(label_maps(allow_invalid=False))
 def test_confusion_matches_sklearn(case):
     from sklearn.metrics import confusion_matrix as sk_confusion
@@ -70,7 +71,7 @@ def test_confusion_matches_sklearn(case):
     pred, target, k, ignore = case
     ignore_values = () if ignore is None else ((ignore,) if isinstance(ignore, int) else ignore)
     t, p = target.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
-    keep = ~np.isin(t, list(ignore_values)) & (t < k) & (p < k)
+    keep = ~np.isin(t, list(ignore_values)) & (t >= 0) & (t < k) & (p >= 0) & (p < k)
     cm = confusion_matrix(pred, target, k, ignore_index=ignore, on_invalid="ignore")
     if keep.any():
         np.testing.assert_array_equal(cm, sk_confusion(t[keep], p[keep], labels=np.arange(k)))
@@ -104,7 +105,7 @@ def test_scores_match_sklearn(case):
     pred, target, k, ignore = case
     t, p = target.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
     ignore_values = () if ignore is None else ((ignore,) if isinstance(ignore, int) else ignore)
-    keep = ~np.isin(t, list(ignore_values)) & (t < k) & (p < k)
+    keep = ~np.isin(t, list(ignore_values)) & (t >= 0) & (t < k) & (p >= 0) & (p < k)
     if not keep.any():
         return
     cm = confusion_matrix(pred, target, k, ignore_index=ignore, on_invalid="ignore")

@@ -108,38 +108,56 @@ def _common_dtype(a, b):
     return a.astype(common, copy=False), b.astype(common, copy=False)
 
 
+_POOL = None
+
+
+def _pool(threads):
+    """A persistent thread pool (the kernels release the GIL)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="segpost-metrics")
+    return _POOL
+
+
 def _numpy_confusion(pred, target, k, ignore):
-    from ._kernels import confusion_counts
+    from ._kernels import confusion_counts, count_equal, first_invalid
 
     if pred.dtype == np.bool_:
         pred = pred.view(np.uint8)
     if target.dtype == np.bool_:
         target = target.view(np.uint8)
     pred, target = _common_dtype(np.ascontiguousarray(pred).reshape(-1), np.ascontiguousarray(target).reshape(-1))
-    in_range = np.zeros(k, np.bool_)
-    outside = []
-    for v in ignore:
-        if 0 <= v < k:
-            in_range[v] = True
-        else:
-            outside.append(v)
-    outside = np.array(outside, np.int64)
-    copies = 4 if k * k <= _SUB_HISTOGRAM_BINS else 1
+    in_range = [v for v in ignore if 0 <= v < k]
+    # Ignore values outside [0, K) that the target's dtype can hold (others never occur).
+    info = np.iinfo(target.dtype)
+    outside = [target.dtype.type(v) for v in set(ignore) if not 0 <= v < k and info.min <= v <= info.max]
+    copies = 4 if (k + 1) ** 2 <= _SUB_HISTOGRAM_BINS else 1
     n = pred.size
     threads = min(get_num_threads(), max(1, n // PARALLEL_THRESHOLD))
+
+    def run(lo, hi):
+        hist = confusion_counts(pred[lo:hi], target[lo:hi], k, copies)
+        ignored = sum(int(count_equal(target[lo:hi], v)) for v in outside) if hist[k * (k + 1):].any() else 0
+        return hist, ignored
+
     if threads <= 1:
-        parts = [confusion_counts(pred, target, k, in_range, outside, copies)]
-        offsets = [0]
+        parts = [run(0, n)]
     else:
         bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-        offsets = bounds[:-1]
-        with ThreadPoolExecutor(threads) as pool:  # the kernel releases the GIL
-            parts = list(pool.map(lambda i: confusion_counts(pred[bounds[i]:bounds[i + 1]], target[bounds[i]:bounds[i + 1]],
-                                                             k, in_range, outside, copies), range(threads)))
-    matrix = sum(h.sum(axis=0) for h, *_ in parts).reshape(k, k)
-    invalid = sum(int(p[1]) for p in parts)
-    first = [(int(off) + int(p[2]), int(p[3])) for off, p in zip(offsets, parts) if p[2] >= 0]
-    first_value = min(first)[1] if first else None
+        parts = list(_pool(threads).map(lambda i: run(bounds[i], bounds[i + 1]), range(threads)))
+    hist = parts[0][0].copy()
+    for extra, _ in parts[1:]:
+        hist += extra
+    ignored_outside = sum(p[1] for p in parts)
+    hist = hist.reshape(k + 1, k + 1)
+    matrix = np.ascontiguousarray(hist[:k, :k])
+    bad_pred = hist[:k, k].copy()
+    # Ignore values inside [0, K): drop their rows, and their invalid predictions with them.
+    for v in in_range:
+        matrix[v] = 0
+        bad_pred[v] = 0
+    invalid = int(hist[k].sum()) - ignored_outside + int(bad_pred.sum())
+    first_value = int(first_invalid(pred, target, k, np.array(ignore, np.int64))) if invalid else None
     return matrix, invalid, first_value
 
 
