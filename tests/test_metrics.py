@@ -140,7 +140,10 @@ def test_streaming_over_batches_equals_one_call(seeds, k):
     np.testing.assert_array_equal(metrics.compute().confusion, whole)
 
 
-def test_parallel_path_matches_serial_on_large_maps():
+def test_parallel_path_matches_serial_on_large_maps(monkeypatch):
+    from segpost.metrics import confusion
+
+    monkeypatch.setattr(confusion, "PARALLEL_THRESHOLD", 1 << 16)  # split even this map into 3 chunks
     rng = np.random.default_rng(0)
     target = rng.integers(0, 19, size=(1024, 1100)).astype(np.uint8)
     target[rng.random(target.shape) < 0.1] = 255
