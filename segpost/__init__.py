@@ -8,6 +8,9 @@ from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 from .metrics import SegMetrics, confusion_matrix
+from .upsample import (
+    crop_to, deeplab_size, joint_bilateral_upsample, pad_to_multiple, resize_labels, resize_logits, upsample_argmax,
+)
 from . import metrics
 
 __version__ = "0.1.0"
@@ -20,6 +23,13 @@ __all__ = [
     "SegMetrics",
     "bilateral_filter",
     "confusion_matrix",
+    "crop_to",
+    "deeplab_size",
+    "joint_bilateral_upsample",
+    "pad_to_multiple",
+    "resize_labels",
+    "resize_logits",
+    "upsample_argmax",
     "metrics",
     "crf_refine",
     "get_num_threads",

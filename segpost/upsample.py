@@ -3,61 +3,57 @@
 Bilinear, half-pixel centres (torch ``align_corners=False``, TF2, OpenCV
 INTER_LINEAR): the source coordinate of output pixel ``d`` is
 ``s = (d + 0.5) * n_in / n_out - 0.5``, clamped at 0. Align-corners (torch
-``align_corners=True``, Caffe, DeepLab): ``s = d * (n_in - 1) / (n_out - 1)``.
+``align_corners=True``, TF1, Caffe, DeepLab): ``s = d * (n_in - 1) / (n_out - 1)``.
+Nearest-exact (labels): source index ``floor((d + 0.5) * n_in / n_out)``, as
+torch ``"nearest-exact"``, OpenCV INTER_NEAREST_EXACT and scikit-image
+``order=0``; never bilinear, never ``"nearest"`` (which shifts by half a pixel).
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from ._validation import check_finite, check_float_dtype, like_input, to_numpy
+from ._validation import check_finite, check_float_dtype, is_torch_tensor, like_input, to_numpy
 
-__all__ = ["resize_logits"]
+__all__ = [
+    "resize_logits", "resize_labels", "deeplab_size", "pad_to_multiple", "crop_to", "upsample_argmax",
+    "joint_bilateral_upsample",
+]
+
+
+def _check_size(size):
+    try:
+        values = tuple(size)
+        ok = len(values) == 2 and all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool) for s in values)
+    except TypeError:
+        ok = False
+    if not ok or min(values) < 1:
+        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+    return int(values[0]), int(values[1])
 
 
 def _source_coordinates(n_in: int, n_out: int, align_corners: bool):
-    """Left neighbour, right neighbour and right weight for every output index (float32, like torch)."""
+    """Left/right source index and right weight per output index, in float32 like torch's CPU kernel."""
     d = np.arange(n_out, dtype=np.float32)
     if align_corners:
         scale = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0.0)
         src = d * scale
     else:
-        scale = np.float32(n_in / n_out)
+        scale = np.float32(n_in) / np.float32(n_out)
         src = np.maximum((d + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
-    left = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    left = np.minimum(src.astype(np.int64), n_in - 1)
     right = np.minimum(left + 1, n_in - 1)
     weight = (src - left).astype(np.float32)
     return left, right, weight
 
 
-def _resize_bilinear(x: np.ndarray, size, align_corners: bool) -> np.ndarray:
-    """Bilinear resize of the last two axes of a float32 array."""
-    h_out, w_out = size
-    h_in, w_in = x.shape[-2:]
-    top, bottom, wy = _source_coordinates(h_in, h_out, align_corners)
-    left, right, wx = _source_coordinates(w_in, w_out, align_corners)
-    wx = wx[None, :]
-    wy = wy[:, None]
-    # Same expression as torch's CPU kernel: blend rows, then columns.
-    t = x[..., top, :]
-    b = x[..., bottom, :]
-    return ((1 - wy) * ((1 - wx) * t[..., left] + wx * t[..., right]) + wy * ((1 - wx) * b[..., left] + wx * b[..., right])).astype(np.float32)
-
-
-def _resize_bilinear_channels_last(x: np.ndarray, size, align_corners: bool) -> np.ndarray:
-    """Bilinear resize of the first two axes of an (h, w, C) float32 array."""
-    h_out, w_out = size
-    top, bottom, wy = _source_coordinates(x.shape[0], h_out, align_corners)
-    left, right, wx = _source_coordinates(x.shape[1], w_out, align_corners)
-    wx = wx[None, :, None]
-    wy = wy[:, None, None]
-    t = x[top]
-    b = x[bottom]
-    out = (1 - wy) * ((1 - wx) * t[:, left] + wx * t[:, right]) + wy * ((1 - wx) * b[:, left] + wx * b[:, right])
-    return out.astype(np.float32, copy=False)
-
-
 def resize_logits(x, size, *, align_corners=False):
     """Bilinearly resize logits (or probabilities) to ``size``.
+
+    Numbers are those of ``torch.nn.functional.interpolate(mode="bilinear")``
+    (it computes them), for numpy arrays and torch tensors alike; CUDA tensors
+    stay on their device.
 
     Parameters
     ----------
@@ -71,8 +67,7 @@ def resize_logits(x, size, *, align_corners=False):
 
     Returns
     -------
-    out : ndarray or torch.Tensor
-        float32, (C, H, W) or (B, C, H, W), the input's array type.
+    out : float32 ndarray or torch.Tensor, (C, H, W) or (B, C, H, W)
 
     Raises
     ------
@@ -85,30 +80,281 @@ def resize_logits(x, size, *, align_corners=False):
     Examples
     --------
     >>> import numpy as np
-    >>> from segpost.upsample import resize_logits
+    >>> from segpost import resize_logits
     >>> x = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
     >>> resize_logits(x, (3, 3), align_corners=True)[0]
     array([[0. , 0.5, 1. ],
            [1. , 1.5, 2. ],
            [2. , 2.5, 3. ]], dtype=float32)
     """
-    arr, was_torch = to_numpy(x, "x")
+    import torch
+
+    size = _check_size(size)
+    if is_torch_tensor(x):
+        if not x.is_floating_point():
+            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+        if x.ndim not in (3, 4) or x.numel() == 0:
+            raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) tensor, got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be finite, but it contains NaN or infinity")
+        t = x.detach().float()
+        batched = t if t.ndim == 4 else t[None]
+        out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
+        return out if x.ndim == 4 else out[0]
+    arr, _ = to_numpy(x, "x")
     check_float_dtype(arr, "x")
     if arr.ndim not in (3, 4) or 0 in arr.shape:
         raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) array, got shape {tuple(arr.shape)}")
-    size = _check_size(size)
     check_finite(arr, "x")
-    arr = arr.astype(np.float32, copy=False)
-    out = arr if tuple(arr.shape[-2:]) == size else _resize_bilinear(arr, size, bool(align_corners))
-    return like_input(np.ascontiguousarray(out), was_torch)
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    batched = t if t.ndim == 4 else t[None]
+    out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
+    return (out if arr.ndim == 4 else out[0]).numpy()
 
 
-def _check_size(size):
-    try:
-        h, w = (int(s) for s in size)
-        ok = all(float(s) == int(s) for s in size)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or h < 1 or w < 1:
-        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
-    return h, w
+def _resize_points(scores_chw: np.ndarray, size, align_corners: bool) -> np.ndarray:
+    """(H*W, C) float32, point-major: bilinear resize of (C, h, w) straight into the CRF's layout.
+
+    torch's channels-last kernel (multi-threaded) writes NHWC memory, i.e. one
+    row per pixel; its numbers may differ from the NCHW kernel's by one ulp.
+    """
+    import torch
+
+    c = scores_chw.shape[0]
+    t = torch.from_numpy(np.ascontiguousarray(scores_chw, dtype=np.float32))[None]
+    t = t.contiguous(memory_format=torch.channels_last)
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=align_corners)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()).reshape(-1, c)
+
+
+def _nearest_exact_index(n_in: int, n_out: int) -> np.ndarray:
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale).astype(np.int64)
+    return np.minimum(src, n_in - 1)
+
+
+def resize_labels(labels, size):
+    """Resize a label map with nearest-exact sampling (pixel centres); any integer dtype.
+
+    Parameters
+    ----------
+    labels : (..., h, w) integer array_like or torch.Tensor
+    size : (int, int)
+
+    Returns
+    -------
+    out : (..., H, W), the input's dtype and array type (torch stays on its device).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import resize_labels
+    >>> resize_labels(np.array([[0, 1], [2, 255]], np.uint8), (4, 4))
+    array([[  0,   0,   1,   1],
+           [  0,   0,   1,   1],
+           [  2,   2, 255, 255],
+           [  2,   2, 255, 255]], dtype=uint8)
+    """
+    h_out, w_out = _check_size(size)
+    if is_torch_tensor(labels):
+        if labels.is_floating_point() or labels.is_complex():
+            raise TypeError(f"labels must be integers, got {labels.dtype}; never resize labels bilinearly")
+        if labels.ndim < 2 or labels.shape[-1] == 0 or labels.shape[-2] == 0:
+            raise ValueError(f"labels must be a non-empty (..., h, w) map, got shape {tuple(labels.shape)}")
+        import torch
+
+        rows = torch.from_numpy(_nearest_exact_index(labels.shape[-2], h_out)).to(labels.device)
+        cols = torch.from_numpy(_nearest_exact_index(labels.shape[-1], w_out)).to(labels.device)
+        return labels.index_select(-2, rows).index_select(-1, cols)
+    arr, _ = to_numpy(labels, "labels")
+    if arr.dtype.kind not in "biu":
+        raise TypeError(f"labels must be integers, got {arr.dtype}; never resize labels bilinearly")
+    if arr.ndim < 2 or arr.shape[-1] == 0 or arr.shape[-2] == 0:
+        raise ValueError(f"labels must be a non-empty (..., h, w) map, got shape {tuple(arr.shape)}")
+    rows = _nearest_exact_index(arr.shape[-2], h_out)
+    cols = _nearest_exact_index(arr.shape[-1], w_out)
+    return arr[..., rows[:, None], cols[None, :]]
+
+
+def deeplab_size(dim, scale):
+    """DeepLab's resized length ``int((dim - 1) * scale + 1)`` (65 <-> 513 at x8), for align_corners models.
+
+    Examples
+    --------
+    >>> from segpost import deeplab_size
+    >>> deeplab_size(513, 0.125), deeplab_size(65, 8)
+    (65, 513)
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (numbers.Integral, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if not isinstance(scale, numbers.Real) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return int((int(dim) - 1) * float(scale) + 1)
+
+
+def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
+    """Pad the bottom and right of ``image`` so that the given axes are multiples of ``multiple``.
+
+    Returns ``(padded, original_size)``; :func:`crop_to` undoes it. Works on
+    numpy arrays and torch tensors (any leading axes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import pad_to_multiple, crop_to
+    >>> padded, size = pad_to_multiple(np.ones((3, 5, 7)), 4)
+    >>> padded.shape, size
+    ((3, 8, 8), (5, 7))
+    >>> crop_to(padded, size).shape
+    (3, 5, 7)
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, (numbers.Integral, np.integer)) or multiple < 1:
+        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    shape = tuple(image.shape)
+    ax = [a % len(shape) for a in axes]
+    original = tuple(shape[a] for a in ax)
+    extra = {a: (-shape[a]) % multiple for a in ax}
+    if not any(extra.values()):
+        return image, original
+    if is_torch_tensor(image):
+        import torch.nn.functional as F
+
+        pads = []
+        for a in reversed(range(len(shape))):
+            pads += [0, extra.get(a, 0)]
+        while pads and pads[-1] == 0 and pads[-2] == 0:
+            pads = pads[:-2]
+        return F.pad(image, pads, value=value), original
+    widths = [(0, extra.get(a, 0)) for a in range(len(shape))]
+    return np.pad(image, widths, constant_values=value), original
+
+
+def crop_to(x, size, *, axes=(-2, -1)):
+    """The top-left ``size`` region of ``x`` along ``axes`` (undoes :func:`pad_to_multiple`)."""
+    index = [slice(None)] * x.ndim
+    for a, s in zip(axes, size):
+        index[a % x.ndim] = slice(0, int(s))
+    return x[tuple(index)]
+
+
+def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
+    """Labels at full resolution without ever holding the full (C, H, W) logits.
+
+    Equivalent to ``resize_logits(logits, size).argmax(0)`` but works in
+    blocks of ``block_rows`` output rows, interpolating only the coarse rows
+    each block needs: peak memory is O(C * block_rows * W) instead of
+    O(C * H * W) (150 classes at 2048x1024 would be 1.17 GiB in float32).
+
+    Parameters
+    ----------
+    logits : (C, h, w) float array_like or torch.Tensor
+    size : (int, int)
+    align_corners : bool, keyword-only
+    block_rows : int, keyword-only, default 64
+
+    Returns
+    -------
+    labels : (H, W) int64, the input's array type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import upsample_argmax, resize_logits
+    >>> logits = np.random.default_rng(0).normal(size=(5, 9, 12)).astype(np.float32)
+    >>> labels = upsample_argmax(logits, (70, 90), block_rows=16)
+    >>> bool((labels == resize_logits(logits, (70, 90)).argmax(0)).all())
+    True
+    """
+    arr, was_torch = to_numpy(logits.detach().cpu() if is_torch_tensor(logits) else logits, "logits")
+    check_float_dtype(arr, "logits")
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(f"logits must be a non-empty (C, h, w) array, got shape {tuple(arr.shape)}")
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (numbers.Integral, np.integer)) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
+    h_out, w_out = _check_size(size)
+    check_finite(arr, "logits")
+    x = arr.astype(np.float32, copy=False)
+    top, bottom, wy = _source_coordinates(x.shape[1], h_out, bool(align_corners))
+    left, right, wx = _source_coordinates(x.shape[2], w_out, bool(align_corners))
+    wx0, wy0 = (1 - wx)[None, None, :], (1 - wy)
+    wx1 = wx[None, None, :]
+    labels = np.empty((h_out, w_out), np.int64)
+    for start in range(0, h_out, block_rows):
+        stop = min(h_out, start + block_rows)
+        need = np.union1d(top[start:stop], bottom[start:stop])
+        coarse = x[:, need, :]                                 # (C, rows needed, w)
+        cols = wx0 * coarse[:, :, left] + wx1 * coarse[:, :, right]   # (C, rows needed, W), the x pass
+        where = {row: i for i, row in enumerate(need)}
+        it = np.array([where[r] for r in top[start:stop]])
+        ib = np.array([where[r] for r in bottom[start:stop]])
+        block = wy0[start:stop, None] * cols[:, it, :] + wy[start:stop, None] * cols[:, ib, :]
+        labels[start:stop] = block.argmax(axis=0)
+    return like_input(labels, was_torch)
+
+
+def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma_color, align_corners=False):
+    """Edge-aware upsampling of coarse scores guided by the full-resolution image.
+
+    Each output pixel averages the coarse scores with weights
+    ``exp(-|p - q|^2 / (2 sigma_spatial^2) - |I_p - I_q|^2 / (2 sigma_color^2))``,
+    where q runs over the coarse samples placed at their positions in the
+    full-resolution image (their pixel centres, or corners with
+    ``align_corners``) and ``I_q`` is the guide's colour there (Kopf et al.
+    2007), computed on the permutohedral lattice in O(H W).
+
+    Parameters
+    ----------
+    coarse_logits : (C, h, w) float array_like or torch.Tensor
+    guide_image : (H, W) or (H, W, 3) array_like (uint8 or float)
+    sigma_spatial : float, keyword-only
+        In full-resolution pixels; about the output stride works well.
+    sigma_color : float, keyword-only
+        In the guide's intensity units.
+
+    Returns
+    -------
+    (C, H, W) float32, the scores' array type.
+    """
+    from ._validation import check_positive_number
+    from .lattice import PermutohedralLattice
+
+    scores, was_torch = to_numpy(coarse_logits.detach().cpu() if is_torch_tensor(coarse_logits) else coarse_logits, "coarse_logits")
+    check_float_dtype(scores, "coarse_logits")
+    if scores.ndim != 3 or 0 in scores.shape:
+        raise ValueError(f"coarse_logits must be a non-empty (C, h, w) array, got shape {tuple(scores.shape)}")
+    check_finite(scores, "coarse_logits")
+    guide, _ = to_numpy(guide_image, "guide_image")
+    if guide.ndim == 2:
+        guide = guide[..., None]
+    if guide.ndim != 3 or 0 in guide.shape or guide.dtype.kind not in "biuf":
+        raise ValueError(f"guide_image must be a non-empty (H, W) or (H, W, C) image, got shape {tuple(guide.shape)}")
+    sigma_spatial = check_positive_number(sigma_spatial, "sigma_spatial")
+    sigma_color = check_positive_number(sigma_color, "sigma_color")
+    c, h, w = scores.shape
+    height, width = guide.shape[:2]
+    if h > height or w > width:
+        raise ValueError(f"coarse_logits ({h}x{w}) are larger than the guide image ({height}x{width})")
+    colors = guide.astype(np.float32).reshape(height, width, -1)
+    check_finite(colors, "guide_image")
+    # Positions of the coarse samples in full-resolution pixel coordinates.
+    if align_corners:
+        ys = np.arange(h) * ((height - 1) / max(h - 1, 1))
+        xs = np.arange(w) * ((width - 1) / max(w - 1, 1))
+    else:
+        ys = (np.arange(h) + 0.5) * height / h - 0.5
+        xs = (np.arange(w) + 0.5) * width / w - 0.5
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    sample_colors = colors[np.clip(np.rint(yy).astype(int), 0, height - 1), np.clip(np.rint(xx).astype(int), 0, width - 1)]
+    fy, fx = np.mgrid[0:height, 0:width]
+    fine = np.concatenate([np.stack([fy.ravel(), fx.ravel()], 1) / sigma_spatial,
+                           colors.reshape(-1, colors.shape[2]) / sigma_color], 1)
+    coarse = np.concatenate([np.stack([yy.ravel(), xx.ravel()], 1) / sigma_spatial,
+                             sample_colors.reshape(-1, colors.shape[2]) / sigma_color], 1)
+    features = np.concatenate([fine, coarse]).astype(np.float32)
+    values = np.zeros((len(features), c + 1), np.float32)
+    values[height * width:, :c] = scores.reshape(c, -1).T
+    values[height * width:, c] = 1.0
+    filtered = PermutohedralLattice(features).filter(values)[: height * width]
+    weight = np.maximum(filtered[:, c:], 1e-30)
+    out = (filtered[:, :c] / weight).T.reshape(c, height, width)
+    return like_input(np.ascontiguousarray(out, dtype=np.float32), was_torch)

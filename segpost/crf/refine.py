@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .._validation import check_finite, is_torch_tensor, like_input, to_numpy
-from ..upsample import _resize_bilinear_channels_last
+from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory
 
 __all__ = ["CRFParams", "crf_refine"]
@@ -258,9 +258,10 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     check_memory(height * width, num_classes, [2, 2 + channels])
 
     # Point-major (H*W, C) scores straight from the resize: the layout the CRF runs in.
-    coarse = np.ascontiguousarray(np.moveaxis(scores, 0, -1), dtype=np.float32)
-    full = coarse if (h, w) == (height, width) else _resize_bilinear_channels_last(coarse, (height, width), bool(align_corners))
-    full = full.reshape(height * width, num_classes)
+    if (h, w) == (height, width):
+        full = np.ascontiguousarray(np.moveaxis(scores, 0, -1), dtype=np.float32).reshape(height * width, num_classes)
+    else:
+        full = _resize_points(scores, (height, width), bool(align_corners))
     if probs is None:
         # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
         # good a unary as -log softmax(logits).
