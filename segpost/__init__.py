@@ -8,6 +8,8 @@ from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 from .metrics import SegMetrics, confusion_matrix
+from .pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline, PipelineOutput
+from .evaluation import evaluate, tune_crf
 from .upsample import (
     crop_to, deeplab_size, joint_bilateral_upsample, pad_to_multiple, resize_labels, resize_logits, upsample_argmax,
 )
@@ -19,12 +21,17 @@ __all__ = [
     "CRFParams",
     "DenseCRF",
     "MAX_LATTICE_DIM",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "PermutohedralLattice",
+    "Pipeline",
+    "PipelineOutput",
     "SegMetrics",
     "bilateral_filter",
     "confusion_matrix",
     "crop_to",
     "deeplab_size",
+    "evaluate",
     "joint_bilateral_upsample",
     "pad_to_multiple",
     "resize_labels",
@@ -34,5 +41,6 @@ __all__ = [
     "crf_refine",
     "get_num_threads",
     "set_num_threads",
+    "tune_crf",
     "__version__",
 ]

@@ -271,17 +271,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_distributed_sync_with_two_gloo_processes(tmp_path):
-    pytest.importorskip("torch")
+def _run_two_ranks(tmp_path, mode):
     worker = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"rank{r}.json")],
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / f"rank{r}.json"), mode],
                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_distributed_evaluate_counts_every_sample_once(tmp_path):
+    pytest.importorskip("torch")
+    results = _run_two_ranks(tmp_path, "evaluate")
+    from distributed_worker import evaluation_dataset
+
+    whole = SegMetrics(5, per_image=True)
+    for image, target in evaluation_dataset():
+        whole.update(image, target)
+    for res in results:
+        assert res["confusion"] == whole.confusion.tolist()
+        assert res["num_images"] == 5
+
+
+def test_distributed_sync_with_two_gloo_processes(tmp_path):
+    pytest.importorskip("torch")
+    results = _run_two_ranks(tmp_path, "metrics")
     # Both ranks hold the sum; it equals one process counting everything.
     from distributed_worker import rank_data
 
