@@ -10,7 +10,7 @@ STAMP := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/.segpost-install-
 .PHONY: install install-test demo test bench clean
 
 $(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
-	$(PIP) install -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[test,viz]"
 	# pydensecrf (the reference the tests and benchmarks compare against) needs Cython < 3.
 	$(PIP) install -c $(CONSTRAINTS) "cython<3" numpy setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation pydensecrf2

@@ -1,18 +1,5 @@
 """Small timing helpers shared by the benchmarks."""
-import statistics
-import time
-
-
-def median_time(fn, *, repeats=7, warmup=1):
-    """Median wall time of fn() in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from segpost.benchmarking import median_time  # noqa: F401  (the same code as `segpost bench`)
 
 
 def print_table(headers, rows):

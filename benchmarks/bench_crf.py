@@ -19,17 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import median_time, print_table  # noqa: E402
 
 import segpost  # noqa: E402
-from segpost.upsample import resize_logits  # noqa: E402
-
-
-def photo(size):
-    from skimage import data
-    from skimage.transform import resize
-
-    image = data.astronaut()
-    if size != image.shape[0]:
-        image = (resize(image, (size, size), order=1, anti_aliasing=False) * 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
+from segpost.benchmarking import photo, pydensecrf_labels  # noqa: E402
 
 
 def coarse_logits(size, labels, seed=0):
@@ -37,17 +27,7 @@ def coarse_logits(size, labels, seed=0):
 
 
 def run_pydensecrf(image, logits, params, iterations):
-    import pydensecrf.densecrf as dcrf
-
-    h, w = image.shape[:2]
-    full = resize_logits(logits, (h, w))
-    peak = full.max(axis=0)
-    unary = (np.log(np.exp(full - peak).sum(axis=0)) + peak - full).reshape(len(full), -1)
-    d = dcrf.DenseCRF2D(w, h, len(full))
-    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    d.addPairwiseGaussian(sxy=params.pos_xy, compat=params.pos_weight)
-    d.addPairwiseBilateral(sxy=params.bi_xy, srgb=params.bi_rgb, rgbim=image, compat=params.bi_weight)
-    return np.argmax(d.inference(iterations), axis=0).reshape(h, w)
+    return pydensecrf_labels(image, logits, params, iterations)
 
 
 def run_segpost(image, logits, params, iterations):

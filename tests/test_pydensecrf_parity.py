@@ -8,6 +8,7 @@ from skimage import data
 import segpost
 import segpost.compat.pydensecrf.densecrf as sdcrf
 from segpost.compat.pydensecrf import utils as sutils
+from segpost.benchmarking import pydensecrf_labels
 from segpost.upsample import resize_logits
 
 
@@ -28,27 +29,15 @@ def _coarse_logits(image, classes, stride=8, seed=0):
     return rng.normal(scale=2.0, size=(classes, -(-h // stride), -(-w // stride))).astype(np.float32)
 
 
-def _pydensecrf_labels(dcrf, image, logits, params):
-    h, w = image.shape[:2]
-    full = resize_logits(logits, (h, w))
-    peak = full.max(axis=0)
-    unary = (np.log(np.exp(full - peak).sum(axis=0)) + peak - full).reshape(len(full), -1)
-    d = dcrf.DenseCRF2D(w, h, len(full))
-    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    d.addPairwiseGaussian(sxy=params.pos_xy, compat=params.pos_weight)
-    d.addPairwiseBilateral(sxy=params.bi_xy, srgb=params.bi_rgb, rgbim=np.ascontiguousarray(image), compat=params.bi_weight)
-    return np.argmax(d.inference(params.iterations), axis=0).reshape(h, w)
-
-
 @pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea"])
 @pytest.mark.parametrize("preset", ["deeplab", "pydensecrf"])
 def test_crf_refine_agrees_with_pydensecrf_on_photos(photo, preset):
-    dcrf, _ = _reference()
+    _reference()
     image = getattr(data, photo)()
     logits = _coarse_logits(image, classes=8, seed=len(photo))
     params = segpost.CRFParams.coerce(preset)
     ours = segpost.crf_refine(image, logits, params=params)
-    theirs = _pydensecrf_labels(dcrf, image, logits, params)
+    theirs = pydensecrf_labels(np.ascontiguousarray(image), logits, params)
     assert (ours == theirs).mean() >= 0.995
 
 
