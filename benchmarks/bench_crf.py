@@ -46,6 +46,7 @@ import bench_crf as b
 from bench_lattice import reset_peak_rss, peak_rss_kib
 image, logits = b.photo({size}), b.coarse_logits({size}, {labels})
 params = b.segpost.CRFParams.pydensecrf()
+import torch, pydensecrf.densecrf  # imports are not the run's memory
 before = reset_peak_rss()
 b.RUNNERS[{which!r}](image, logits, params, {iterations})
 print(json.dumps((peak_rss_kib() - before) / 1024))

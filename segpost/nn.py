@@ -1,7 +1,7 @@
 """torch.nn helpers."""
 from __future__ import annotations
 
-__all__ = ["linear_to_conv1x1"]
+__all__ = ["DenseCRF", "linear_to_conv1x1"]
 
 
 def linear_to_conv1x1(linear):
@@ -33,3 +33,115 @@ def linear_to_conv1x1(linear):
         if linear.bias is not None:
             conv.bias.copy_(linear.bias)
     return conv
+
+
+def _crf_module_base():
+    import torch
+
+    return torch.nn.Module
+
+
+class DenseCRF(_crf_module_base()):
+    """A dense CRF as a differentiable layer (CRF-as-RNN, Zheng et al. 2015).
+
+    ``forward(logits (B, C, H, W), images (B, 3, H, W))`` runs ``iterations``
+    mean-field steps and returns refined logits (B, C, H, W)::
+
+        Q = softmax(logits)
+        repeat: out = logits + sum_m w_m * C_m (K_m Q);  Q = softmax(out)
+
+    with ``K_m`` the symmetrically normalised smoothness (x/pos_xy, y/pos_xy)
+    and appearance (x/bi_xy, y/bi_xy, rgb/bi_rgb) Gaussian filters, ``w_m``
+    learnable kernel weights and ``C_m`` learnable (C, C) compatibility
+    matrices, initialised to the identity (the Potts model: the same as
+    :func:`segpost.crf_refine` with pos_weight = w_1, bi_weight = w_2).
+    Gradients flow to the logits, the weights and the compatibilities (the
+    lattices are built once per image per forward, in pure torch ops on the
+    input's device, and reused by every iteration and by the backward pass).
+
+    Parameters
+    ----------
+    num_classes : int
+    iterations : int, default 5
+    pos_xy, bi_xy, bi_rgb : float
+        Bandwidths (pixels; image intensities in 0..255).
+    pos_weight, bi_weight : float
+        Initial kernel weights.
+    learnable : bool, default True
+        Make the weights and compatibilities trainable parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from segpost.nn import DenseCRF
+    >>> crf = DenseCRF(3, iterations=2)
+    >>> logits = torch.randn(1, 3, 8, 10, requires_grad=True)
+    >>> images = torch.rand(1, 3, 8, 10) * 255
+    >>> out = crf(logits, images)
+    >>> out.shape
+    torch.Size([1, 3, 8, 10])
+    >>> out.sum().backward(); logits.grad.shape
+    torch.Size([1, 3, 8, 10])
+    """
+
+    def __init__(self, num_classes, *, iterations=5, pos_xy=3.0, bi_xy=80.0, bi_rgb=13.0, pos_weight=3.0,
+                 bi_weight=10.0, learnable=True):
+        import torch
+
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+        for name, value in (("pos_xy", pos_xy), ("bi_xy", bi_xy), ("bi_rgb", bi_rgb)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        self.num_classes, self.iterations = num_classes, iterations
+        self.pos_xy, self.bi_xy, self.bi_rgb = float(pos_xy), float(bi_xy), float(bi_rgb)
+        weights = torch.tensor([float(pos_weight), float(bi_weight)])
+        compat = torch.eye(num_classes).repeat(2, 1, 1)
+        if learnable:
+            self.kernel_weights = torch.nn.Parameter(weights)
+            self.compatibility = torch.nn.Parameter(compat)
+        else:
+            self.register_buffer("kernel_weights", weights)
+            self.register_buffer("compatibility", compat)
+
+    def _lattices(self, image):
+        import torch
+
+        from .lattice_torch import TorchLattice
+
+        _, h, w = image.shape
+        yy, xx = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float64),
+                                torch.arange(w, device=image.device, dtype=torch.float64), indexing="ij")
+        xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+        colors = image.detach().reshape(image.shape[0], -1).T.double()
+        smooth = TorchLattice(xy / self.pos_xy)
+        appearance = TorchLattice(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))
+        return smooth, appearance
+
+    def forward(self, logits, images):
+        import torch
+
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
+        if images.ndim != 4 or images.shape[0] != logits.shape[0] or images.shape[2:] != logits.shape[2:]:
+            raise ValueError(f"images must be (B, C, H, W) matching the logits, got {tuple(images.shape)}")
+        b, c, h, w = logits.shape
+        outputs = []
+        for i in range(b):
+            lattices = self._lattices(images[i])
+            scales = [lat.filtered_ones().rsqrt().to(logits.dtype)[:, None] for lat in lattices]
+            unary = logits[i].reshape(c, -1).T                              # (N, C)
+            out = unary
+            for _ in range(self.iterations):
+                q = torch.softmax(out, dim=1)
+                messages = 0
+                for m, (lat, s) in enumerate(zip(lattices, scales)):
+                    filtered = s * lat.filter(s * q)                         # symmetric normalisation
+                    messages = messages + self.kernel_weights[m].to(out.dtype) * (
+                        filtered @ self.compatibility[m].to(out.dtype).T)
+                out = unary + messages
+            outputs.append(out.T.reshape(c, h, w))
+        return torch.stack(outputs)
