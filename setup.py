@@ -1,7 +1,9 @@
-"""Build of segpost's compiled extension.
+"""Build of segpost's compiled extensions.
 
 The CPU core, ``segpost._C``, is bound with pybind11 over plain buffers, so
-building and installing segpost never depends on the torch ABI.
+building and installing segpost never depends on the torch ABI. With
+``SEGPOST_CUDA=1`` (and a CUDA-enabled torch with nvcc) the GPU kernels are
+built too, as ``segpost._C_cuda``.
 """
 import os
 import sys
@@ -22,7 +24,7 @@ def get_extensions():
         if os.environ.get("SEGPOST_NATIVE", "0") == "1":
             # Opt-in only: a -march=native build does not run on older CPUs.
             extra_compile_args += ["-march=native"]
-    return [
+    extensions = [
         Pybind11Extension(
             "segpost._C",
             sources,
@@ -32,6 +34,28 @@ def get_extensions():
             extra_link_args=extra_link_args,
         )
     ]
+    if os.environ.get("SEGPOST_CUDA", "0") == "1":
+        # The GPU kernels need a CUDA-enabled torch and nvcc; without this switch
+        # segpost builds CPU-only (the first GPU call can compile them just in time).
+        from torch.utils.cpp_extension import CUDAExtension
+
+        extensions.append(
+            CUDAExtension(
+                "segpost._C_cuda",
+                ["csrc/cuda/permutohedral_cuda.cu", "csrc/cuda/bindings_cuda.cpp"],
+                include_dirs=[os.path.abspath("csrc/cuda")],
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+            )
+        )
+    return extensions
 
 
-setup(ext_modules=get_extensions(), cmdclass={"build_ext": build_ext})
+def get_cmdclass():
+    if os.environ.get("SEGPOST_CUDA", "0") == "1":
+        from torch.utils.cpp_extension import BuildExtension
+
+        return {"build_ext": BuildExtension}
+    return {"build_ext": build_ext}
+
+
+setup(ext_modules=get_extensions(), cmdclass=get_cmdclass())

@@ -110,15 +110,19 @@ class DenseCRF(_crf_module_base()):
     def _lattices(self, image):
         import torch
 
+        from ._cuda import lattice_for
         from .lattice_torch import TorchLattice
 
+        # Training needs autograd through the filter (the torch lattice); inference
+        # on a GPU uses the CUDA kernels when they are built.
+        make = TorchLattice if torch.is_grad_enabled() else lattice_for
         _, h, w = image.shape
         yy, xx = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float64),
                                 torch.arange(w, device=image.device, dtype=torch.float64), indexing="ij")
         xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
         colors = image.detach().reshape(image.shape[0], -1).T.double()
-        smooth = TorchLattice(xy / self.pos_xy)
-        appearance = TorchLattice(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))
+        smooth = make(xy / self.pos_xy)
+        appearance = make(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))
         return smooth, appearance
 
     def forward(self, logits, images):

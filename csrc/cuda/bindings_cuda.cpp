@@ -1,0 +1,124 @@
+// Thin torch binding of the CUDA lattice kernels (segpost._C_cuda).
+//
+// It validates tensors, allocates buffers, runs the scans and sorts with
+// torch ops, and launches the plain CUDA kernels of permutohedral_cuda.cu on
+// the current stream. Built only with a CUDA-enabled torch (SEGPOST_CUDA=1
+// pip install ., or just in time by segpost/_cuda.py).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+#include "permutohedral_cuda.h"
+
+namespace {
+
+void check(cudaError_t status, const char* what) {
+  TORCH_CHECK(status == cudaSuccess, "segpost CUDA lattice: ", what, " failed: ", cudaGetErrorString(status));
+}
+
+// Returns [corner_vertex (N, d+1) int32 shifted, weights (N, d+1) float32,
+//          neighbour (d+1, M, 2) int32 shifted, csr_start (M+1) int64, csr_corner (N(d+1)) int32].
+std::vector<torch::Tensor> build(torch::Tensor features) {
+  TORCH_CHECK(features.is_cuda() && features.dim() == 2, "features must be a 2-D CUDA tensor");
+  const c10::cuda::CUDAGuard guard(features.device());
+  features = features.to(torch::kFloat32).contiguous();
+  const int64_t n = features.size(0);
+  const int d = static_cast<int>(features.size(1));
+  TORCH_CHECK(n >= 1 && d >= 1 && d <= segpost::cuda::kMaxDim, "need N >= 1 and 1 <= d <= ",
+              segpost::cuda::kMaxDim, " on the GPU");
+  const int d1 = d + 1;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto dev = features.options();
+  // Scales and the origin moved by whole lattice periods (see the CPU lattice).
+  auto scale = torch::empty({d}, dev.dtype(torch::kFloat64));
+  {
+    std::vector<double> host(d);
+    for (int i = 0; i < d; ++i) host[i] = std::sqrt(2.0 / 3.0) * d1 / std::sqrt((i + 1.0) * (i + 2.0));
+    scale.copy_(torch::from_blob(host.data(), {d}, torch::kFloat64));
+  }
+  auto period = d1 / scale;
+  auto origin = (torch::floor(std::get<0>(features.to(torch::kFloat64).min(0)) / period) * period).contiguous();
+  const int64_t corners = n * d1;
+  auto keys = torch::empty({corners, d}, dev.dtype(torch::kInt32));
+  auto weights = torch::empty({n, d1}, dev);
+  auto overflow = torch::zeros({1}, dev.dtype(torch::kInt32));
+  check(segpost::cuda::launch_simplex(features.data_ptr<float>(), origin.data_ptr<double>(), scale.data_ptr<double>(),
+                                      n, d, keys.data_ptr<int32_t>(), weights.data_ptr<float>(),
+                                      overflow.data_ptr<int32_t>(), stream),
+        "simplex");
+  TORCH_CHECK(overflow.item<int32_t>() == 0,
+              "features span too large a range for the lattice's int32 keys; use larger bandwidths");
+  uint64_t capacity = 1;
+  while (capacity < static_cast<uint64_t>(corners) * 2) capacity <<= 1;
+  auto slots = torch::full({static_cast<int64_t>(capacity)}, -1, dev.dtype(torch::kInt32));
+  auto rep = torch::empty({corners}, dev.dtype(torch::kInt32));
+  check(segpost::cuda::launch_insert(keys.data_ptr<int32_t>(), corners, d, slots.data_ptr<int32_t>(), capacity,
+                                     rep.data_ptr<int32_t>(), stream),
+        "insert");
+  // Compact vertex ids, in corner order of first occurrence (as the CPU lattice numbers them).
+  auto index = torch::arange(corners, dev.dtype(torch::kInt32));
+  auto first = rep.eq(index);
+  auto ids = torch::cumsum(first.to(torch::kInt32), 0, torch::kInt32) - 1;
+  auto vertex_of_corner = ids.index_select(0, rep.to(torch::kInt64)).contiguous();
+  const int64_t m = first.sum().item<int64_t>();
+  auto vertex_keys = keys.index({first}).contiguous();
+  auto neighbour = torch::empty({d1, m, 2}, dev.dtype(torch::kInt32));
+  check(segpost::cuda::launch_neighbours(vertex_keys.data_ptr<int32_t>(), m, d, keys.data_ptr<int32_t>(),
+                                         slots.data_ptr<int32_t>(), capacity, vertex_of_corner.data_ptr<int32_t>(),
+                                         neighbour.data_ptr<int32_t>(), stream),
+        "neighbours");
+  // CSR of corners by vertex, stable: each vertex's corners in point order (deterministic splat).
+  auto sorted = torch::sort(vertex_of_corner.to(torch::kInt64), /*stable=*/true, 0, false);
+  auto csr_corner = std::get<1>(sorted).to(torch::kInt32).contiguous();
+  auto counts = torch::bincount(vertex_of_corner.to(torch::kInt64), {}, m);
+  auto csr_start = torch::cat({torch::zeros({1}, dev.dtype(torch::kInt64)), torch::cumsum(counts, 0)}).contiguous();
+  auto corner_vertex = (vertex_of_corner + 1).reshape({n, d1}).contiguous();
+  return {corner_vertex, weights, neighbour, csr_start, csr_corner};
+}
+
+torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::Tensor neighbour,
+                     torch::Tensor csr_start, torch::Tensor csr_corner, torch::Tensor values,
+                     c10::optional<torch::Tensor> pre_scale, c10::optional<torch::Tensor> post_scale, bool transpose) {
+  TORCH_CHECK(values.is_cuda() && values.dim() == 2, "values must be a 2-D CUDA tensor");
+  const c10::cuda::CUDAGuard guard(values.device());
+  values = values.to(torch::kFloat32).contiguous();
+  const int64_t n = corner_vertex.size(0);
+  const int d1 = static_cast<int>(corner_vertex.size(1));
+  const int d = d1 - 1;
+  const int64_t m = neighbour.size(1);
+  const int c = static_cast<int>(values.size(1));
+  TORCH_CHECK(values.size(0) == n, "values must have one row per lattice point");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto grid = torch::zeros({m + 1, c}, values.options());
+  auto next = torch::zeros({m + 1, c}, values.options());
+  const float* pre = pre_scale ? pre_scale->contiguous().data_ptr<float>() : nullptr;
+  const float* post = post_scale ? post_scale->contiguous().data_ptr<float>() : nullptr;
+  check(segpost::cuda::launch_splat(csr_start.data_ptr<int64_t>(), csr_corner.data_ptr<int32_t>(),
+                                    weights.data_ptr<float>(), values.data_ptr<float>(), pre, m, d, c,
+                                    grid.data_ptr<float>(), stream),
+        "splat");
+  for (int step = 0; step <= d; ++step) {
+    const int axis = transpose ? d - step : step;
+    check(segpost::cuda::launch_blur(grid.data_ptr<float>(), neighbour[axis].data_ptr<int32_t>(), m, c,
+                                     next.data_ptr<float>(), stream),
+          "blur");
+    std::swap(grid, next);
+  }
+  auto out = torch::empty({n, c}, values.options());
+  const float alpha = static_cast<float>(1.0 / (1.0 + std::pow(2.0, -d)));
+  check(segpost::cuda::launch_slice(grid.data_ptr<float>(), corner_vertex.data_ptr<int32_t>(),
+                                    weights.data_ptr<float>(), post, n, d, c, alpha, out.data_ptr<float>(), stream),
+        "slice");
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "segpost CUDA lattice kernels (private; use segpost's Python API)";
+  m.def("build", &build, "build a permutohedral lattice on the GPU");
+  m.def("filter", &filter, "filter values on a GPU lattice");
+}

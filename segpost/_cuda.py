@@ -1,0 +1,82 @@
+"""Loading the CUDA lattice: the prebuilt extension, a just-in-time build, or the pure-torch fallback."""
+from __future__ import annotations
+
+import os
+import warnings
+
+_EXTENSION = None
+_TRIED = False
+
+
+def cuda_extension():
+    """segpost._C_cuda if available (built with SEGPOST_CUDA=1, or compiled just in time), else None."""
+    global _EXTENSION, _TRIED
+    if _TRIED:
+        return _EXTENSION
+    _TRIED = True
+    try:
+        from . import _C_cuda  # type: ignore[attr-defined]
+
+        _EXTENSION = _C_cuda
+        return _EXTENSION
+    except ImportError:
+        pass
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, load
+
+        if not torch.cuda.is_available() or CUDA_HOME is None:
+            return None
+        root = os.path.join(os.path.dirname(__file__), "..", "csrc", "cuda")
+        sources = [os.path.join(root, "permutohedral_cuda.cu"), os.path.join(root, "bindings_cuda.cpp")]
+        if not all(os.path.exists(s) for s in sources):
+            return None
+        warnings.warn("segpost: compiling the CUDA lattice just in time (once; about a minute)", RuntimeWarning,
+                      stacklevel=2)
+        _EXTENSION = load("segpost_C_cuda", sources, extra_cuda_cflags=["-O3"], verbose=False)
+    except Exception as exc:  # no nvcc, no headers, a compiler error: fall back, loudly
+        warnings.warn(f"segpost: the CUDA lattice is unavailable ({exc}); using the pure-torch lattice on the GPU",
+                      RuntimeWarning, stacklevel=2)
+        _EXTENSION = None
+    return _EXTENSION
+
+
+class CudaLattice:
+    """The GPU lattice with TorchLattice's interface (filter with normalize/adjoint); not differentiable."""
+
+    def __init__(self, features, extension):
+        self._ext = extension
+        self.num_points, self.dim = features.shape
+        (self.corner_vertex, self.weights, self.neighbours, self.csr_start,
+         self.csr_corner) = extension.build(features.detach())
+        self.num_vertices = self.neighbours.shape[1]
+        self._ones = None
+
+    def filter(self, values, *, normalize=False, adjoint=False):
+        squeeze = values.ndim == 1
+        v = values[:, None] if squeeze else values
+        out = self._ext.filter(self.corner_vertex, self.weights, self.neighbours, self.csr_start, self.csr_corner,
+                               v.float(), None, None, bool(adjoint))
+        if normalize:
+            out = out / self.filtered_ones()[:, None]
+        out = out.to(values.dtype)
+        return out[:, 0] if squeeze else out
+
+    def filtered_ones(self):
+        import torch
+
+        if self._ones is None:
+            ones = torch.ones(self.num_points, 1, device=self.weights.device)
+            self._ones = self.filter(ones)[:, 0]
+        return self._ones
+
+
+def lattice_for(features):
+    """The fastest lattice for these features' device: the CUDA kernels on a GPU when built, else TorchLattice."""
+    from .lattice_torch import TorchLattice
+
+    if features.is_cuda and not features.requires_grad:
+        ext = cuda_extension()
+        if ext is not None and features.shape[1] <= 16:
+            return CudaLattice(features, ext)
+    return TorchLattice(features)
