@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import median_time, print_table  # noqa: E402
+from _common import print_table  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost.benchmarking import photo, pydensecrf_labels  # noqa: E402
@@ -56,11 +56,22 @@ print(json.dumps((peak_rss_kib() - before) / 1024))
 
 
 def compare(size, labels, preset, iterations, repeats):
+    """Both libraries timed alternately (one run each per round, after a warm-up), medians compared."""
+    import statistics
+    import time
+
     image, logits = photo(size), coarse_logits(size, labels)
     params = segpost.CRFParams.coerce(preset)
-    t_ours = median_time(lambda: run_segpost(image, logits, params, iterations), repeats=repeats)
-    t_ref = median_time(lambda: run_pydensecrf(image, logits, params, iterations), repeats=repeats)
-    agree = (run_segpost(image, logits, params, iterations) == run_pydensecrf(image, logits, params, iterations)).mean()
+    ours_labels = run_segpost(image, logits, params, iterations)
+    ref_labels = run_pydensecrf(image, logits, params, iterations)
+    times = {"segpost": [], "pydensecrf": []}
+    for _ in range(repeats):
+        for name in ("segpost", "pydensecrf"):
+            start = time.perf_counter()
+            RUNNERS[name](image, logits, params, iterations)
+            times[name].append(time.perf_counter() - start)
+    t_ours, t_ref = statistics.median(times["segpost"]), statistics.median(times["pydensecrf"])
+    agree = (ours_labels == ref_labels).mean()
     return [f"{size}x{size}", labels, preset, iterations, f"{t_ref * 1e3:.0f}", f"{t_ours * 1e3:.0f}",
             f"{t_ref / t_ours:.1f}x", f"{100 * agree:.2f}%"]
 
