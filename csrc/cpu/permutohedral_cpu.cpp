@@ -12,6 +12,7 @@
 #include <string>
 
 #include "../parallel.h"
+#include "../simplex.h"
 #include "simd.h"
 
 
@@ -115,80 +116,13 @@ class KeyTable {
 
 // ---------------------------------------------------------------- construction
 
-// Enclosing simplex of one point. `position` holds the d coordinates already
-// translated and scaled. Writes the nearest zero-coloured lattice point
-// `rem0` (d+1), the `rank` of each remainder (d+1) and the barycentric
-// weights `bary` (d+2; the first d+1 are used). Returns false when a
-// coordinate is beyond the int32 key range.
+// Enclosing simplex of one point (the arithmetic lives in simplex.h, shared
+// with the CUDA kernels); compiled per instruction set.
 SEGPOST_MULTIVERSION
 bool find_simplex(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
-  const int d1 = d + 1;
-  const double down = 1.0 / d1;
-  // Keys must stay well inside int32 (neighbour keys add +-d).
-  const double key_limit = static_cast<double>(1 << 30);
   double elevated[PermutohedralLattice::kMaxDim + 1];
-  double running = 0.0;
-  for (int j = d; j > 0; --j) {
-    const double cf = position[j - 1];
-    elevated[j] = running - j * cf;
-    running += cf;
-  }
-  elevated[0] = running;
-  bool in_range = true;
-  for (int i = 0; i <= d; ++i) in_range &= std::fabs(elevated[i]) < key_limit;
-  if (!in_range) return false;
-
-  int sum = 0;
-  for (int i = 0; i <= d; ++i) {
-    const double v = elevated[i] * down;
-    double lo = static_cast<double>(static_cast<int64_t>(v));  // floor without a libm call
-    if (lo > v) lo -= 1.0;
-    // Nearest multiple of d+1: lo or lo + 1 (times d+1); ties go down.
-    const int32_t k = static_cast<int32_t>(lo) + ((v - lo) > 0.5 ? 1 : 0);
-    rem0[i] = k * d1;
-    sum += k;
-    rank[i] = 0;
-  }
-  // Rank the remainders, larger first; ties broken by index.
-  // Branch-free: the comparisons are data-dependent and mispredict badly.
-  double remainder[PermutohedralLattice::kMaxDim + 1];
-  for (int i = 0; i <= d; ++i) remainder[i] = elevated[i] - rem0[i];
-  for (int i = 0; i < d; ++i) {
-    for (int j = i + 1; j <= d; ++j) {
-      const int smaller = remainder[i] < remainder[j];
-      rank[i] += smaller;
-      rank[j] += 1 - smaller;
-    }
-  }
-  // The nearest zero-coloured point may lie off the hyperplane by `sum`
-  // steps; move the coordinates with the largest/smallest remainders.
-  if (sum > 0) {
-    for (int i = 0; i <= d; ++i) {
-      if (rank[i] >= d1 - sum) {
-        rem0[i] -= d1;
-        rank[i] += sum - d1;
-      } else {
-        rank[i] += sum;
-      }
-    }
-  } else if (sum < 0) {
-    for (int i = 0; i <= d; ++i) {
-      if (rank[i] < -sum) {
-        rem0[i] += d1;
-        rank[i] += d1 + sum;
-      } else {
-        rank[i] += sum;
-      }
-    }
-  }
-  for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
-  for (int i = 0; i <= d; ++i) {
-    const double delta = (elevated[i] - rem0[i]) * down;
-    bary[d - rank[i]] += delta;
-    bary[d + 1 - rank[i]] -= delta;
-  }
-  bary[0] += 1.0 + bary[d + 1];
-  return true;
+  elevate(position, d, elevated);
+  return enclosing_simplex(elevated, d, rem0, rank, bary);
 }
 
 // ---------------------------------------------------------------- filter kernels
@@ -365,7 +299,7 @@ void PermutohedralLattice::build(const T* features) {
         continue;
       }
       for (int r = 0; r <= d; ++r) {
-        for (int i = 0; i < d; ++i) key[i] = rem0[i] + r - (rank[i] > d - r ? d1 : 0);
+        vertex_key(rem0, rank, d, r, key);
         vertex[r] = table.insert(key);
       }
       for (int i = 0; i <= d; ++i) previous_rem0[i] = rem0[i], previous_rank[i] = rank[i];
@@ -401,14 +335,7 @@ void PermutohedralLattice::build(const T* features) {
     for (int64_t v = begin; v < end; ++v) {
       const int32_t* key = table.key(v);
       for (int axis = 0; axis <= d; ++axis) {
-        for (int i = 0; i < d; ++i) {
-          lo[i] = key[i] - 1;
-          hi[i] = key[i] + 1;
-        }
-        if (axis < d) {
-          lo[axis] = key[axis] + d;
-          hi[axis] = key[axis] - d;
-        }
+        neighbour_keys(key, d, axis, lo, hi);
         int32_t* out = blur_neighbour_.data() + (static_cast<std::size_t>(axis) * m + v) * 2;
         out[0] = table.find(lo) + 1;
         out[1] = table.find(hi) + 1;

@@ -1,6 +1,8 @@
 // CUDA kernels of the permutohedral lattice (see permutohedral_cuda.h).
 #include "permutohedral_cuda.h"
 
+#include "../simplex.h"
+
 namespace segpost {
 namespace cuda {
 
@@ -32,74 +34,21 @@ __global__ void simplex_kernel(const float* features, const double* origin, cons
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= n) return;
   const int d1 = d + 1;
-  double elevated[kMaxDim + 1];
-  int32_t rem0[kMaxDim + 1];
-  int rank[kMaxDim + 1];
-  double bary[kMaxDim + 2];
-  double running = 0.0;
-  for (int j = d; j > 0; --j) {
-    const double cf = (static_cast<double>(features[p * d + j - 1]) - origin[j - 1]) * scale[j - 1];
-    elevated[j] = running - j * cf;
-    running += cf;
-  }
-  elevated[0] = running;
-  for (int i = 0; i <= d; ++i) {
-    if (!(fabs(elevated[i]) < 1073741824.0)) {
-      atomicExch(overflow, 1);
-      for (int r = 0; r <= d; ++r) {
-        weights[p * d1 + r] = 0.0f;
-        for (int k = 0; k < d; ++k) keys[(p * d1 + r) * d + k] = 0;
-      }
-      return;
+  double position[kMaxDim], elevated[kMaxDim + 1], bary[kMaxDim + 2];
+  int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];
+  for (int i = 0; i < d; ++i) position[i] = (static_cast<double>(features[p * d + i]) - origin[i]) * scale[i];
+  elevate(position, d, elevated);
+  if (!enclosing_simplex(elevated, d, rem0, rank, bary)) {
+    atomicExch(overflow, 1);
+    for (int r = 0; r <= d; ++r) {
+      weights[p * d1 + r] = 0.0f;
+      for (int k = 0; k < d; ++k) keys[(p * d1 + r) * d + k] = 0;
     }
+    return;
   }
-  const double down = 1.0 / d1;
-  int sum = 0;
-  for (int i = 0; i <= d; ++i) {
-    const double v = elevated[i] * down;
-    const double lo = floor(v);
-    const int k = static_cast<int>(lo) + ((v - lo) > 0.5 ? 1 : 0);
-    rem0[i] = k * d1;
-    sum += k;
-    rank[i] = 0;
-  }
-  for (int i = 0; i < d; ++i) {
-    const double di = elevated[i] - rem0[i];
-    for (int j = i + 1; j <= d; ++j) {
-      if (di < elevated[j] - rem0[j]) ++rank[i];
-      else ++rank[j];
-    }
-  }
-  if (sum > 0) {
-    for (int i = 0; i <= d; ++i) {
-      if (rank[i] >= d1 - sum) {
-        rem0[i] -= d1;
-        rank[i] += sum - d1;
-      } else {
-        rank[i] += sum;
-      }
-    }
-  } else if (sum < 0) {
-    for (int i = 0; i <= d; ++i) {
-      if (rank[i] < -sum) {
-        rem0[i] += d1;
-        rank[i] += d1 + sum;
-      } else {
-        rank[i] += sum;
-      }
-    }
-  }
-  for (int i = 0; i <= d + 1; ++i) bary[i] = 0.0;
-  for (int i = 0; i <= d; ++i) {
-    const double delta = (elevated[i] - rem0[i]) * down;
-    bary[d - rank[i]] += delta;
-    bary[d + 1 - rank[i]] -= delta;
-  }
-  bary[0] += 1.0 + bary[d + 1];
   for (int r = 0; r <= d; ++r) {
     weights[p * d1 + r] = static_cast<float>(bary[r]);
-    int32_t* key = keys + (p * d1 + r) * d;
-    for (int i = 0; i < d; ++i) key[i] = rem0[i] + r - (rank[i] > d - r ? d1 : 0);
+    vertex_key(rem0, rank, d, r, keys + (p * d1 + r) * d);
   }
 }
 
@@ -138,14 +87,7 @@ __global__ void neighbour_kernel(const int32_t* vertex_keys, int64_t m, int d, c
   const int32_t* key = vertex_keys + v * d;
   int32_t lo[kMaxDim], hi[kMaxDim];
   for (int axis = 0; axis <= d; ++axis) {
-    for (int i = 0; i < d; ++i) {
-      lo[i] = key[i] - 1;
-      hi[i] = key[i] + 1;
-    }
-    if (axis < d) {
-      lo[axis] = key[axis] + d;
-      hi[axis] = key[axis] - d;
-    }
+    neighbour_keys(key, d, axis, lo, hi);
     const int32_t a = find_key(lo, d, keys, slots, mask);
     const int32_t b = find_key(hi, d, keys, slots, mask);
     int32_t* out = neighbour + (static_cast<int64_t>(axis) * m + v) * 2;
