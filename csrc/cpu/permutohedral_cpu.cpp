@@ -75,18 +75,7 @@ class KeyTable {
   const int32_t* key(int64_t id) const { return keys_.data() + id * key_size_; }
 
  private:
-  // Polynomial hash of the coordinates, then MurmurHash3's 64-bit finaliser
-  // so that linear probing sees well-spread slots.
-  std::size_t hash(const int32_t* key) const {
-    uint64_t h = 0;
-    for (int i = 0; i < key_size_; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ull;
-    h ^= h >> 33;
-    return static_cast<std::size_t>(h);
-  }
+  std::size_t hash(const int32_t* key) const { return static_cast<std::size_t>(hash_key(key, key_size_)); }
 
   bool equal(int32_t id, const int32_t* key) const {
     const int32_t* stored = keys_.data() + static_cast<int64_t>(id) * key_size_;

@@ -12,17 +12,6 @@ constexpr int kThreads = 256;
 
 inline int blocks_for(int64_t count) { return static_cast<int>((count + kThreads - 1) / kThreads); }
 
-__device__ inline uint64_t hash_key(const int32_t* key, int d) {
-  uint64_t h = 0;
-  for (int i = 0; i < d; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);
-  h ^= h >> 33;
-  h *= 0xFF51AFD7ED558CCDull;
-  h ^= h >> 33;
-  h *= 0xC4CEB9FE1A85EC53ull;
-  h ^= h >> 33;
-  return h;
-}
-
 __device__ inline bool same_key(const int32_t* a, const int32_t* b, int d) {
   for (int i = 0; i < d; ++i)
     if (a[i] != b[i]) return false;
