@@ -246,31 +246,24 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
         raise ValueError(f"on_invalid must be 'raise' or 'ignore', got {on_invalid!r}")
     ignore = _normalise_ignore(ignore_index)
     pred, target = prepare_labels(pred, target)
-    if is_torch_tensor(pred):
-        if pred.device.type == "cpu":
-            matrix, invalid, first = _numpy_confusion(pred.numpy(), target.numpy(), k, ignore)
-            out = ConfusionResult.__new__(ConfusionResult, (k, k), np.int64)
-            out[...] = matrix
-        else:
-            out, invalid, first = _torch_confusion(pred, target, k, ignore)
+    on_device = is_torch_tensor(pred) and pred.device.type != "cpu"
+    if on_device:
+        out, invalid, first = _torch_confusion(pred, target, k, ignore)
     else:
-        matrix, invalid, first = _numpy_confusion(pred, target, k, ignore)
-        out = matrix.astype(np.int64, copy=False).view(ConfusionResult)
+        arrays = (pred.numpy(), target.numpy()) if is_torch_tensor(pred) else (pred, target)
+        matrix, invalid, first = _numpy_confusion(*arrays, k, ignore)
+        if is_torch_tensor(pred):
+            import torch
+
+            out = torch.from_numpy(matrix)
+        else:
+            out = matrix.astype(np.int64, copy=False).view(ConfusionResult)
     if invalid and on_invalid == "raise":
         raise ValueError(
             f"{invalid} pixel(s) have labels outside [0, {k}) that are not ignored (first bad value: {first}); "
             f"fix num_classes or ignore_index, or pass on_invalid='ignore' to drop and count them"
         )
-    if is_torch_tensor(pred) and pred.device.type == "cpu":
-        import torch
-
-        tensor = torch.from_numpy(np.asarray(out))
-        tensor.num_invalid = invalid  # type: ignore[attr-defined]
-        return tensor
-    if not is_torch_tensor(pred):
-        out.num_invalid = invalid
-    else:
-        out.num_invalid = invalid  # type: ignore[attr-defined]
+    out.num_invalid = invalid  # torch tensors take the attribute too
     return out
 
 
