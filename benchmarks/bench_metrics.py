@@ -9,7 +9,6 @@ Run:  python benchmarks/bench_metrics.py
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 

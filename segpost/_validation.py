@@ -18,6 +18,7 @@ __all__ = [
     "check_float_dtype",
     "check_finite",
     "check_positive_number",
+    "check_int",
 ]
 
 
@@ -83,3 +84,11 @@ def check_positive_number(value, name: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def check_int(value, name: str, *, minimum: int = 1) -> int:
+    """An int >= minimum (bools refused), or a ValueError naming the parameter."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)

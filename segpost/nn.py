@@ -88,11 +88,11 @@ class DenseCRF(_crf_module_base()):
                  bi_weight=10.0, learnable=True):
         import torch
 
+        from ._validation import check_int
+
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+        num_classes = check_int(num_classes, "num_classes")
+        iterations = check_int(iterations, "iterations", minimum=0)
         for name, value in (("pos_xy", pos_xy), ("bi_xy", bi_xy), ("bi_rgb", bi_rgb)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")

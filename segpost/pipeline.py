@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import is_torch_tensor
+from ._validation import check_int, is_torch_tensor
 from .upsample import deeplab_size
 
 __all__ = ["Pipeline", "PipelineOutput", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -153,13 +153,9 @@ class Pipeline:
             raise ValueError(f"merge must be 'probs' or 'logits', got {merge!r}")
         self.merge = merge
         self.align_corners = bool(align_corners)
-        if size_divisor is not None and (isinstance(size_divisor, bool) or not isinstance(size_divisor, numbers.Integral) or size_divisor < 1):
-            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
-        self.size_divisor = size_divisor
+        self.size_divisor = None if size_divisor is None else check_int(size_divisor, "size_divisor")
         self.crf = None if crf is None else CRFParams.coerce(crf)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = check_int(batch_size, "batch_size")
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
             device = params[0].device if params else torch.device("cpu")

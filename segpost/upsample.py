@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import check_finite, check_float_dtype, is_torch_tensor, like_input, to_numpy
+from ._validation import check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy
 
 __all__ = [
     "resize_logits", "resize_labels", "deeplab_size", "pad_to_multiple", "crop_to", "upsample_argmax",
@@ -185,11 +185,10 @@ def deeplab_size(dim, scale):
     >>> deeplab_size(513, 0.125), deeplab_size(65, 8)
     (65, 513)
     """
-    if isinstance(dim, bool) or not isinstance(dim, (numbers.Integral, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    dim = check_int(dim, "dim")
     if not isinstance(scale, numbers.Real) or not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}")
-    return int((int(dim) - 1) * float(scale) + 1)
+    return int((dim - 1) * float(scale) + 1)
 
 
 def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
@@ -208,8 +207,7 @@ def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
     >>> crop_to(padded, size).shape
     (3, 5, 7)
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, (numbers.Integral, np.integer)) or multiple < 1:
-        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    multiple = check_int(multiple, "multiple")
     shape = tuple(image.shape)
     ax = [a % len(shape) for a in axes]
     original = tuple(shape[a] for a in ax)
@@ -269,8 +267,7 @@ def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
     check_float_dtype(arr, "logits")
     if arr.ndim != 3 or 0 in arr.shape:
         raise ValueError(f"logits must be a non-empty (C, h, w) array, got shape {tuple(arr.shape)}")
-    if isinstance(block_rows, bool) or not isinstance(block_rows, (numbers.Integral, np.integer)) or block_rows < 1:
-        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
+    block_rows = check_int(block_rows, "block_rows")
     h_out, w_out = _check_size(size)
     check_finite(arr, "logits")
     x = arr.astype(np.float32, copy=False)

@@ -1,7 +1,6 @@
 """Every `segpost` subcommand through the real entry point, including user mistakes."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

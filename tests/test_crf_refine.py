@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from skimage import data
 
-import segpost
 from segpost import CRFParams, crf_refine
 
 

@@ -143,7 +143,7 @@ def test_evaluate_end_to_end():
 
 
 def test_tune_crf_end_to_end():
-    image_, target = data.astronaut()[:64, :64], None
+    image_ = data.astronaut()[:64, :64]
     truth = (image_.mean(axis=2) > 100).astype(np.int64)
     coarse = np.stack([1 - truth, truth]).astype(np.float32).reshape(2, 8, 8, 8, 8).mean(axis=(2, 4))
     probs = np.clip(coarse, 0.05, 0.95)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .. import _C
-from .._validation import check_finite, check_float_dtype, like_input, to_numpy
+from .._validation import check_finite, check_float_dtype, check_int, like_input, to_numpy
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
 __all__ = ["DenseCRF", "KERNEL_TYPES", "NORMALIZATIONS"]
@@ -366,6 +366,4 @@ class DenseCRF:
 
 
 def _check_iterations(iterations):
-    if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
-    return int(iterations)
+    return check_int(iterations, "iterations", minimum=0)

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_finite, is_torch_tensor, like_input, to_numpy
+from .._validation import check_finite, like_input, to_numpy
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numbers
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np

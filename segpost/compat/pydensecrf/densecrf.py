@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from ..._validation import check_int
 from ...crf.model import DenseCRF as _DenseCRF
 
 __all__ = [
@@ -80,10 +81,7 @@ class DenseCRF:
     """
 
     def __init__(self, nvar, nlabels):
-        for value, name in ((nvar, "nvar"), (nlabels, "nlabels")):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self._nvar, self._nlabel = int(nvar), int(nlabels)
+        self._nvar, self._nlabel = check_int(nvar, "nvar"), check_int(nlabels, "nlabels")
         # No unary until setUnaryEnergy: zero energies, as pydensecrf.
         self._crf = _DenseCRF._from_point_major(np.zeros((self._nvar, self._nlabel), np.float32), (self._nvar,))
 
@@ -128,11 +126,8 @@ class DenseCRF2D(DenseCRF):
     """A dense CRF over the pixels of a W x H image (width first, as in pydensecrf)."""
 
     def __init__(self, w, h, nlabels):
-        for value, name in ((w, "w"), (h, "h")):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        super().__init__(int(w) * int(h), nlabels)
-        self._w, self._h = int(w), int(h)
+        self._w, self._h = check_int(w, "w"), check_int(h, "h")
+        super().__init__(self._w * self._h, nlabels)
         self._crf.spatial_shape = (self._h, self._w)
 
     def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
@@ -165,6 +160,4 @@ def _pair(value, name):
 
 
 def _iterations(n):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"niter must be a non-negative integer, got {n!r}")
-    return int(n)
+    return check_int(n, "niter", minimum=0)
