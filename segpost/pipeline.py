@@ -181,7 +181,7 @@ class Pipeline:
     # --------------------------------------------------------------- internals
 
     def _to_tensor(self, image):
-        """(C, H, W) float32 in [0, 1] on the device, and the image as (H, W, C) uint8 for the CRF."""
+        """(C, H, W) float32 in [0, 1] on the device, and the image as (H, W, C) uint8 if the CRF needs it."""
         import torch
 
         if is_torch_tensor(image):
@@ -202,7 +202,9 @@ class Pipeline:
             raise ValueError(f"the image is empty: {h}x{w}")
         if not bool(torch.isfinite(t).all()) or float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3:
             raise ValueError("image intensities must be in [0, 255] (integers) or [0, 1] (floats)")
-        original = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        original = None
+        if self.crf is not None:
+            original = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return t.to(self.device), original
 
     def _view_size(self, h, w, scale):
