@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from ._validation import check_int, is_torch_tensor
-from .upsample import deeplab_size
+from .upsample import deeplab_size, pad_to_multiple
 
 __all__ = ["Pipeline", "PipelineOutput", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -264,22 +264,14 @@ class Pipeline:
             logits = F.interpolate(logits[None], size=padded_size, mode="bilinear", align_corners=self.align_corners)[0]
         return logits[:, : valid_size[0], : valid_size[1]]
 
-    def _pad(self, view, multiple_h, multiple_w):
-        import torch.nn.functional as F
-
-        _, h, w = view.shape
-        ph, pw = (-h) % multiple_h, (-w) % multiple_w
-        return (F.pad(view, (0, pw, 0, ph)) if ph or pw else view), (h + ph, w + pw)
-
     def _logits(self, view):
         """(C, h, w) logits of one view at its own size (whole image or sliding windows)."""
         import torch
 
         _, h, w = view.shape
         if self.window is None:
-            d = self.size_divisor or 1
-            padded, padded_size = self._pad(view, d, d)
-            return self._restore(self._forward(padded[None])[0], padded_size, (h, w))
+            padded, _ = pad_to_multiple(view, self.size_divisor or 1)
+            return self._restore(self._forward(padded[None])[0], tuple(padded.shape[-2:]), (h, w))
         import torch.nn.functional as F
 
         wh, ww = self.window

@@ -98,18 +98,17 @@ def resize_logits(x, size, *, align_corners=False):
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x must be finite, but it contains NaN or infinity")
         t = x.detach().float()
-        batched = t if t.ndim == 4 else t[None]
-        out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
-        return out if x.ndim == 4 else out[0]
-    arr, _ = to_numpy(x, "x")
-    check_float_dtype(arr, "x")
-    if arr.ndim not in (3, 4) or 0 in arr.shape:
-        raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) array, got shape {tuple(arr.shape)}")
-    check_finite(arr, "x")
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    else:
+        arr, _ = to_numpy(x, "x")
+        check_float_dtype(arr, "x")
+        if arr.ndim not in (3, 4) or 0 in arr.shape:
+            raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) array, got shape {tuple(arr.shape)}")
+        check_finite(arr, "x")
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     batched = t if t.ndim == 4 else t[None]
     out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
-    return (out if arr.ndim == 4 else out[0]).numpy()
+    out = out if t.ndim == 4 else out[0]
+    return out if is_torch_tensor(x) else out.numpy()
 
 
 def _resize_points(scores_chw: np.ndarray, size, align_corners: bool) -> np.ndarray:
