@@ -181,17 +181,22 @@ struct Kernels {
     return lane + static_cast<int32_t>(8 * b) < static_cast<int32_t>(labels);
   }
 
+  // row = q's row p, or softmax(-unary) at p when q is null (the initial marginals).
+  SEGPOST_INLINE static void load_q(Row<B>& row, int64_t p, const float* q, const float* unary, int64_t labels) {
+    if (q) {
+      for (int64_t b = 0; b < row.blocks; ++b) row[b] = load_labels(q + p * labels, b, labels);
+    } else {
+      load_negated(row, unary + p * labels, labels);
+      softmax(row, labels);
+    }
+  }
+
   // Scatter the rows of q (or, with q null, of softmax(-unary)) into partition `part`.
   SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, int64_t part, const float* q, const float* unary,
                                           int64_t labels, int64_t blocks, const std::vector<TermBuffers>& terms) {
     Row<B> row(blocks);
     for (int64_t p = begin; p < end; ++p) {
-      if (q) {
-        for (int64_t b = 0; b < row.blocks; ++b) row[b] = load_labels(q + p * labels, b, labels);
-      } else {
-        load_negated(row, unary + p * labels, labels);
-        softmax(row, labels);
-      }
+      load_q(row, p, q, unary, labels);
       for (const TermBuffers& t : terms) scatter(t, p, row, t.parts[part]);
     }
   }
@@ -246,12 +251,7 @@ struct Kernels {
                                        int64_t blocks, float* q_out, int64_t* labels_out) {
     Row<B> acc(blocks);
     for (int64_t p = begin; p < end; ++p) {
-      if (q_in) {
-        for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = load_labels(q_in + p * labels, b, labels);
-      } else {
-        load_negated(acc, unary + p * labels, labels);
-        softmax(acc, labels);
-      }
+      load_q(acc, p, q_in, unary, labels);
       emit(acc, p, labels, q_out, labels_out);
     }
   }
