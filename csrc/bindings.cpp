@@ -64,8 +64,11 @@ FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values,
 // compatibilities and normalisation scales.
 class MeanFieldModel {
  public:
-  MeanFieldModel(int64_t num_points, int64_t num_labels) : n_(num_points), labels_(num_labels) {
+  MeanFieldModel(int64_t num_points, int64_t num_labels, int64_t row_length)
+      : n_(num_points), labels_(num_labels), row_length_(row_length) {
     if (num_points < 1 || num_labels < 1) throw std::invalid_argument("need at least one point and one label");
+    if (row_length < 0 || (row_length > 0 && num_points % row_length != 0))
+      throw std::invalid_argument("row_length must divide the number of points (0 for no grid)");
   }
 
   void add_term(py::object lattice_obj, std::optional<FloatArray> pre, std::optional<FloatArray> post, int kind,
@@ -105,7 +108,9 @@ class MeanFieldModel {
   // (Q or None, labels or None) as asked.
   py::tuple infer(const FloatArray& unary, int iterations, std::optional<FloatArray> q_init, bool return_q,
                   bool return_labels) const {
-    check(unary, "unary");
+    const int64_t padded = segpost::padded_labels(labels_);
+    if (unary.ndim() != 2 || unary.shape(0) != n_ || (unary.shape(1) != labels_ && unary.shape(1) != padded))
+      throw std::invalid_argument("unary must be (N, L) or (N, L padded to a multiple of 8) float32");
     if (q_init) check(*q_init, "q");
     if (iterations < 0) throw std::invalid_argument("iterations must be >= 0");
     std::optional<FloatArray> q;
@@ -113,14 +118,22 @@ class MeanFieldModel {
     if (return_q) q.emplace(std::vector<py::ssize_t>{n_, labels_});
     if (return_labels) labels.emplace(std::vector<py::ssize_t>{n_});
     const float* u = unary.data();
+    const bool pad = unary.shape(1) != padded;
     const float* init = q_init ? q_init->data() : nullptr;
     float* q_ptr = q ? q->mutable_data() : nullptr;
     int64_t* labels_ptr = labels ? labels->mutable_data() : nullptr;
     const auto terms = view();
     {
       py::gil_scoped_release release;
+      // The kernel reads whole blocks of 8 labels: pad an unpadded unary once.
+      std::vector<float> padded_unary;
+      if (pad) {
+        padded_unary.assign(static_cast<std::size_t>(n_) * padded, 0.0f);
+        for (int64_t p = 0; p < n_; ++p) std::copy(u + p * labels_, u + (p + 1) * labels_, &padded_unary[p * padded]);
+        u = padded_unary.data();
+      }
       with_workspace([&](segpost::Workspace& w) {
-        segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w);
+        segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w, row_length_);
       });
     }
     return py::make_tuple(q ? py::object(*q) : py::none(), labels ? py::object(*labels) : py::none());
@@ -133,7 +146,7 @@ class MeanFieldModel {
     float* out_ptr = out.mutable_data();
     const auto terms = view();
     py::gil_scoped_release release;
-    with_workspace([&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w); });
+    with_workspace([&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w, row_length_); });
     return out;
   }
 
@@ -172,7 +185,7 @@ class MeanFieldModel {
     }
   }
 
-  py::ssize_t n_, labels_;
+  py::ssize_t n_, labels_, row_length_;
   std::vector<Term> terms_;
   mutable std::mutex workspace_mutex_;
   mutable segpost::Workspace workspace_;
@@ -199,7 +212,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("channels"));
 
   py::class_<MeanFieldModel>(m, "MeanFieldModel")
-      .def(py::init<int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"))
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"),
+           py::arg("row_length") = 0)
       .def("add_term", &MeanFieldModel::add_term, py::arg("lattice"), py::arg("pre_scale"), py::arg("post_scale"),
            py::arg("kind"), py::arg("potts"), py::arg("compat"))
       .def("infer", &MeanFieldModel::infer, py::arg("unary"), py::arg("iterations"), py::arg("q") = py::none(),

@@ -30,14 +30,22 @@ struct PairwiseTerm {
 // multi-megabyte buffers page-fault on every call).
 using Workspace = std::vector<std::vector<float>>;
 
-// `iterations` mean-field updates starting from q_init (softmax(-unary) when
-// null). Writes the final marginals to q_out and/or their argmax to
-// labels_out (either may be null); q_out may alias q_init.
-void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace);
+// Label rows are padded to whole blocks of 8 floats for the unary.
+inline int64_t padded_labels(int64_t labels) { return (labels + 7) / 8 * 8; }
 
-// messages = sum_k compat_k(post_k * K_k(pre_k * q)), (num_points, num_labels).
+// `iterations` mean-field updates starting from q_init (softmax(-unary) when
+// null). unary is (num_points, padded_labels(num_labels)), the pad columns
+// ignored, so that every row loads as whole vector blocks; q_init and q_out
+// are (num_points, num_labels). Writes the final marginals to q_out and/or
+// their argmax to labels_out (either may be null); q_out may alias q_init.
+// row_length > 0 says the points are a grid with rows of that many points
+// (the last axis of an image or volume): the loops then go tile by tile.
+void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
+                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
+                int64_t row_length = 0);
+
+// messages = sum_k compat_k(post_k * K_k(pre_k * q)), all (num_points, num_labels).
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                       float* messages, Workspace& workspace);
+                       float* messages, Workspace& workspace, int64_t row_length = 0);
 
 }  // namespace segpost

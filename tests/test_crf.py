@@ -190,8 +190,10 @@ def test_arbitrary_features_and_torch_in_torch_out():
 
 
 def test_results_do_not_depend_on_thread_count():
-    image = data.astronaut()[:96, :128]
-    unary = np.random.default_rng(0).normal(size=(6, 96, 128)).astype(np.float32)
+    # 250 x 300 points: several splat partitions, whose bounds fall inside
+    # rows, and several 64 x 64 tiles per partition.
+    image = data.astronaut()[:250, :300]
+    unary = np.random.default_rng(0).normal(size=(6, 250, 300)).astype(np.float32)
     previous = segpost.get_num_threads()
     results = []
     try:
@@ -205,6 +207,23 @@ def test_results_do_not_depend_on_thread_count():
         segpost.set_num_threads(previous)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+
+
+def test_grid_sweep_order_only_rounds_differently():
+    # An image-shaped unary is swept tile by tile, a flat one point by point:
+    # the same sums in another order.
+    image = data.astronaut()[:200, :230]
+    h, w = image.shape[:2]
+    unary = np.random.default_rng(1).normal(size=(5, h, w)).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    features = np.concatenate([np.stack([xx.ravel(), yy.ravel()], 1) / 20.0, image.reshape(-1, 3) / 10.0], 1)
+    grid = DenseCRF(unary)
+    flat = DenseCRF(unary.reshape(5, -1))
+    for crf in (grid, flat):
+        crf.add_pairwise(features, compat=4.0)
+    q_grid, q_flat = grid.inference(5), flat.inference(5)
+    np.testing.assert_allclose(q_grid.reshape(5, -1), q_flat, atol=2e-5)
+    assert not np.array_equal(q_grid.reshape(5, -1), q_flat)  # the orders differ, so the rounding does
 
 
 def test_many_labels_take_the_generic_path():

@@ -75,9 +75,9 @@ struct Row {
 
 template <int B>
 struct Kernels {
-  // acc[b] = -unary row.
-  SEGPOST_INLINE static void load_negated(Row<B>& acc, const float* unary_row, int64_t labels) {
-    for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = -load_labels(unary_row, b, labels);
+  // acc[b] = -unary row (padded: whole blocks, no tail).
+  SEGPOST_INLINE static void load_negated(Row<B>& acc, const float* unary_row) {
+    for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = -simd::load(unary_row + 8 * b);
   }
 
   // msg = post[p] * alpha * sum_r w_r blurred[v_r]: the filtered signal at point p.
@@ -162,16 +162,13 @@ struct Kernels {
       const Block masked = lane_mask(b, labels) ? acc[b] : lowest;
       top = top > masked ? top : masked;
     }
-    float peak = top[0];
-    for (int lane = 1; lane < 8; ++lane) peak = std::max(peak, top[lane]);
+    const Block peak = simd::reduce_max(top);  // in every lane: no scalar round trip
     Block total{};
     for (int64_t b = 0; b < acc.blocks; ++b) {
       acc[b] = lane_mask(b, labels) ? simd::exp(acc[b] - peak) : Block{};
       total += acc[b];
     }
-    float sum = 0.0f;
-    for (int lane = 0; lane < 8; ++lane) sum += total[lane];
-    const float inv = 1.0f / sum;  // sum >= 1: the largest entry contributes exp(0)
+    const Block inv = 1.0f / simd::reduce_sum(total);  // sum >= 1: the largest entry contributes exp(0)
     for (int64_t b = 0; b < acc.blocks; ++b) acc[b] *= inv;
   }
 
@@ -186,7 +183,7 @@ struct Kernels {
     if (q) {
       for (int64_t b = 0; b < row.blocks; ++b) row[b] = load_labels(q + p * labels, b, labels);
     } else {
-      load_negated(row, unary + p * labels, labels);
+      load_negated(row, unary + p * row.blocks * 8);
       softmax(row, labels);
     }
   }
@@ -210,8 +207,17 @@ struct Kernels {
       std::vector<float> wide(B > 0 ? 0 : acc.blocks * 8);
       float* x = B > 0 ? values : wide.data();
       for (int64_t b = 0; b < acc.blocks; ++b) simd::store(x + 8 * b, acc[b]);
-      int64_t best = 0;  // first maximum, as numpy's argmax
-      for (int64_t k = 1; k < labels; ++k) best = x[k] > x[best] ? k : best;
+      // First maximum, as numpy's argmax: the largest value (a vector
+      // reduction over the real lanes), then a scan for its first lane.
+      const Block lowest = simd::splat(-3.0e38f);
+      Block top = lowest;
+      for (int64_t b = 0; b < acc.blocks; ++b) {
+        const Block masked = lane_mask(b, labels) ? acc[b] : lowest;
+        top = top > masked ? top : masked;
+      }
+      const float peak = simd::reduce_max(top)[0];
+      int64_t best = 0;
+      while (best < labels - 1 && x[best] != peak) ++best;
       labels_out[p] = best;
     }
   }
@@ -221,7 +227,7 @@ struct Kernels {
                           int64_t* labels_out) {
     Row<B> acc(blocks), msg(blocks);
     for (int64_t p = begin; p < end; ++p) {
-      load_negated(acc, unary + p * labels, labels);
+      load_negated(acc, unary + p * blocks * 8);
       for (const TermBuffers& t : terms) {
         slice(t, p, msg);
         subtract_compat(*t.term, msg, acc, labels);
@@ -326,17 +332,46 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
   return out;
 }
 
-// Runs fn(partition, begin, end) for every splat partition, in parallel; each
-// partition first zeroes its own splat buffers when `zero` is set. All the
-// lattices of a CRF share the points, hence the partitions.
+// Tiles of the point loop on image-like grids: kTileRows rows by
+// kTileColumns columns.
+constexpr int64_t kTileRows = 64;
+constexpr int64_t kTileColumns = 64;
+
+// Calls fn(begin, end) on runs of consecutive points covering [begin, end),
+// tile by tile when the points are a grid with rows of `row_length` points
+// (0: no grid, one run). A tile's points are near each other in the image,
+// so they share lattice vertices, and the vertex rows they touch stay in
+// cache; rows scanned whole would cycle through far more vertices.
 template <class F>
-void for_partitions(const std::vector<TermBuffers>& terms, bool zero, const F& fn) {
+void for_tiles(int64_t begin, int64_t end, int64_t row_length, const F& fn) {
+  if (row_length <= kTileColumns) return fn(begin, end);
+  const int64_t first_row = begin / row_length, last_row = (end - 1) / row_length;
+  for (int64_t band = first_row; band <= last_row; band += kTileRows) {
+    const int64_t band_end = std::min(band + kTileRows, last_row + 1);
+    for (int64_t x = 0; x < row_length; x += kTileColumns) {
+      for (int64_t row = band; row < band_end; ++row) {
+        const int64_t run_begin = std::max(begin, row * row_length + x);
+        const int64_t run_end = std::min(end, row * row_length + std::min(x + kTileColumns, row_length));
+        if (run_begin < run_end) fn(run_begin, run_end);
+      }
+    }
+  }
+}
+
+// Runs fn(partition, begin, end) over every splat partition's points, in
+// parallel (tile by tile within a partition, see for_tiles); each partition
+// first zeroes its own splat buffers when `zero` is set. All the lattices of
+// a CRF share the points, hence the partitions. The order is fixed by the
+// partition and the grid alone, never by the thread count.
+template <class F>
+void for_partitions(const std::vector<TermBuffers>& terms, bool zero, int64_t row_length, const F& fn) {
   const PermutohedralLattice* lattice = terms[0].lattice;
   parallel_for(lattice->num_partitions(), 1, [&](int64_t first, int64_t last) {
     for (int64_t part = first; part < last; ++part) {
       if (zero)
         for (const TermBuffers& t : terms) std::fill(t.parts[part], t.parts[part] + t.part_floats[part], 0.0f);
-      fn(part, lattice->partition_begin(part), lattice->partition_end(part));
+      for_tiles(lattice->partition_begin(part), lattice->partition_end(part), row_length,
+                [&](int64_t begin, int64_t end) { fn(part, begin, end); });
     }
   });
 }
@@ -352,7 +387,8 @@ void gather_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
 }  // namespace
 
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace) {
+                int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
+                int64_t row_length) {
   if (iterations <= 0 || terms.empty()) {  // no update, or none that changes softmax(-U)
     const float* source = iterations <= 0 ? q_init : nullptr;
     parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
@@ -361,13 +397,13 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     return;
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  for_partitions(buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+  for_partitions(buffers, true, row_length, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
     gather_and_blur(buffers, num_labels);
     const bool last = it + 1 == iterations;
-    for_partitions(buffers, !last, [&](int64_t part, int64_t begin, int64_t end) {
+    for_partitions(buffers, !last, row_length, [&](int64_t part, int64_t begin, int64_t end) {
       update_rows(begin, end, part, unary, num_labels, buffers, !last, last ? q_out : nullptr,
                   last ? labels_out : nullptr);
     });
@@ -375,13 +411,13 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
 }
 
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
-                       float* messages, Workspace& workspace) {
+                       float* messages, Workspace& workspace, int64_t row_length) {
   if (terms.empty()) {
     std::fill(messages, messages + num_points * num_labels, 0.0f);
     return;
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  for_partitions(buffers, true, [&](int64_t part, int64_t begin, int64_t end) {
+  for_partitions(buffers, true, row_length, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q, nullptr, num_labels, buffers);
   });
   gather_and_blur(buffers, num_labels);

@@ -30,6 +30,22 @@ __attribute__((always_inline)) inline void store(float* p, Block b) { __builtin_
 
 __attribute__((always_inline)) inline Block splat(float x) { return Block{} + x; }
 
+// Maximum / sum of the 8 lanes, in every lane, by three butterfly steps (a
+// fixed order: the same bits on every call).
+__attribute__((always_inline)) inline Block reduce_max(Block x) {
+  x = x > __builtin_shuffle(x, IntBlock{4, 5, 6, 7, 0, 1, 2, 3}) ? x : __builtin_shuffle(x, IntBlock{4, 5, 6, 7, 0, 1, 2, 3});
+  x = x > __builtin_shuffle(x, IntBlock{2, 3, 0, 1, 6, 7, 4, 5}) ? x : __builtin_shuffle(x, IntBlock{2, 3, 0, 1, 6, 7, 4, 5});
+  x = x > __builtin_shuffle(x, IntBlock{1, 0, 3, 2, 5, 4, 7, 6}) ? x : __builtin_shuffle(x, IntBlock{1, 0, 3, 2, 5, 4, 7, 6});
+  return x;
+}
+
+__attribute__((always_inline)) inline Block reduce_sum(Block x) {
+  x += __builtin_shuffle(x, IntBlock{4, 5, 6, 7, 0, 1, 2, 3});
+  x += __builtin_shuffle(x, IntBlock{2, 3, 0, 1, 6, 7, 4, 5});
+  x += __builtin_shuffle(x, IntBlock{1, 0, 3, 2, 5, 4, 7, 6});
+  return x;
+}
+
 // exp(x) for each lane: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2,
 // then a degree-6 Taylor polynomial (relative error below 2e-7) scaled by 2^n
 // through the exponent bits. Lanes below -87 (where float underflows) give 0.

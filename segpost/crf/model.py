@@ -156,24 +156,39 @@ class DenseCRF:
             raise ValueError(f"too many points for one CRF: {self.num_points}")
         check_memory(self.num_points, self.num_labels, [])
         # Point-major (N, L) float32: the layout the lattice filters.
-        self._set_unary(np.ascontiguousarray(arr.reshape(self.num_labels, -1).T, dtype=np.float32))
+        self._set_unary(arr.reshape(self.num_labels, -1).T)
 
     @classmethod
-    def _from_point_major(cls, unary_points, spatial_shape, *, torch_output=False):
-        """A CRF from an already validated (N, L) float32 C-contiguous unary (no transpose)."""
+    def _from_point_major(cls, unary_points, spatial_shape, *, num_labels=None, torch_output=False):
+        """A CRF from an already validated point-major float32 unary (no transpose).
+
+        ``unary_points`` is (N, L), or already padded to (N, padded_labels(L))
+        with ``num_labels=L`` (no copy then).
+        """
         self = cls.__new__(cls)
         self._torch = torch_output
-        self.num_labels = int(unary_points.shape[1])
+        self.num_labels = int(unary_points.shape[1] if num_labels is None else num_labels)
         self.spatial_shape = tuple(spatial_shape)
         self.num_points = int(unary_points.shape[0])
         self._set_unary(unary_points)
         return self
 
     def _set_unary(self, unary_points):
-        self._unary = unary_points
-        self._model = _C.MeanFieldModel(self.num_points, self.num_labels)
+        self._replace_unary(unary_points)
+        # Grids (images, volumes) are swept tile by tile along their last axis.
+        row_length = self.spatial_shape[-1] if len(self.spatial_shape) >= 2 else 0
+        self._model = _C.MeanFieldModel(self.num_points, self.num_labels, row_length)
         self._feature_dims = []
         self.pairwise_terms = []  # a description dict per term, for repr and inspection
+
+    def _replace_unary(self, unary_points):
+        """Store (N, L) unary rows padded to whole blocks of 8 labels, the rows the kernel reads."""
+        width = padded_labels(self.num_labels)
+        if unary_points.shape[1] == width and unary_points.dtype == np.float32 and unary_points.flags.c_contiguous:
+            self._unary = unary_points
+        else:
+            self._unary = np.zeros((self.num_points, width), np.float32)
+            self._unary[:, : self.num_labels] = unary_points[:, : self.num_labels]
 
     # ------------------------------------------------------------------ terms
 
@@ -345,7 +360,7 @@ class DenseCRF:
         """
         qp = self._to_points(q).astype(np.float64)
         entropy = float(np.sum(qp * np.log(np.maximum(qp, 1e-20))))
-        unary = float(np.sum(self._unary * qp))
+        unary = float(np.sum(self._unary[:, : self.num_labels] * qp))
         pairwise = float(np.sum(qp * self._model.messages(qp.astype(np.float32))))
         return entropy + unary + pairwise
 
@@ -363,6 +378,11 @@ class DenseCRF:
     def __repr__(self):
         terms = ", ".join(f"{t['type']}(d={t['dim']})" for t in self.pairwise_terms)
         return f"DenseCRF(num_labels={self.num_labels}, spatial_shape={self.spatial_shape}, terms=[{terms}])"
+
+
+def padded_labels(num_labels: int) -> int:
+    """Labels rounded up to a multiple of 8: the compiled kernel's row width."""
+    return -(-int(num_labels) // 8) * 8
 
 
 def _check_iterations(iterations):

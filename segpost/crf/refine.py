@@ -8,7 +8,7 @@ import numpy as np
 
 from .._validation import check_finite, like_input, to_numpy
 from ..upsample import _resize_points
-from .model import DenseCRF, _check_iterations, check_memory
+from .model import DenseCRF, _check_iterations, check_memory, padded_labels
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -257,24 +257,26 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         )
     check_memory(height * width, num_classes, [2, 2 + channels])
 
-    # Point-major (H*W, C) scores straight from the resize: the layout the CRF runs in.
+    if probs is not None and (scores.min() < -1e-6 or np.abs(scores.sum(axis=0) - 1).max() > 1e-3):
+        raise ValueError("probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead")
+
+    # Point-major (H*W, C') scores straight from the resize: the layout the CRF
+    # runs in, rows padded with zero classes to the kernel's width C' (a
+    # multiple of 8; the padding is never read as a class).
+    padded = np.zeros((padded_labels(num_classes), h, w), np.float32)
+    padded[:num_classes] = scores
     if (h, w) == (height, width):
-        full = np.ascontiguousarray(np.moveaxis(scores, 0, -1), dtype=np.float32).reshape(height * width, num_classes)
+        full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(height * width, -1)
     else:
-        full = _resize_points(scores, (height, width), bool(align_corners))
+        full = _resize_points(padded, (height, width), bool(align_corners))
     if probs is None:
         # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
         # good a unary as -log softmax(logits).
-        unary = -full if np.shares_memory(full, scores) else np.negative(full, out=full)
+        unary = np.negative(full, out=full)
     else:
-        if scores.min() < -1e-6 or np.abs(scores.sum(axis=0) - 1).max() > 1e-3:
-            raise ValueError(
-                "probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead"
-            )
-        unary = -np.log(np.clip(full, PROBABILITY_CLIP, 1.0))
-    unary = np.ascontiguousarray(unary, dtype=np.float32)
+        unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
 
-    crf = DenseCRF._from_point_major(unary, (height, width), torch_output=torch_scores)
+    crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes, torch_output=torch_scores)
     if p.pos_weight > 0:
         crf.add_gaussian(p.pos_xy, compat=p.pos_weight)
     if p.bi_weight > 0:

@@ -92,7 +92,7 @@ class DenseCRF:
         _strict_array(u, "unary", np.float32, 2, (self._nlabel, self._nvar))
         if not np.isfinite(u).all():
             raise ValueError("unary must be finite (NaN or infinity found)")
-        self._crf._unary = np.ascontiguousarray(u.T)
+        self._crf._replace_unary(u.T)
 
     def addPairwiseEnergy(self, f, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
         """Add a Gaussian pairwise term on features f, float32 (D, nvar), already divided by bandwidths."""
