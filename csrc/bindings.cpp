@@ -204,6 +204,14 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init(&build_lattice<double>), py::arg("features"))
       .def("filter", &filter, py::arg("values"), py::arg("transpose") = false, py::arg("pre_scale") = py::none(),
            py::arg("post_scale") = py::none())
+      .def("filter_ones",
+           [](const PermutohedralLattice& lattice) {
+             FloatArray out({static_cast<py::ssize_t>(lattice.num_points())});
+             float* out_ptr = out.mutable_data();
+             py::gil_scoped_release release;
+             lattice.filter_ones(out_ptr);
+             return out;
+           })
       .def_property_readonly("num_points", &PermutohedralLattice::num_points)
       .def_property_readonly("dim", &PermutohedralLattice::dim)
       .def_property_readonly("num_vertices", &PermutohedralLattice::num_vertices)

@@ -196,6 +196,6 @@ class PermutohedralLattice:
     def _inverse_filtered_ones(self) -> np.ndarray:
         """(N,) 1 / (filtered constant one); finite, since each point weighs itself."""
         if self._norm is None:
-            ones = self._lattice.filter(np.ones((self.num_points, 1), np.float32), False)[:, 0]
+            ones = self._lattice.filter_ones()
             self._norm = (1.0 / ones).astype(np.float32)
         return self._norm

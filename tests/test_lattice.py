@@ -349,3 +349,20 @@ def test_wide_signals_equal_channel_by_channel_filtering(channels):
         np.testing.assert_allclose(together[:, k], lattice.filter(values[:, k], normalize=True), rtol=1e-6, atol=1e-6)
     exact = exact_gaussian_filter(lattice_features, values, normalize=True)
     assert np.abs(together - exact).mean() <= ERROR_BOUND[3][1] * (values.max() - values.min())
+
+
+@given(point_sets(max_channels=1))
+def test_filter_ones_equals_filtering_a_signal_of_ones(case):
+    features, _ = case
+    lattice = PermutohedralLattice(features)
+    ones = np.ones((len(features), 1), np.float32)
+    expected = lattice._lattice.filter(ones, False)[:, 0]
+    np.testing.assert_allclose(lattice._lattice.filter_ones(), expected, rtol=1e-5)
+
+
+def test_filter_ones_with_several_partitions():
+    rng = np.random.default_rng(3)
+    features = rng.uniform(0, 30, size=(70_000, 3))  # > 4 partitions' worth of points
+    lattice = PermutohedralLattice(features)
+    expected = lattice._lattice.filter(np.ones((len(features), 1), np.float32), False)[:, 0]
+    np.testing.assert_allclose(lattice._lattice.filter_ones(), expected, rtol=1e-5)

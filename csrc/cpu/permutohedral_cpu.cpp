@@ -317,7 +317,11 @@ void PermutohedralLattice::build(const T* features) {
   num_vertices_ = table.size();
   const int64_t m = num_vertices_;
 
-  // Blur neighbours: read-only lookups, parallel over vertices.
+  // Blur neighbours: read-only lookups, parallel over vertices. Only the
+  // lower neighbour is looked up: u = lo(v) along an axis exactly when
+  // v = hi(u) (a lattice translation), so v is also recorded as u's upper
+  // neighbour. The translation is one-to-one, so no two vertices write the
+  // same slot.
   blur_neighbour_.assign(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     int32_t lo[kMaxDim], hi[kMaxDim];
@@ -325,9 +329,10 @@ void PermutohedralLattice::build(const T* features) {
       const int32_t* key = table.key(v);
       for (int axis = 0; axis <= d; ++axis) {
         neighbour_keys(key, d, axis, lo, hi);
-        int32_t* out = blur_neighbour_.data() + (static_cast<std::size_t>(axis) * m + v) * 2;
-        out[0] = table.find(lo) + 1;
-        out[1] = table.find(hi) + 1;
+        int32_t* axis_rows = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
+        const int32_t u = table.find(lo);
+        axis_rows[2 * v] = u + 1;
+        if (u >= 0) axis_rows[2 * static_cast<int64_t>(u) + 1] = static_cast<int32_t>(v + 1);
       }
     }
   });
@@ -411,6 +416,45 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
     slice_points(begin, end, d1, c, blocks, scale, corner_vertex_.data(), corner_weight_.data(), result,
                  post_scale, out);
+  });
+}
+
+void PermutohedralLattice::filter_ones(float* out) const {
+  const int d1 = dim_ + 1;
+  const int64_t m = num_vertices_;
+  const int64_t partitions = num_partitions();
+  // Splat: each partition sums its corners' weights into its compact buffer.
+  std::vector<std::vector<float>> parts(partitions);
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      parts[b].assign(partition_rows(b), 0.0f);
+      float* part = parts[b].data();
+      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
+        part[corner_local_[c]] += corner_weight_[c];
+    }
+  });
+  // Gather in partition order, as gather_partitions does for wide rows.
+  std::vector<float> current(m + 1, 0.0f), next(m + 1, 0.0f);
+  for (int64_t b = 0; b < partitions; ++b) {
+    const int32_t* rows = partition_vertices_[b].data();
+    const float* part = parts[b].data();
+    for (int64_t i = 0; i < partition_rows(b); ++i) current[rows[i]] += part[i];
+  }
+  for (int axis = 0; axis <= dim_; ++axis) {
+    const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
+    parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t v = begin; v < end; ++v)
+        next[v + 1] = current[v + 1] + 0.5f * (current[neighbour[2 * v]] + current[neighbour[2 * v + 1]]);
+    });
+    current.swap(next);
+  }
+  const float scale = alpha();
+  parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float sum = 0.0f;
+      for (int r = 0; r < d1; ++r) sum += scale * corner_weight_[p * d1 + r] * current[corner_vertex_[p * d1 + r]];
+      out[p] = sum;
+    }
   });
 }
 

@@ -304,7 +304,7 @@ class DenseCRF:
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
         check_memory(self.num_points, self.num_labels, self._feature_dims + [features.shape[1]])
         lattice = PermutohedralLattice(features)
-        ones = lattice._lattice.filter(np.ones((self.num_points, 1), np.float32), False)[:, 0].astype(np.float64)
+        ones = lattice._lattice.filter_ones().astype(np.float64)
         pre = post = None
         if normalization == "symmetric":
             pre = post = (1.0 / np.sqrt(ones + 1e-20)).astype(np.float32)
