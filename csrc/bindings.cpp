@@ -7,12 +7,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "mean_field.h"
+#include "memory_pool.h"
 #include "parallel.h"
 #include "permutohedral.h"
 
@@ -22,6 +24,27 @@ using segpost::PermutohedralLattice;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style>;
+
+// A new C-contiguous numpy array whose memory comes from the buffer pool and
+// goes back to it when numpy frees the array (outputs are large: a fresh
+// allocation would page-fault on every call).
+template <class T>
+py::array_t<T, py::array::c_style> pooled_array(const std::vector<py::ssize_t>& shape) {
+  struct Owner {
+    void* ptr;
+    std::size_t bytes;
+  };
+  std::size_t count = 1;
+  for (const py::ssize_t n : shape) count *= static_cast<std::size_t>(n);
+  const std::size_t bytes = std::max<std::size_t>(count * sizeof(T), sizeof(T));
+  auto* owner = new Owner{segpost::pool_allocate(bytes), bytes};
+  py::capsule base(owner, [](void* o) {
+    auto* held = static_cast<Owner*>(o);
+    segpost::pool_deallocate(held->ptr, held->bytes);
+    delete held;
+  });
+  return py::array_t<T, py::array::c_style>(shape, static_cast<T*>(owner->ptr), base);
+}
 
 template <typename T>
 std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::array::c_style>& features) {
@@ -47,7 +70,7 @@ FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values,
     if (*scale && ((*scale)->ndim() != 1 || (*scale)->shape(0) != lattice.num_points()))
       throw std::invalid_argument("row scales must be 1-D with one entry per lattice point");
   const int64_t channels = values.shape(1);
-  FloatArray out({static_cast<py::ssize_t>(lattice.num_points()), static_cast<py::ssize_t>(channels)});
+  FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(lattice.num_points()), static_cast<py::ssize_t>(channels)});
   const float* in_ptr = values.data();
   const float* pre_ptr = pre_scale ? pre_scale->data() : nullptr;
   const float* post_ptr = post_scale ? post_scale->data() : nullptr;
@@ -115,8 +138,8 @@ class MeanFieldModel {
     if (iterations < 0) throw std::invalid_argument("iterations must be >= 0");
     std::optional<FloatArray> q;
     std::optional<py::array_t<int64_t>> labels;
-    if (return_q) q.emplace(std::vector<py::ssize_t>{n_, labels_});
-    if (return_labels) labels.emplace(std::vector<py::ssize_t>{n_});
+    if (return_q) q.emplace(pooled_array<float>({n_, labels_}));
+    if (return_labels) labels.emplace(pooled_array<int64_t>({n_}));
     const float* u = unary.data();
     const bool pad = unary.shape(1) != padded;
     const float* init = q_init ? q_init->data() : nullptr;
@@ -126,7 +149,7 @@ class MeanFieldModel {
     {
       py::gil_scoped_release release;
       // The kernel reads whole blocks of 8 labels: pad an unpadded unary once.
-      std::vector<float> padded_unary;
+      segpost::PooledVector<float> padded_unary;
       if (pad) {
         padded_unary.assign(static_cast<std::size_t>(n_) * padded, 0.0f);
         for (int64_t p = 0; p < n_; ++p) std::copy(u + p * labels_, u + (p + 1) * labels_, &padded_unary[p * padded]);
@@ -141,12 +164,15 @@ class MeanFieldModel {
 
   FloatArray messages(const FloatArray& q) const {
     check(q, "q");
-    FloatArray out({n_, labels_});
+    FloatArray out = pooled_array<float>({n_, labels_});
     const float* q_ptr = q.data();
     float* out_ptr = out.mutable_data();
     const auto terms = view();
-    py::gil_scoped_release release;
-    with_workspace([&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w, row_length_); });
+    {
+      py::gil_scoped_release release;
+      with_workspace(
+          [&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w, row_length_); });
+    }
     return out;
   }
 
@@ -155,7 +181,7 @@ class MeanFieldModel {
     py::object lattice;
     segpost::Compatibility kind;
     float potts;
-    std::vector<float> pre, post, compat;
+    segpost::PooledVector<float> pre, post, compat;
   };
 
   void check(const FloatArray& a, const char* name) const {
@@ -198,6 +224,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &segpost::get_num_threads);
   m.def("set_num_threads", &segpost::set_num_threads, py::arg("n"));
   m.attr("max_lattice_dim") = PermutohedralLattice::kMaxDim;
+  m.def("cached_memory_bytes", &segpost::pool_cached_bytes);
+  m.def("memory_cache_limit", &segpost::pool_cache_limit);
+  m.def("set_memory_cache_limit", &segpost::set_pool_cache_limit, py::arg("bytes"));
+  m.def("release_cached_memory", &segpost::pool_release_cached);
 
   py::class_<PermutohedralLattice>(m, "PermutohedralLattice")
       .def(py::init(&build_lattice<float>), py::arg("features"))
@@ -206,10 +236,12 @@ PYBIND11_MODULE(_C, m) {
            py::arg("post_scale") = py::none())
       .def("filter_ones",
            [](const PermutohedralLattice& lattice) {
-             FloatArray out({static_cast<py::ssize_t>(lattice.num_points())});
+             FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(lattice.num_points())});
              float* out_ptr = out.mutable_data();
-             py::gil_scoped_release release;
-             lattice.filter_ones(out_ptr);
+             {
+               py::gil_scoped_release release;
+               lattice.filter_ones(out_ptr);
+             }
              return out;
            })
       .def_property_readonly("num_points", &PermutohedralLattice::num_points)

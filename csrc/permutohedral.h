@@ -23,6 +23,8 @@
 #include <mutex>
 #include <vector>
 
+#include "memory_pool.h"
+
 namespace segpost {
 
 class PermutohedralLattice {
@@ -90,20 +92,20 @@ class PermutohedralLattice {
   int64_t num_vertices_ = 0;
   // (num_points, dim+1): shifted vertex index and barycentric weight of each
   // corner of the point's enclosing simplex.
-  std::vector<int32_t> corner_vertex_;
-  std::vector<float> corner_weight_;
+  PooledVector<int32_t> corner_vertex_;
+  PooledVector<float> corner_weight_;
   // (num_points, dim+1): the corner's row in its partition's compact buffer.
-  std::vector<int32_t> corner_local_;
+  PooledVector<int32_t> corner_local_;
   // Per partition: shifted global index of each local row.
   std::vector<std::vector<int32_t>> partition_vertices_;
   // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
   // vertex along each lattice axis, 0 where the neighbour does not exist.
-  std::vector<int32_t> blur_neighbour_;
+  PooledVector<int32_t> blur_neighbour_;
   // Filter scratch kept between calls: fresh multi-megabyte buffers would
   // page-fault on every call, which costs more than the blur itself. A call
   // that finds it in use by another thread allocates its own.
   mutable std::mutex scratch_mutex_;
-  mutable std::vector<float> scratch_;
+  mutable PooledVector<float> scratch_;
 };
 
 }  // namespace segpost

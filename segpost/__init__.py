@@ -3,6 +3,7 @@
 Dense CRF on a permutohedral lattice, fast metrics, exact upsampling and
 test-time-augmentation pipelines.
 """
+from ._memory import cached_memory_bytes, release_cached_memory, set_memory_cache_limit
 from ._threads import get_num_threads, set_num_threads
 from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
@@ -28,14 +29,17 @@ __all__ = [
     "PipelineOutput",
     "SegMetrics",
     "bilateral_filter",
+    "cached_memory_bytes",
     "confusion_matrix",
     "crop_to",
     "deeplab_size",
     "evaluate",
     "joint_bilateral_upsample",
     "pad_to_multiple",
+    "release_cached_memory",
     "resize_labels",
     "resize_logits",
+    "set_memory_cache_limit",
     "upsample_argmax",
     "metrics",
     "crf_refine",

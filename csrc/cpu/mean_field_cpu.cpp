@@ -317,7 +317,7 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
     std::vector<std::size_t> offset(1, 0);
     for (int64_t b = 0; b < lattice->num_partitions(); ++b)
       offset.push_back(offset.back() + lattice->partition_rows(b) * stride);
-    std::vector<float>& memory = workspace[k];
+    PooledVector<float>& memory = workspace[k];
     if (memory.size() < offset.back() + 2 * rows) memory.resize(offset.back() + 2 * rows);
     TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {}, {}, nullptr, nullptr};
     for (int64_t b = 0; b < lattice->num_partitions(); ++b) {

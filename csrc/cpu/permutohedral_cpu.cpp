@@ -85,7 +85,7 @@ class KeyTable {
   }
 
   void grow() {
-    std::vector<int32_t> bigger(slots_.size() * 2, -1);
+    PooledVector<int32_t> bigger(slots_.size() * 2, -1);
     const std::size_t mask = bigger.size() - 1;
     for (int64_t id = 0; id < size_; ++id) {
       std::size_t slot = hash(key(id)) & mask;
@@ -99,8 +99,8 @@ class KeyTable {
   int key_size_;
   int64_t size_ = 0;
   std::size_t mask_ = 0;
-  std::vector<int32_t> slots_;
-  std::vector<int32_t> keys_;
+  PooledVector<int32_t> slots_;
+  PooledVector<int32_t> keys_;
 };
 
 // ---------------------------------------------------------------- construction
@@ -302,7 +302,7 @@ void PermutohedralLattice::build(const T* features) {
   // of first occurrence, so the global ids equal those of one sequential pass
   // in point order: the numbering does not depend on the thread count.
   KeyTable table(d, local_tables[0].size() + 64);
-  std::vector<std::vector<int32_t>> to_global(num_chunks);
+  std::vector<PooledVector<int32_t>> to_global(num_chunks);
   for (std::size_t chunk = 0; chunk < num_chunks; ++chunk) {
     const KeyTable& local = local_tables[chunk];
     to_global[chunk].resize(local.size());
@@ -391,8 +391,8 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   std::vector<std::size_t> offset(partitions + 1, 0);
   for (int64_t b = 0; b < partitions; ++b) offset[b + 1] = offset[b] + partition_rows(b) * stride;
   std::unique_lock<std::mutex> lock(scratch_mutex_, std::try_to_lock);
-  std::vector<float> own_scratch;
-  std::vector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
+  PooledVector<float> own_scratch;
+  PooledVector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
   if (scratch.size() < offset[partitions] + 2 * rows) scratch.resize(offset[partitions] + 2 * rows);
   std::vector<const float*> parts(partitions);
   for (int64_t b = 0; b < partitions; ++b) parts[b] = scratch.data() + offset[b];

@@ -1,0 +1,83 @@
+"""The compiled kernels' cache of large buffers.
+
+A dense CRF allocates its lattices, splat buffers and outputs afresh for
+every image. Fresh memory is faulted in page by page on first touch, which
+costs more than a couple of mean-field iterations on a 512x512 image, so
+freed buffers of 1 MiB and more are kept and reused by the next call (up to
+a cap, 1 GiB by default; ``SEGPOST_MEMORY_CACHE_MB`` sets it at import). The
+memory stays with the process until released here or reused.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+
+from . import _C
+
+__all__ = ["cached_memory_bytes", "release_cached_memory", "set_memory_cache_limit"]
+
+
+def cached_memory_bytes() -> int:
+    """Bytes of freed buffers the kernels keep for reuse.
+
+    Examples
+    --------
+    >>> import segpost
+    >>> segpost.cached_memory_bytes() >= 0
+    True
+    """
+    return int(_C.cached_memory_bytes())
+
+
+def release_cached_memory() -> None:
+    """Return every cached buffer to the operating system.
+
+    Examples
+    --------
+    >>> import segpost
+    >>> segpost.release_cached_memory()
+    >>> segpost.cached_memory_bytes()
+    0
+    """
+    _C.release_cached_memory()
+
+
+def set_memory_cache_limit(nbytes: int) -> None:
+    """Cap the bytes of freed buffers kept for reuse (0 keeps none).
+
+    Parameters
+    ----------
+    nbytes : int
+        The cap, >= 0. Cached buffers beyond it are released at once.
+
+    Examples
+    --------
+    >>> import segpost
+    >>> segpost.set_memory_cache_limit(256 * 2**20)
+    >>> segpost.cached_memory_bytes() <= 256 * 2**20
+    True
+    >>> segpost.set_memory_cache_limit(2**30)
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral):
+        raise TypeError(f"nbytes must be an integer, got {type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    _C.set_memory_cache_limit(int(nbytes))
+
+
+def _init_from_environment() -> None:
+    value = os.environ.get("SEGPOST_MEMORY_CACHE_MB")
+    if not value:
+        return
+    try:
+        megabytes = float(value)
+        if not megabytes >= 0:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"ignoring SEGPOST_MEMORY_CACHE_MB={value!r}: expected a number of MiB >= 0", stacklevel=2)
+        return
+    _C.set_memory_cache_limit(int(megabytes * 2**20))
+
+
+_init_from_environment()
