@@ -1,8 +1,9 @@
 // Minimal fork-join parallelism for the CPU kernels.
 //
-// We spawn plain std::threads per call instead of using OpenMP: libgomp's pool
-// does not survive fork() (DataLoader workers hang), and the per-call cost
-// (tens of microseconds) is negligible next to a lattice pass. Work is split
+// A small pool of our own std::threads instead of OpenMP: libgomp's pool does
+// not survive fork() (DataLoader workers hang); ours is rebuilt in a forked
+// child. A CRF runs hundreds of parallel loops, so spawning threads per loop
+// (tens of microseconds each) would add up. Work is split
 // into contiguous static chunks and every output element is written by exactly
 // one thread in a fixed order, so results never depend on the thread count.
 #pragma once
@@ -54,11 +55,33 @@ class FlushDenormals {
 #endif
 };
 
+// Runs task(i) for i in [0, count) on the worker pool, task(0) on the calling
+// thread, and returns when all are done. Each call runs under
+// FlushDenormals. Returns false, running nothing, when the pool is busy
+// (another thread's parallel loop, or a nested one): the caller then falls
+// back to threads of its own.
+bool run_on_pool(std::size_t count, void (*task)(void*, std::size_t), void* context);
+
 // Calls fn(chunk_index, begin, end) for every range, each on its own thread
 // (the first on the calling thread). fn must not throw.
 template <class F>
 void run_chunks(const std::vector<Range>& ranges, const F& fn) {
   if (ranges.empty()) return;
+  if (ranges.size() == 1) {
+    FlushDenormals flush;
+    fn(std::size_t(0), ranges[0].begin, ranges[0].end);
+    return;
+  }
+  struct Context {
+    const std::vector<Range>* ranges;
+    const F* fn;
+  } context{&ranges, &fn};
+  auto task = [](void* c, std::size_t i) {
+    const auto* ctx = static_cast<const Context*>(c);
+    (*ctx->fn)(i, (*ctx->ranges)[i].begin, (*ctx->ranges)[i].end);
+  };
+  if (run_on_pool(ranges.size(), task, &context)) return;
+  // Pool busy: spawn threads for this call (tens of microseconds each).
   std::vector<std::thread> workers;
   workers.reserve(ranges.size() - 1);
   for (std::size_t i = 1; i < ranges.size(); ++i)

@@ -59,3 +59,59 @@ def test_photo_lattice_is_identical_across_thread_counts():
     for vertices, out in outs[1:]:
         assert vertices == outs[0][0]
         np.testing.assert_array_equal(out, outs[0][1])
+
+
+def _labels_in_child(image, unary, queue):
+    crf = segpost.DenseCRF(unary)
+    crf.add_bilateral(image, 20, 10, compat=4)
+    queue.put(crf.map(3))
+
+
+def test_thread_pool_survives_fork():
+    # The parent's pool threads do not exist in a forked child (a DataLoader
+    # worker): the child must build its own pool, not wait on dead threads.
+    import multiprocessing
+
+    from skimage import data
+
+    image = data.astronaut()[:200, :200]
+    unary = np.random.default_rng(0).normal(size=(4, 200, 200)).astype(np.float32)
+    crf = segpost.DenseCRF(unary)
+    crf.add_bilateral(image, 20, 10, compat=4)
+    expected = crf.map(3)  # the parent's pool is running now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_labels_in_child, args=(image, unary, queue))
+    child.start()
+    try:
+        labels = queue.get(timeout=60)  # before join: the child exits once its result is read
+        child.join(timeout=10)
+    finally:
+        if child.is_alive():  # hung on the parent's dead threads
+            child.kill()
+    assert child.exitcode == 0, "the forked child crashed"
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_parallel_loops_from_several_python_threads():
+    # Concurrent callers: one gets the pool, the others fall back to threads
+    # of their own; every result is the single-caller one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skimage import data
+
+    image = data.astronaut()[:160, :180]
+    rng = np.random.default_rng(1)
+    unaries = [rng.normal(size=(3, 160, 180)).astype(np.float32) for _ in range(6)]
+
+    def labels(unary):
+        crf = segpost.DenseCRF(unary)
+        crf.add_gaussian(3, compat=3)
+        crf.add_bilateral(image, 30, 12, compat=5)
+        return crf.map(4)
+
+    expected = [labels(u) for u in unaries]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(labels, unaries))
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
