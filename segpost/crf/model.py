@@ -275,30 +275,33 @@ class DenseCRF:
                 f"{channel_axis}), got shape {tuple(arr.shape)}"
             )
         c = colors.shape[-1]
+        ndim = len(self.spatial_shape)
         sigma_color = _per_axis(sigma_color, c, "sigma_color")
-        positions = self._grid_positions(sigma, spacing, "sigma")
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
-        if positions.shape[1] + c > MAX_LATTICE_DIM:
-            raise ValueError(f"too many feature dimensions: {positions.shape[1]} spatial + {c} channels")
-        color_features = colors.reshape(-1, c).astype(np.float32) / sigma_color.astype(np.float32)
-        check_finite(color_features, "image")
-        features = np.concatenate([positions, color_features], axis=1)
+        if ndim + c > MAX_LATTICE_DIM:
+            raise ValueError(f"too many feature dimensions: {ndim} spatial + {c} channels")
+        # One (N, ndim + C) array, written in place: positions, then colours.
+        features = np.empty((self.num_points, ndim + c), np.float32)
+        self._grid_positions(sigma, spacing, "sigma", out=features[:, :ndim])
+        np.divide(colors.reshape(-1, c), sigma_color.astype(np.float32), out=features[:, ndim:], casting="unsafe")
+        if colors.dtype.kind == "f":
+            check_finite(features[:, ndim:], "image")
         self._add_lattice_term(features, kind, potts, compat_arr, kernel, normalization, "bilateral")
 
-    def _grid_positions(self, sigma, spacing, name):
+    def _grid_positions(self, sigma, spacing, name, out=None):
         ndim = len(self.spatial_shape)
         sigma = _per_axis(sigma, ndim, name)
         spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
         step = (spacing / sigma).astype(np.float32)
-        positions = np.empty((self.num_points, ndim), np.float32)
+        positions = np.empty((self.num_points, ndim), np.float32) if out is None else out
         # Last axis first: (x, y) for images, as pydensecrf orders them.
         for column, axis in enumerate(reversed(range(ndim))):
             shape = [1] * ndim
             shape[axis] = self.spatial_shape[axis]
             coordinate = (np.arange(self.spatial_shape[axis], dtype=np.float32) * step[axis]).reshape(shape)
-            positions[:, column] = np.broadcast_to(coordinate, self.spatial_shape).reshape(-1)
+            positions[:, column].reshape(self.spatial_shape)[...] = coordinate  # a view: no temporary
         return positions
 
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
