@@ -75,9 +75,16 @@ struct Row {
 
 template <int B>
 struct Kernels {
-  // acc[b] = -unary row (padded: whole blocks, no tail).
-  SEGPOST_INLINE static void load_negated(Row<B>& acc, const float* unary_row) {
+  static constexpr float kLowest = -3.0e38f;
+
+  // acc[b] = -unary row (padded: whole blocks, no tail), with the pad lanes
+  // set to the lowest float: they then never win the softmax's maximum and
+  // their exp underflows to exactly 0, with no masking in the softmax. The
+  // messages leave them there (pad lanes of Q, hence of every message, are 0).
+  SEGPOST_INLINE static void load_negated(Row<B>& acc, const float* unary_row, int64_t labels) {
     for (int64_t b = 0; b < acc.blocks; ++b) acc[b] = -simd::load(unary_row + 8 * b);
+    const int64_t last = acc.blocks - 1;
+    acc[last] = lane_mask(last, labels) ? acc[last] : simd::splat(kLowest);
   }
 
   // msg = post[p] * alpha * sum_r w_r blurred[v_r]: the filtered signal at point p.
@@ -104,6 +111,36 @@ struct Kernels {
       case 6: return slice_fixed<6>(t, p, msg);
       default: return slice_fixed<0>(t, p, msg);
     }
+  }
+
+  // acc += potts_weight * (the filtered signal at p): a Potts term's whole
+  // contribution, its weight folded into the slice weights (no message row).
+  template <int D1>
+  SEGPOST_INLINE static void slice_potts_fixed(const TermBuffers& t, int64_t p, Row<B>& acc) {
+    const int d1 = D1 > 0 ? D1 : t.d1;
+    const float* post = t.term->post_scale;
+    const float scale = t.term->potts_weight * (post ? t.alpha * post[p] : t.alpha);
+    const int32_t* vertex = t.lattice->corner_vertex() + p * d1;
+    const float* weight = t.lattice->corner_weight() + p * d1;
+    const int64_t stride = acc.blocks * 8;
+    for (int r = 0; r < d1; ++r) {
+      const float w = scale * weight[r];
+      const float* src = t.blurred + static_cast<int64_t>(vertex[r]) * stride;
+      for (int64_t b = 0; b < acc.blocks; ++b) acc[b] += w * simd::load(src + 8 * b);
+    }
+  }
+
+  // acc -= compat(filtered signal at p) for one term.
+  SEGPOST_INLINE static void add_message(const TermBuffers& t, int64_t p, Row<B>& msg, Row<B>& acc, int64_t labels) {
+    if (t.term->kind == Compatibility::kPotts) {
+      switch (t.d1) {
+        case 3: return slice_potts_fixed<3>(t, p, acc);
+        case 6: return slice_potts_fixed<6>(t, p, acc);
+        default: return slice_potts_fixed<0>(t, p, acc);
+      }
+    }
+    slice(t, p, msg);
+    subtract_compat(*t.term, msg, acc, labels);
   }
 
   // Scatter row (times pre[p]) of point p into `part`.
@@ -154,18 +191,15 @@ struct Kernels {
     }
   }
 
-  // acc <- softmax(acc) over the first `labels` lanes; padding lanes become 0.
-  SEGPOST_INLINE static void softmax(Row<B>& acc, int64_t labels) {
-    const Block lowest = simd::splat(-3.0e38f);
-    Block top = lowest;
-    for (int64_t b = 0; b < acc.blocks; ++b) {
-      const Block masked = lane_mask(b, labels) ? acc[b] : lowest;
-      top = top > masked ? top : masked;
-    }
+  // acc <- softmax(acc); the pad lanes hold the lowest float (load_negated)
+  // and become exactly 0.
+  SEGPOST_INLINE static void softmax(Row<B>& acc) {
+    Block top = acc[0];
+    for (int64_t b = 1; b < acc.blocks; ++b) top = top > acc[b] ? top : acc[b];
     const Block peak = simd::reduce_max(top);  // in every lane: no scalar round trip
     Block total{};
     for (int64_t b = 0; b < acc.blocks; ++b) {
-      acc[b] = lane_mask(b, labels) ? simd::exp(acc[b] - peak) : Block{};
+      acc[b] = simd::exp_nonpositive(acc[b] - peak);
       total += acc[b];
     }
     const Block inv = 1.0f / simd::reduce_sum(total);  // sum >= 1: the largest entry contributes exp(0)
@@ -183,8 +217,8 @@ struct Kernels {
     if (q) {
       for (int64_t b = 0; b < row.blocks; ++b) row[b] = load_labels(q + p * labels, b, labels);
     } else {
-      load_negated(row, unary + p * row.blocks * 8);
-      softmax(row, labels);
+      load_negated(row, unary + p * row.blocks * 8, labels);
+      softmax(row);
     }
   }
 
@@ -227,12 +261,9 @@ struct Kernels {
                           int64_t* labels_out) {
     Row<B> acc(blocks), msg(blocks);
     for (int64_t p = begin; p < end; ++p) {
-      load_negated(acc, unary + p * blocks * 8);
-      for (const TermBuffers& t : terms) {
-        slice(t, p, msg);
-        subtract_compat(*t.term, msg, acc, labels);
-      }
-      softmax(acc, labels);
+      load_negated(acc, unary + p * blocks * 8, labels);
+      for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
+      softmax(acc);
       if (scatter_next)
         for (const TermBuffers& t : terms) scatter(t, p, acc, t.parts[part]);
       emit(acc, p, labels, q_out, labels_out);
