@@ -266,3 +266,29 @@ def test_memory_estimate_refuses_huge_problems(monkeypatch):
     monkeypatch.setenv("SEGPOST_MAX_MEMORY_GB", "0.001")
     with pytest.raises(MemoryError, match="SEGPOST_MAX_MEMORY_GB"):
         DenseCRF(np.zeros((21, 256, 256), np.float32))
+
+
+def test_smoothness_lattices_are_reused_across_images_of_one_size():
+    from segpost.crf import model
+
+    model._grid_lattices.clear()
+    rng = np.random.default_rng(4)
+    first = DenseCRF(rng.normal(size=(3, 40, 50)).astype(np.float32))
+    first.add_gaussian(3, compat=3)
+    second = DenseCRF(rng.normal(size=(3, 40, 50)).astype(np.float32))
+    second.add_gaussian(3.0, compat=2)
+    assert first._model is not second._model
+    assert len(model._grid_lattices._entries) == 1  # one build, shared
+    # The shared lattice gives what a fresh one on the same positions gives.
+    yy, xx = np.mgrid[0:40, 0:50]
+    fresh = DenseCRF(second._unary[:, :3].T.copy())
+    fresh.add_pairwise(np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32) * np.float32(1 / 3), compat=2)
+    np.testing.assert_array_equal(second.inference(3).reshape(3, -1), fresh.inference(3))
+    for sigma, shape in [(5, (40, 50)), (3, (50, 40)), ((3, 4), (40, 50))]:
+        other = DenseCRF(rng.normal(size=(3, *shape)).astype(np.float32))
+        other.add_gaussian(sigma)
+    assert len(model._grid_lattices._entries) == 4  # other bandwidths and shapes are other lattices
+    for sigma in (6, 7):
+        DenseCRF(rng.normal(size=(3, 40, 50)).astype(np.float32)).add_gaussian(sigma)
+    assert len(model._grid_lattices._entries) == model._grid_lattices.max_entries
+    model._grid_lattices.clear()

@@ -46,6 +46,46 @@ def check_memory(num_points: int, num_labels: int, feature_dims) -> None:
         )
 
 
+class _GridLatticeCache:
+    """The last few smoothness-kernel lattices, keyed by grid shape and bandwidths.
+
+    A Gaussian term on grid positions depends on the image's size and the
+    bandwidths alone, not on its content: an evaluation loop over images of
+    one size builds the same lattice (and its normalisation) for every image.
+    Lattices are immutable once built and safe to share between CRFs and
+    threads. At most ``max_entries`` lattices and ``max_bytes`` bytes are kept.
+    """
+
+    def __init__(self, max_entries=4, max_bytes=512 * 2**20):
+        import collections
+        import threading
+
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        value = build()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.max_entries or (
+                len(self._entries) > 1 and sum(v[0].nbytes for v in self._entries.values()) > self.max_bytes
+            ):
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+
+_grid_lattices = _GridLatticeCache()
+
+
 def _as_compat(compat, num_labels: int):
     """(kind, potts weight, array or None) from a number, an (L,) or an (L, L) array."""
     if isinstance(compat, numbers.Real) and not isinstance(compat, (bool, np.bool_)):
@@ -236,11 +276,17 @@ class DenseCRF:
         Features are ordered from the last spatial axis to the first, (x, y) for
         an image, as in pydensecrf's ``DenseCRF2D``.
         """
-        positions = self._grid_positions(sigma, spacing, "sigma")
+        ndim = len(self.spatial_shape)
+        sigma = _per_axis(sigma, ndim, "sigma")
+        spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
-        self._add_lattice_term(positions, kind, potts, compat_arr, kernel, normalization, "gaussian")
+        check_memory(self.num_points, self.num_labels, self._feature_dims + [ndim])
+        # The lattice depends on the grid and bandwidths only: reuse it across images.
+        key = (self.spatial_shape, tuple(np.float32(spacing / sigma).tolist()))
+        lattice, ones = _grid_lattices.get(key, lambda: self._lattice_and_ones(self._grid_positions(sigma, spacing)))
+        self._add_lattice(lattice, ones, ndim, kind, potts, compat_arr, kernel, normalization, "gaussian")
 
     def add_bilateral(
         self, image, sigma, sigma_color, compat=5.0, *, spacing=None, channel_axis=-1, kernel="diag",
@@ -284,16 +330,16 @@ class DenseCRF:
             raise ValueError(f"too many feature dimensions: {ndim} spatial + {c} channels")
         # One (N, ndim + C) array, written in place: positions, then colours.
         features = np.empty((self.num_points, ndim + c), np.float32)
-        self._grid_positions(sigma, spacing, "sigma", out=features[:, :ndim])
+        spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
+        self._grid_positions(_per_axis(sigma, ndim, "sigma"), spacing, out=features[:, :ndim])
         np.divide(colors.reshape(-1, c), sigma_color.astype(np.float32), out=features[:, ndim:], casting="unsafe")
         if colors.dtype.kind == "f":
             check_finite(features[:, ndim:], "image")
         self._add_lattice_term(features, kind, potts, compat_arr, kernel, normalization, "bilateral")
 
-    def _grid_positions(self, sigma, spacing, name, out=None):
+    def _grid_positions(self, sigma, spacing, out=None):
+        """(N, ndim) float32 grid positions in bandwidths, last axis first; sigma and spacing per axis."""
         ndim = len(self.spatial_shape)
-        sigma = _per_axis(sigma, ndim, name)
-        spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
         step = (spacing / sigma).astype(np.float32)
         positions = np.empty((self.num_points, ndim), np.float32) if out is None else out
         # Last axis first: (x, y) for images, as pydensecrf orders them.
@@ -306,8 +352,17 @@ class DenseCRF:
 
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
         check_memory(self.num_points, self.num_labels, self._feature_dims + [features.shape[1]])
+        lattice, ones = self._lattice_and_ones(features)
+        self._add_lattice(lattice, ones, features.shape[1], kind, potts, compat_arr, kernel, normalization, label)
+
+    @staticmethod
+    def _lattice_and_ones(features):
         lattice = PermutohedralLattice(features)
         ones = lattice._lattice.filter_ones().astype(np.float64)
+        ones.flags.writeable = False  # may be shared through the grid cache
+        return lattice, ones
+
+    def _add_lattice(self, lattice, ones, dim, kind, potts, compat_arr, kernel, normalization, label):
         pre = post = None
         if normalization == "symmetric":
             pre = post = (1.0 / np.sqrt(ones + 1e-20)).astype(np.float32)
@@ -317,9 +372,9 @@ class DenseCRF:
             post = (1.0 / (ones + 1e-20)).astype(np.float32)
         # "none": the raw lattice sum, as pydensecrf (which computes a mean norm but never applies it).
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
-        self._feature_dims.append(features.shape[1])
+        self._feature_dims.append(dim)
         self.pairwise_terms.append(
-            {"type": label, "dim": int(features.shape[1]), "kernel": kernel, "normalization": normalization,
+            {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
              "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices}
         )
 
