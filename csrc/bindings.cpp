@@ -17,6 +17,7 @@
 #include "memory_pool.h"
 #include "parallel.h"
 #include "permutohedral.h"
+#include "resize.h"
 
 namespace py = pybind11;
 using segpost::PermutohedralLattice;
@@ -85,6 +86,36 @@ FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values,
 // A CRF's pairwise terms as the mean-field kernel sees them. Holds references
 // to its lattices (Python objects, kept alive) and padded copies of the
 // compatibilities and normalisation scales.
+using IndexArray = py::array_t<int64_t, py::array::c_style>;
+
+// (out_h * out_w, C) bilinear resize of point-major rows (see resize.h). The
+// Python caller computes the source indices and weights; they are checked here.
+FloatArray resize_bilinear_points(const FloatArray& in, int64_t in_h, int64_t in_w, const IndexArray& y_lo,
+                                  const IndexArray& y_hi, const FloatArray& y_weight, const IndexArray& x_lo,
+                                  const IndexArray& x_hi, const FloatArray& x_weight, bool negate) {
+  if (in.ndim() != 2 || in.shape(0) != in_h * in_w || in.shape(1) % 8 != 0 || in.shape(1) == 0)
+    throw std::invalid_argument("in must be (in_h * in_w, C) float32 with C a multiple of 8");
+  const int64_t out_h = y_lo.size(), out_w = x_lo.size();
+  if (y_hi.size() != out_h || y_weight.size() != out_h || x_hi.size() != out_w || x_weight.size() != out_w ||
+      out_h < 1 || out_w < 1)
+    throw std::invalid_argument("index and weight arrays must match in length and be non-empty");
+  for (const auto* idx : {&y_lo, &y_hi})
+    for (int64_t i = 0; i < out_h; ++i)
+      if (idx->data()[i] < 0 || idx->data()[i] >= in_h) throw std::invalid_argument("row index out of range");
+  for (const auto* idx : {&x_lo, &x_hi})
+    for (int64_t i = 0; i < out_w; ++i)
+      if (idx->data()[i] < 0 || idx->data()[i] >= in_w) throw std::invalid_argument("column index out of range");
+  const int64_t channels = in.shape(1);
+  FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(out_h * out_w), static_cast<py::ssize_t>(channels)});
+  float* out_ptr = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    segpost::resize_bilinear_points(in.data(), in_w, channels, y_lo.data(), y_hi.data(), y_weight.data(), out_h,
+                                    x_lo.data(), x_hi.data(), x_weight.data(), out_w, negate, out_ptr);
+  }
+  return out;
+}
+
 class MeanFieldModel {
  public:
   MeanFieldModel(int64_t num_points, int64_t num_labels, int64_t row_length)
@@ -224,6 +255,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &segpost::get_num_threads);
   m.def("set_num_threads", &segpost::set_num_threads, py::arg("n"));
   m.attr("max_lattice_dim") = PermutohedralLattice::kMaxDim;
+  m.def("resize_bilinear_points", &resize_bilinear_points, py::arg("values"), py::arg("in_h"), py::arg("in_w"),
+        py::arg("y_lo"), py::arg("y_hi"), py::arg("y_weight"), py::arg("x_lo"), py::arg("x_hi"), py::arg("x_weight"),
+        py::arg("negate"));
   m.def("cached_memory_bytes", &segpost::pool_cached_bytes);
   m.def("memory_cache_limit", &segpost::pool_cache_limit);
   m.def("set_memory_cache_limit", &segpost::set_pool_cache_limit, py::arg("bytes"));

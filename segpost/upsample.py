@@ -111,19 +111,23 @@ def resize_logits(x, size, *, align_corners=False):
     return out if is_torch_tensor(x) else out.numpy()
 
 
-def _resize_points(scores_chw: np.ndarray, size, align_corners: bool) -> np.ndarray:
+def _resize_points(scores_chw: np.ndarray, size, align_corners: bool, *, negate: bool = False) -> np.ndarray:
     """(H*W, C) float32, point-major: bilinear resize of (C, h, w) straight into the CRF's layout.
 
-    torch's channels-last kernel (multi-threaded) writes NHWC memory, i.e. one
-    row per pixel; its numbers may differ from the NCHW kernel's by one ulp.
+    The compiled kernel blends rows of C floats (C a multiple of 8: the CRF's
+    padded label rows) with torch's source coordinates and weights
+    (``_source_coordinates``), in parallel, into pooled memory; ``negate``
+    gives -scores (a unary from logits) in the same pass. Results equal
+    ``resize_logits`` up to float rounding.
     """
-    import torch
+    from . import _C
 
-    c = scores_chw.shape[0]
-    t = torch.from_numpy(np.ascontiguousarray(scores_chw, dtype=np.float32))[None]
-    t = t.contiguous(memory_format=torch.channels_last)
-    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=align_corners)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()).reshape(-1, c)
+    c, h, w = scores_chw.shape
+    height, width = size
+    rows = np.ascontiguousarray(np.moveaxis(scores_chw, 0, -1), dtype=np.float32).reshape(h * w, c)
+    y_lo, y_hi, y_weight = _source_coordinates(h, height, align_corners)
+    x_lo, x_hi, x_weight = _source_coordinates(w, width, align_corners)
+    return _C.resize_bilinear_points(rows, h, w, y_lo, y_hi, y_weight, x_lo, x_hi, x_weight, bool(negate))
 
 
 def _nearest_exact_index(n_in: int, n_out: int) -> np.ndarray:

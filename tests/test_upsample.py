@@ -125,3 +125,29 @@ def test_joint_bilateral_upsample_matches_brute_force():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20), st.integers(1, 60), st.integers(1, 60),
+       st.booleans(), st.booleans())
+def test_point_major_resize_equals_torch(blocks, h, w, hh, ww, align_corners, negate):
+    # The CRF's compiled resize (rows of 8k floats) against torch's interpolate.
+    from segpost.upsample import _resize_points
+
+    x = np.random.default_rng(h * 100 + w).normal(size=(8 * blocks, h, w)).astype(np.float32)
+    got = _resize_points(x, (hh, ww), align_corners, negate=negate).reshape(hh, ww, -1).transpose(2, 0, 1)
+    want = F.interpolate(torch.from_numpy(x)[None], size=(hh, ww), mode="bilinear", align_corners=align_corners)[0]
+    # Weights can differ from torch's by an ulp when shrinking (its scale is rounded differently).
+    np.testing.assert_allclose(got, -want.numpy() if negate else want.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_point_major_resize_rejects_bad_indices():
+    from segpost import _C
+
+    rows = np.zeros((4 * 4, 8), np.float32)
+    lo = np.array([0, 1, 4], np.int64)  # 4 is out of range for 4 rows
+    hi = np.array([1, 2, 3], np.int64)
+    weight = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        _C.resize_bilinear_points(rows, 4, 4, lo, hi, weight, hi, hi, weight, False)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _C.resize_bilinear_points(np.zeros((16, 5), np.float32), 4, 4, hi, hi, weight, hi, hi, weight, False)

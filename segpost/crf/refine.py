@@ -265,14 +265,17 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     # multiple of 8; the padding is never read as a class).
     padded = np.zeros((padded_labels(num_classes), h, w), np.float32)
     padded[:num_classes] = scores
+    # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
+    # good a unary as -log softmax(logits): negated in the resize's pass.
+    negate = probs is None
     if (h, w) == (height, width):
         full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(height * width, -1)
+        if negate:
+            np.negative(full, out=full)
     else:
-        full = _resize_points(padded, (height, width), bool(align_corners))
-    if probs is None:
-        # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
-        # good a unary as -log softmax(logits).
-        unary = np.negative(full, out=full)
+        full = _resize_points(padded, (height, width), bool(align_corners), negate=negate)
+    if negate:
+        unary = full
     else:
         unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
 
