@@ -55,22 +55,30 @@ class PermutohedralLattice {
   //
   // Splatting is a scatter over a fixed partition of the points into
   // contiguous ranges (its count depends on the number of points only, never
-  // on the thread count). Each partition scatters into a compact buffer of
-  // just the vertices it touches, numbered locally; `gather_partitions` then
-  // adds the partitions into one buffer of all vertices in partition order.
+  // on the thread count) into one splat buffer of splat_rows() rows: first
+  // one row per vertex (shifted by one, row 0 zero), owned by the first
+  // partition that touches the vertex, then each partition's private rows
+  // for the vertices it shares with earlier partitions. corner_local() is
+  // each corner's row in that buffer, so partitions scatter in parallel
+  // without conflicts; `gather_partitions` then adds the private rows into
+  // the vertex rows in partition order.
   const int32_t* corner_vertex() const { return corner_vertex_.data(); }
   const int32_t* corner_local() const { return corner_local_.data(); }
   const float* corner_weight() const { return corner_weight_.data(); }
   int64_t num_partitions() const { return static_cast<int64_t>(partition_vertices_.size()); }
   int64_t partition_begin(int64_t b) const { return num_points_ * b / num_partitions(); }
   int64_t partition_end(int64_t b) const { return num_points_ * (b + 1) / num_partitions(); }
-  // Vertices touched by partition b (rows of its compact buffer).
+  // Private rows of partition b (vertices it shares with earlier partitions).
   int64_t partition_rows(int64_t b) const { return static_cast<int64_t>(partition_vertices_[b].size()); }
+  // Rows of the splat buffer: the vertex rows and every private row.
+  int64_t splat_rows() const { return partition_offset_.back(); }
   // Slice scale: 1 / (1 + 2^-d).
   float alpha() const;
-  // out (num_vertices + 1 rows of blocks*8 floats) = sum of the partitions'
-  // compact buffers, added in partition order; row 0 stays zero.
-  void gather_partitions(const float* const* parts, int64_t blocks, float* out) const;
+  // Adds the private rows of a splat buffer (splat_rows() rows of blocks*8
+  // floats) into their vertex rows, in partition order.
+  void gather_partitions(float* buffer, int64_t blocks) const;
+  // Zeroes `rows` rows of `stride` floats, in parallel.
+  static void zero_rows(float* buffer, int64_t rows, int64_t stride);
   // Blurs `current` along every lattice axis using `next` as scratch; returns
   // the buffer that holds the result (one of the two). Row 0 of both must be zero.
   float* blur(float* current, float* next, int64_t blocks, bool transpose) const;
@@ -94,10 +102,13 @@ class PermutohedralLattice {
   // corner of the point's enclosing simplex.
   PooledVector<int32_t> corner_vertex_;
   PooledVector<float> corner_weight_;
-  // (num_points, dim+1): the corner's row in its partition's compact buffer.
+  // (num_points, dim+1): the corner's row in the splat buffer.
   PooledVector<int32_t> corner_local_;
-  // Per partition: shifted global index of each local row.
+  // Per partition: the shifted vertex index of each private row, and the
+  // first private row of each partition in the splat buffer (num_partitions
+  // + 1 entries; the first is num_vertices + 1, the last splat_rows()).
   std::vector<std::vector<int32_t>> partition_vertices_;
+  std::vector<int64_t> partition_offset_;
   // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
   // vertex along each lattice axis, 0 where the neighbour does not exist.
   PooledVector<int32_t> blur_neighbour_;

@@ -6,9 +6,9 @@
 // unary through memory; the lattices' vertex buffers stay in cache.
 //
 // Points are cut into the lattices' fixed splat partitions (sizes only, never
-// the thread count), each partition scattered by one thread into its own
-// buffers and the buffers summed in partition order: results are identical
-// whatever the thread count.
+// the thread count), each partition scattered by one thread into the rows it
+// owns and its private rows, which are summed in partition order: results
+// are identical whatever the thread count.
 #include "../mean_field.h"
 
 #include <algorithm>
@@ -48,11 +48,13 @@ struct TermBuffers {
   const PermutohedralLattice* lattice;
   int d1;
   float alpha;
-  std::vector<float*> parts;   // compact splat buffers, one per partition
-  std::vector<std::size_t> part_floats;
-  float* ping;                 // reduce target and blur scratch
-  float* pong;
+  // Two splat buffers of lattice->splat_rows() rows: one receives the next
+  // iteration's scatter while the other holds the blurred signal being
+  // sliced; the blur then uses the latter as scratch and the roles swap.
+  float* buffer[2];
+  int64_t rows;                // lattice->splat_rows()
   const float* blurred = nullptr;
+  float* target = nullptr;     // the splat buffer of the next scatter
 };
 
 // Accumulator rows of B blocks of 8 labels (labels padded with zeros). B is a
@@ -149,7 +151,7 @@ struct Kernels {
     const int d1 = D1 > 0 ? D1 : t.d1;
     const float* pre = t.term->pre_scale;
     const float scale = pre ? pre[p] : 1.0f;
-    const int32_t* vertex = t.lattice->corner_local() + p * d1;  // rows of the partition's compact buffer
+    const int32_t* vertex = t.lattice->corner_local() + p * d1;  // rows of the splat buffer
     const float* weight = t.lattice->corner_weight() + p * d1;
     const int64_t stride = row.blocks * 8;
     for (int r = 0; r < d1; ++r) {
@@ -228,7 +230,7 @@ struct Kernels {
     Row<B> row(blocks);
     for (int64_t p = begin; p < end; ++p) {
       load_q(row, p, q, unary, labels);
-      for (const TermBuffers& t : terms) scatter(t, p, row, t.parts[part]);
+      for (const TermBuffers& t : terms) scatter(t, p, row, t.target);
     }
   }
 
@@ -265,7 +267,7 @@ struct Kernels {
       for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
       softmax(acc);
       if (scatter_next)
-        for (const TermBuffers& t : terms) scatter(t, p, acc, t.parts[part]);
+        for (const TermBuffers& t : terms) scatter(t, p, acc, t.target);
       emit(acc, p, labels, q_out, labels_out);
     }
   }
@@ -336,31 +338,28 @@ void emit_points(int64_t begin, int64_t end, const float* q_in, const float* una
   SEGPOST_DISPATCH_BLOCKS(blocks, emit_rows, begin, end, q_in, unary, labels, blocks, q_out, labels_out)
 }
 
-// Lays out the workspace: per term, the partitions' compact splat buffers,
-// then two full vertex buffers for the gathered sum and the blur.
+// Lays out the workspace: per term, two splat buffers.
 std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, Workspace& workspace) {
   const int64_t stride = (labels + 7) / 8 * 8;
   workspace.resize(terms.size());
   std::vector<TermBuffers> out;
   for (std::size_t k = 0; k < terms.size(); ++k) {
     const PermutohedralLattice* lattice = terms[k].lattice;
-    const std::size_t rows = static_cast<std::size_t>(lattice->num_vertices() + 1) * stride;
-    std::vector<std::size_t> offset(1, 0);
-    for (int64_t b = 0; b < lattice->num_partitions(); ++b)
-      offset.push_back(offset.back() + lattice->partition_rows(b) * stride);
+    const std::size_t floats = static_cast<std::size_t>(lattice->splat_rows()) * stride;
     PooledVector<float>& memory = workspace[k];
-    if (memory.size() < offset.back() + 2 * rows) memory.resize(offset.back() + 2 * rows);
-    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {}, {}, nullptr, nullptr};
-    for (int64_t b = 0; b < lattice->num_partitions(); ++b) {
-      t.parts.push_back(memory.data() + offset[b]);
-      t.part_floats.push_back(offset[b + 1] - offset[b]);
-    }
-    t.ping = memory.data() + offset.back();
-    t.pong = t.ping + rows;
-    std::fill(t.pong, t.pong + stride, 0.0f);  // row 0 reads as a missing neighbour
+    if (memory.size() < 2 * floats) memory.resize(2 * floats);
+    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {memory.data(), memory.data() + floats},
+                  lattice->splat_rows()};
+    t.target = t.buffer[0];
+    std::fill(t.buffer[1], t.buffer[1] + stride, 0.0f);  // row 0 reads as a missing neighbour
     out.push_back(t);
   }
   return out;
+}
+
+// Zeroes every term's splat target before a scatter.
+void zero_targets(std::vector<TermBuffers>& terms, int64_t labels) {
+  for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, (labels + 7) / 8 * 8);
 }
 
 // Tiles of the point loop on image-like grids: kTileRows rows by
@@ -390,28 +389,29 @@ void for_tiles(int64_t begin, int64_t end, int64_t row_length, const F& fn) {
 }
 
 // Runs fn(partition, begin, end) over every splat partition's points, in
-// parallel (tile by tile within a partition, see for_tiles); each partition
-// first zeroes its own splat buffers when `zero` is set. All the lattices of
-// a CRF share the points, hence the partitions. The order is fixed by the
+// parallel (tile by tile within a partition, see for_tiles). All the lattices
+// of a CRF share the points, hence the partitions. The order is fixed by the
 // partition and the grid alone, never by the thread count.
 template <class F>
-void for_partitions(const std::vector<TermBuffers>& terms, bool zero, int64_t row_length, const F& fn) {
+void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, const F& fn) {
   const PermutohedralLattice* lattice = terms[0].lattice;
   parallel_for(lattice->num_partitions(), 1, [&](int64_t first, int64_t last) {
-    for (int64_t part = first; part < last; ++part) {
-      if (zero)
-        for (const TermBuffers& t : terms) std::fill(t.parts[part], t.parts[part] + t.part_floats[part], 0.0f);
+    for (int64_t part = first; part < last; ++part)
       for_tiles(lattice->partition_begin(part), lattice->partition_end(part), row_length,
                 [&](int64_t begin, int64_t end) { fn(part, begin, end); });
-    }
   });
 }
 
+// Gathers each term's scatter target and blurs it, with the buffer blurred
+// last time as scratch; the buffer not holding the result is the next target.
 void gather_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
   const int64_t blocks = (labels + 7) / 8;
   for (TermBuffers& t : terms) {
-    t.lattice->gather_partitions(t.parts.data(), blocks, t.ping);
-    t.blurred = t.lattice->blur(t.ping, t.pong, blocks, false);
+    float* other = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
+    t.lattice->gather_partitions(t.target, blocks);
+    float* result = t.lattice->blur(t.target, other, blocks, false);
+    t.blurred = result;
+    t.target = result == t.buffer[0] ? t.buffer[1] : t.buffer[0];
   }
 }
 
@@ -428,13 +428,15 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     return;
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  for_partitions(buffers, true, row_length, [&](int64_t part, int64_t begin, int64_t end) {
+  zero_targets(buffers, num_labels);
+  for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
     gather_and_blur(buffers, num_labels);
     const bool last = it + 1 == iterations;
-    for_partitions(buffers, !last, row_length, [&](int64_t part, int64_t begin, int64_t end) {
+    if (!last) zero_targets(buffers, num_labels);
+    for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
       update_rows(begin, end, part, unary, num_labels, buffers, !last, last ? q_out : nullptr,
                   last ? labels_out : nullptr);
     });
@@ -448,7 +450,8 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
     return;
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  for_partitions(buffers, true, row_length, [&](int64_t part, int64_t begin, int64_t end) {
+  zero_targets(buffers, num_labels);
+  for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
     scatter_rows(begin, end, part, q, nullptr, num_labels, buffers);
   });
   gather_and_blur(buffers, num_labels);

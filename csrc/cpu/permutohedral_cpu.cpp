@@ -337,24 +337,49 @@ void PermutohedralLattice::build(const T* features) {
     }
   });
 
-  // Splat partitions: each numbers the vertices it touches in order of first
-  // occurrence, for a compact scatter buffer.
+  // Splat partitions. A vertex belongs to the first partition (in partition
+  // order) that touches it: that partition scatters into the vertex's row of
+  // the splat buffer directly. Each other partition touching it gets a
+  // private row after the vertex rows, added in partition order by
+  // gather_partitions. Only vertices near partition boundaries are shared.
   const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
-  partition_vertices_.assign(partitions, {});
-  corner_local_.resize(corners);
+  partition_vertices_.assign(partitions, {});  // partition_begin/end need the count
+  std::vector<std::vector<int32_t>> touched(partitions);  // first-occurrence order
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    std::vector<int32_t> local_of(m + 1, -1);
+    std::vector<char> seen(m + 1, 0);
     for (int64_t b = first; b < last; ++b) {
-      std::vector<int32_t>& rows = partition_vertices_[b];
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
         const int32_t v = corner_vertex_[c];
-        if (local_of[v] < 0) {
-          local_of[v] = static_cast<int32_t>(rows.size());
-          rows.push_back(v);
-        }
-        corner_local_[c] = local_of[v];
+        if (!seen[v]) seen[v] = 1, touched[b].push_back(v);
       }
-      for (const int32_t v : rows) local_of[v] = -1;
+      for (const int32_t v : touched[b]) seen[v] = 0;
+    }
+  });
+  std::vector<int32_t> owner(m + 1, -1);
+  partition_offset_.assign(partitions + 1, m + 1);
+  for (int64_t b = 0; b < partitions; ++b) {
+    for (const int32_t v : touched[b]) {
+      if (owner[v] < 0)
+        owner[v] = static_cast<int32_t>(b);
+      else
+        partition_vertices_[b].push_back(v);
+    }
+    partition_offset_[b + 1] = partition_offset_[b] + static_cast<int64_t>(partition_vertices_[b].size());
+  }
+  if (partition_offset_[partitions] >= std::numeric_limits<int32_t>::max())
+    throw std::length_error("permutohedral lattice: too many splat rows for int32 indices");
+  corner_local_.resize(corners);
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    std::vector<int32_t> private_row(m + 1, -1);
+    for (int64_t b = first; b < last; ++b) {
+      const std::vector<int32_t>& shared = partition_vertices_[b];
+      for (std::size_t i = 0; i < shared.size(); ++i)
+        private_row[shared[i]] = static_cast<int32_t>(partition_offset_[b] + static_cast<int64_t>(i));
+      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
+        const int32_t v = corner_vertex_[c];
+        corner_local_[c] = owner[v] == b ? v : private_row[v];
+      }
+      for (const int32_t v : shared) private_row[v] = -1;
     }
   });
 }
@@ -385,29 +410,24 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   const int64_t stride = blocks * 8;
   const std::size_t rows = static_cast<std::size_t>(m + 1) * stride;
 
-  // Scratch: the partitions' compact buffers, then two full vertex buffers
-  // (row 0 of both stays zero: it is what missing neighbours read).
-  const int64_t partitions = num_partitions();
-  std::vector<std::size_t> offset(partitions + 1, 0);
-  for (int64_t b = 0; b < partitions; ++b) offset[b + 1] = offset[b] + partition_rows(b) * stride;
+  // Scratch: the splat buffer (vertex rows, then the partitions' private
+  // rows) and a second vertex buffer for the blur. Row 0 of both stays zero:
+  // it is what missing neighbours read.
+  const std::size_t splat_floats = static_cast<std::size_t>(splat_rows()) * stride;
   std::unique_lock<std::mutex> lock(scratch_mutex_, std::try_to_lock);
   PooledVector<float> own_scratch;
   PooledVector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
-  if (scratch.size() < offset[partitions] + 2 * rows) scratch.resize(offset[partitions] + 2 * rows);
-  std::vector<const float*> parts(partitions);
-  for (int64_t b = 0; b < partitions; ++b) parts[b] = scratch.data() + offset[b];
-  float* current = scratch.data() + offset[partitions];
-  float* next = current + rows;
-
+  if (scratch.size() < splat_floats + rows) scratch.resize(splat_floats + rows);
+  float* current = scratch.data();
+  float* next = current + splat_floats;
+  zero_rows(current, splat_rows(), stride);
+  const int64_t partitions = num_partitions();
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      float* part = scratch.data() + offset[b];
-      std::fill(part, part + partition_rows(b) * stride, 0.0f);
+    for (int64_t b = first; b < last; ++b)
       splat_points(partition_begin(b), partition_end(b), d1, c, blocks, corner_local_.data(), corner_weight_.data(),
-                   values, pre_scale, part);
-    }
+                   values, pre_scale, current);
   });
-  gather_partitions(parts.data(), blocks, current);
+  gather_partitions(current, blocks);
   std::fill(next, next + stride, 0.0f);
   const float* result = blur(current, next, blocks, transpose);
 
@@ -423,22 +443,18 @@ void PermutohedralLattice::filter_ones(float* out) const {
   const int d1 = dim_ + 1;
   const int64_t m = num_vertices_;
   const int64_t partitions = num_partitions();
-  // Splat: each partition sums its corners' weights into its compact buffer.
-  std::vector<std::vector<float>> parts(partitions);
+  // Splat: each partition adds its corners' weights into the splat buffer
+  // (its own vertices' rows and its private rows), then the private rows are
+  // gathered in partition order, as for wide rows.
+  std::vector<float> current(splat_rows(), 0.0f), next(m + 1, 0.0f);
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      parts[b].assign(partition_rows(b), 0.0f);
-      float* part = parts[b].data();
+    for (int64_t b = first; b < last; ++b)
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
-        part[corner_local_[c]] += corner_weight_[c];
-    }
+        current[corner_local_[c]] += corner_weight_[c];
   });
-  // Gather in partition order, as gather_partitions does for wide rows.
-  std::vector<float> current(m + 1, 0.0f), next(m + 1, 0.0f);
   for (int64_t b = 0; b < partitions; ++b) {
     const int32_t* rows = partition_vertices_[b].data();
-    const float* part = parts[b].data();
-    for (int64_t i = 0; i < partition_rows(b); ++i) current[rows[i]] += part[i];
+    for (int64_t i = 0; i < partition_rows(b); ++i) current[rows[i]] += current[partition_offset_[b] + i];
   }
   for (int axis = 0; axis <= dim_; ++axis) {
     const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
@@ -460,19 +476,23 @@ void PermutohedralLattice::filter_ones(float* out) const {
 
 float PermutohedralLattice::alpha() const { return static_cast<float>(1.0 / (1.0 + std::pow(2.0, -dim_))); }
 
-void PermutohedralLattice::gather_partitions(const float* const* parts, int64_t blocks, float* out) const {
-  const int64_t stride = blocks * 8;
-  parallel_for(num_vertices_ + 1, kVertexGrain,
-               [&](int64_t begin, int64_t end) { std::fill(out + begin * stride, out + end * stride, 0.0f); });
-  // One partition at a time: within a partition the rows are distinct
-  // vertices, so the rows split across threads and every vertex still sums
-  // its partitions in partition order.
+void PermutohedralLattice::gather_partitions(float* buffer, int64_t blocks) const {
+  // One partition at a time: within a partition the private rows belong to
+  // distinct vertices, so they split across threads and every vertex still
+  // sums its partitions in partition order.
   for (int64_t b = 0; b < num_partitions(); ++b) {
     const int32_t* rows = partition_vertices_[b].data();
+    const float* part = buffer + partition_offset_[b] * blocks * 8;
     parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
-      add_partition_rows(begin, end, blocks, rows, parts[b], out);
+      add_partition_rows(begin, end, blocks, rows, part, buffer);
     });
   }
+}
+
+void PermutohedralLattice::zero_rows(float* buffer, int64_t rows, int64_t stride) {
+  parallel_for(rows, 4 * kVertexGrain, [&](int64_t begin, int64_t end) {
+    std::fill(buffer + begin * stride, buffer + end * stride, 0.0f);
+  });
 }
 
 float* PermutohedralLattice::blur(float* current, float* next, int64_t blocks, bool transpose) const {
@@ -499,8 +519,7 @@ std::size_t PermutohedralLattice::nbytes() const {
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
   const int64_t c = std::min(channels, kMaxStackChannels);
   const int64_t stride = (c + 7) / 8 * 8;
-  std::size_t rows = 2 * static_cast<std::size_t>(num_vertices_ + 1);
-  for (int64_t b = 0; b < num_partitions(); ++b) rows += partition_rows(b);
+  const std::size_t rows = static_cast<std::size_t>(splat_rows()) + static_cast<std::size_t>(num_vertices_ + 1);
   std::size_t bytes = rows * stride * sizeof(float);
   if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
   return bytes;
