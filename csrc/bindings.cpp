@@ -258,6 +258,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("resize_bilinear_points", &resize_bilinear_points, py::arg("values"), py::arg("in_h"), py::arg("in_w"),
         py::arg("y_lo"), py::arg("y_hi"), py::arg("y_weight"), py::arg("x_lo"), py::arg("x_hi"), py::arg("x_weight"),
         py::arg("negate"));
+  m.def(
+      "pooled_empty",
+      [](py::ssize_t rows, py::ssize_t columns) {
+        if (rows < 0 || columns < 0) throw std::invalid_argument("shape must be non-negative");
+        return pooled_array<float>({rows, columns});
+      },
+      py::arg("rows"), py::arg("columns"), "An uninitialised (rows, columns) float32 array in pooled memory.");
   m.def("cached_memory_bytes", &segpost::pool_cached_bytes);
   m.def("memory_cache_limit", &segpost::pool_cache_limit);
   m.def("set_memory_cache_limit", &segpost::set_pool_cache_limit, py::arg("bytes"));

@@ -72,6 +72,13 @@ def check_float_dtype(arr: np.ndarray, name: str) -> None:
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
+    # A sum is NaN or infinite whenever an entry is: one pass and no temporary
+    # for the common all-finite case; the exact check runs only if the sum is
+    # not finite (an entry is, or the sum merely overflowed).
+    if arr.dtype.kind in "fc":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(arr.sum()):
+                return
     if not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} must be finite, but {bad} of its {arr.size} entries are NaN or infinite")

@@ -329,7 +329,7 @@ class DenseCRF:
         if ndim + c > MAX_LATTICE_DIM:
             raise ValueError(f"too many feature dimensions: {ndim} spatial + {c} channels")
         # One (N, ndim + C) array, written in place: positions, then colours.
-        features = np.empty((self.num_points, ndim + c), np.float32)
+        features = _C.pooled_empty(self.num_points, ndim + c)  # reused memory: no page faults
         spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
         self._grid_positions(_per_axis(sigma, ndim, "sigma"), spacing, out=features[:, :ndim])
         np.divide(colors.reshape(-1, c), sigma_color.astype(np.float32), out=features[:, ndim:], casting="unsafe")
@@ -363,14 +363,7 @@ class DenseCRF:
         return lattice, ones
 
     def _add_lattice(self, lattice, ones, dim, kind, potts, compat_arr, kernel, normalization, label):
-        pre = post = None
-        if normalization == "symmetric":
-            pre = post = (1.0 / np.sqrt(ones + 1e-20)).astype(np.float32)
-        elif normalization == "before":
-            pre = (1.0 / (ones + 1e-20)).astype(np.float32)
-        elif normalization == "after":
-            post = (1.0 / (ones + 1e-20)).astype(np.float32)
-        # "none": the raw lattice sum, as pydensecrf (which computes a mean norm but never applies it).
+        pre, post = _normalization_scales(ones, normalization)
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
@@ -441,6 +434,22 @@ class DenseCRF:
 def padded_labels(num_labels: int) -> int:
     """Labels rounded up to a multiple of 8: the compiled kernel's row width."""
     return -(-int(num_labels) // 8) * 8
+
+
+def _normalization_scales(ones, normalization):
+    """(pre, post) per-point float32 scales of a kernel normalisation, from K 1 (float64).
+
+    "none" is the raw lattice sum, as pydensecrf (which computes a mean norm
+    but never applies it). Computed in float64 in place: one temporary.
+    """
+    if normalization == "none":
+        return None, None
+    scale = ones + 1e-20
+    if normalization == "symmetric":
+        np.sqrt(scale, out=scale)
+    np.divide(1.0, scale, out=scale)
+    scale = scale.astype(np.float32)
+    return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
 
 
 def _check_iterations(iterations):
