@@ -84,7 +84,7 @@ def main():
         import pydensecrf.densecrf  # noqa: F401
     except ImportError:
         sys.exit("pydensecrf is needed for the comparison: make install (or pip install pydensecrf2)")
-    repeats = 3 if args.quick else 5
+    repeats = 3 if args.quick else 7
     headers = ["image", "labels", "preset", "iters", "pydensecrf ms", "segpost ms", "speedup", "same labels"]
     print(f"Dense CRF end to end (coarse logits at stride 8 -> labels), {segpost.get_num_threads()} threads, "
           f"median of {repeats}")
