@@ -145,9 +145,9 @@ struct Kernels {
     subtract_compat(*t.term, msg, acc, labels);
   }
 
-  // Scatter row (times pre[p]) of point p into `part`.
+  // Scatter row (times pre[p]) of point p into the splat buffer.
   template <int D1>
-  SEGPOST_INLINE static void scatter_fixed(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+  SEGPOST_INLINE static void scatter_fixed(const TermBuffers& t, int64_t p, Row<B>& row, float* buffer) {
     const int d1 = D1 > 0 ? D1 : t.d1;
     const float* pre = t.term->pre_scale;
     const float scale = pre ? pre[p] : 1.0f;
@@ -156,16 +156,16 @@ struct Kernels {
     const int64_t stride = row.blocks * 8;
     for (int r = 0; r < d1; ++r) {
       const float w = scale * weight[r];
-      float* dst = part + static_cast<int64_t>(vertex[r]) * stride;
+      float* dst = buffer + static_cast<int64_t>(vertex[r]) * stride;
       for (int64_t b = 0; b < row.blocks; ++b) simd::store(dst + 8 * b, simd::load(dst + 8 * b) + w * row[b]);
     }
   }
 
-  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row, float* part) {
+  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row, float* buffer) {
     switch (t.d1) {
-      case 3: return scatter_fixed<3>(t, p, row, part);
-      case 6: return scatter_fixed<6>(t, p, row, part);
-      default: return scatter_fixed<0>(t, p, row, part);
+      case 3: return scatter_fixed<3>(t, p, row, buffer);
+      case 6: return scatter_fixed<6>(t, p, row, buffer);
+      default: return scatter_fixed<0>(t, p, row, buffer);
     }
   }
 
@@ -224,8 +224,8 @@ struct Kernels {
     }
   }
 
-  // Scatter the rows of q (or, with q null, of softmax(-unary)) into partition `part`.
-  SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, int64_t part, const float* q, const float* unary,
+  // Scatter the rows of q (or, with q null, of softmax(-unary)) into the splat targets.
+  SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary,
                                           int64_t labels, int64_t blocks, const std::vector<TermBuffers>& terms) {
     Row<B> row(blocks);
     for (int64_t p = begin; p < end; ++p) {
@@ -245,7 +245,7 @@ struct Kernels {
       for (int64_t b = 0; b < acc.blocks; ++b) simd::store(x + 8 * b, acc[b]);
       // First maximum, as numpy's argmax: the largest value (a vector
       // reduction over the real lanes), then a scan for its first lane.
-      const Block lowest = simd::splat(-3.0e38f);
+      const Block lowest = simd::splat(kLowest);
       Block top = lowest;
       for (int64_t b = 0; b < acc.blocks; ++b) {
         const Block masked = lane_mask(b, labels) ? acc[b] : lowest;
@@ -258,7 +258,7 @@ struct Kernels {
     }
   }
 
-  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, int64_t part, const float* unary, int64_t labels,
+  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
                           int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
                           int64_t* labels_out) {
     Row<B> acc(blocks), msg(blocks);
@@ -311,17 +311,17 @@ struct Kernels {
   }
 
 SEGPOST_MULTIVERSION
-void scatter_rows(int64_t begin, int64_t end, int64_t part, const float* q, const float* unary, int64_t labels,
+void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                   const std::vector<TermBuffers>& terms) {
   const int64_t blocks = (labels + 7) / 8;
-  SEGPOST_DISPATCH_BLOCKS(blocks, scatter_rows, begin, end, part, q, unary, labels, blocks, terms)
+  SEGPOST_DISPATCH_BLOCKS(blocks, scatter_rows, begin, end, q, unary, labels, blocks, terms)
 }
 
 SEGPOST_MULTIVERSION
-void update_rows(int64_t begin, int64_t end, int64_t part, const float* unary, int64_t labels,
+void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
                  const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
   const int64_t blocks = (labels + 7) / 8;
-  SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, part, unary, labels, blocks, terms, scatter, q_out,
+  SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, unary, labels, blocks, terms, scatter, q_out,
                           labels_out)
 }
 
@@ -388,7 +388,7 @@ void for_tiles(int64_t begin, int64_t end, int64_t row_length, const F& fn) {
   }
 }
 
-// Runs fn(partition, begin, end) over every splat partition's points, in
+// Runs fn(begin, end) over every splat partition's points, in
 // parallel (tile by tile within a partition, see for_tiles). All the lattices
 // of a CRF share the points, hence the partitions. The order is fixed by the
 // partition and the grid alone, never by the thread count.
@@ -398,7 +398,7 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
   parallel_for(lattice->num_partitions(), 1, [&](int64_t first, int64_t last) {
     for (int64_t part = first; part < last; ++part)
       for_tiles(lattice->partition_begin(part), lattice->partition_end(part), row_length,
-                [&](int64_t begin, int64_t end) { fn(part, begin, end); });
+                fn);
   });
 }
 
@@ -429,16 +429,15 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
   zero_targets(buffers, num_labels);
-  for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
-    scatter_rows(begin, end, part, q_init, unary, num_labels, buffers);
+  for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
+    scatter_rows(begin, end, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
     gather_and_blur(buffers, num_labels);
     const bool last = it + 1 == iterations;
     if (!last) zero_targets(buffers, num_labels);
-    for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
-      update_rows(begin, end, part, unary, num_labels, buffers, !last, last ? q_out : nullptr,
-                  last ? labels_out : nullptr);
+    for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
+      update_rows(begin, end, unary, num_labels, buffers, !last, last ? q_out : nullptr, last ? labels_out : nullptr);
     });
   }
 }
@@ -451,8 +450,8 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
   }
   std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
   zero_targets(buffers, num_labels);
-  for_partitions(buffers, row_length, [&](int64_t part, int64_t begin, int64_t end) {
-    scatter_rows(begin, end, part, q, nullptr, num_labels, buffers);
+  for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
+    scatter_rows(begin, end, q, nullptr, num_labels, buffers);
   });
   gather_and_blur(buffers, num_labels);
   parallel_for(num_points, kPointGrain,
