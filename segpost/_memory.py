@@ -10,10 +10,9 @@ memory stays with the process until released here or reused.
 from __future__ import annotations
 
 import numbers
-import os
-import warnings
 
 from . import _C
+from ._validation import environment_number
 
 __all__ = ["cached_memory_bytes", "release_cached_memory", "set_memory_cache_limit"]
 
@@ -63,21 +62,20 @@ def set_memory_cache_limit(nbytes: int) -> None:
         raise TypeError(f"nbytes must be an integer, got {type(nbytes).__name__}")
     if nbytes < 0:
         raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-    _C.set_memory_cache_limit(int(nbytes))
+    _C.set_memory_cache_limit(min(int(nbytes), 2**62))
+
+
+def _megabytes(raw: str) -> float:
+    megabytes = float(raw)
+    if not 0 <= megabytes < float("inf"):  # also refuses NaN
+        raise ValueError(raw)
+    return megabytes
 
 
 def _init_from_environment() -> None:
-    value = os.environ.get("SEGPOST_MEMORY_CACHE_MB")
-    if not value:
-        return
-    try:
-        megabytes = float(value)
-        if not megabytes >= 0:
-            raise ValueError
-    except ValueError:
-        warnings.warn(f"ignoring SEGPOST_MEMORY_CACHE_MB={value!r}: expected a number of MiB >= 0", stacklevel=2)
-        return
-    _C.set_memory_cache_limit(int(megabytes * 2**20))
+    megabytes = environment_number("SEGPOST_MEMORY_CACHE_MB", _megabytes, "a number of MiB >= 0")
+    if megabytes is not None:
+        _C.set_memory_cache_limit(min(int(megabytes * 2**20), 2**62))
 
 
 _init_from_environment()

@@ -6,10 +6,9 @@ thread in a fixed order.
 from __future__ import annotations
 
 import numbers
-import os
-import warnings
 
 from . import _C
+from ._validation import environment_number
 
 __all__ = ["get_num_threads", "set_num_threads"]
 
@@ -60,23 +59,17 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(min(n, 1024)))
 
 
+def _positive_int(raw: str) -> int:
+    n = int(raw)
+    if n < 1:
+        raise ValueError(raw)
+    return n
+
+
 def _init_from_environment() -> None:
-    raw = os.environ.get("SEGPOST_NUM_THREADS")
-    if raw is None or raw.strip() == "":
-        return
-    try:
-        n = int(raw)
-        if n < 1:
-            raise ValueError
-    except ValueError:
-        # A bad variable must not make `import segpost` fail.
-        warnings.warn(
-            f"ignoring SEGPOST_NUM_THREADS={raw!r}: expected a positive integer",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return
-    set_num_threads(n)
+    n = environment_number("SEGPOST_NUM_THREADS", _positive_int, "a positive integer")
+    if n is not None:
+        set_num_threads(n)
 
 
 _init_from_environment()

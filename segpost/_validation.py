@@ -7,7 +7,9 @@ what was expected and what came.
 from __future__ import annotations
 
 import numbers
+import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -99,3 +101,20 @@ def check_int(value, name: str, *, minimum: int = 1) -> int:
         kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return int(value)
+
+
+def environment_number(name: str, convert, expected: str):
+    """``convert(os.environ[name])``, or None when the variable is unset, empty or invalid.
+
+    ``convert`` raises ValueError on a bad value, which is then ignored with a
+    RuntimeWarning naming the variable: a bad environment variable must not
+    make ``import segpost`` fail.
+    """
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return convert(raw)
+    except ValueError:
+        warnings.warn(f"ignoring {name}={raw!r}: expected {expected}", RuntimeWarning, stacklevel=3)
+        return None

@@ -46,40 +46,16 @@ __attribute__((always_inline)) inline Block reduce_sum(Block x) {
   return x;
 }
 
-// exp(x) for each lane: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2,
-// then a degree-6 Taylor polynomial (relative error below 2e-7) scaled by 2^n
-// through the exponent bits. Lanes below -87 (where float underflows) give 0.
-__attribute__((always_inline)) inline Block exp(Block x) {
-  const Block too_small = splat(-87.0f);
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  const IntBlock underflow = x < too_small;
-  x = x < too_small ? too_small : x;
-  const Block t = x * 1.44269504088896341f;
-  const IntBlock n = __builtin_convertvector(t + (t >= 0.0f ? splat(0.5f) : splat(-0.5f)), IntBlock);
-  const Block nf = __builtin_convertvector(n, Block);
-  const Block r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
-  Block p = splat(1.0f / 720.0f);
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const IntBlock bits = (n + 127) << 23;
-  Block scale;
-  __builtin_memcpy(&scale, &bits, sizeof(Block));
-  const Block result = p * scale;
-  return underflow ? Block{} : result;
-}
-
-// exp(x) for x <= 0 (a softmax's shifted scores): the same bits as exp() on
-// that domain, without the overflow clamp and with rounding for t <= 0.
+// exp(x) for x <= 0 (a softmax's shifted scores; nothing else needs exp):
+// Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2 (ln2 split in two so
+// that r is exact), then a degree-6 Taylor polynomial (relative error below
+// 2e-7) scaled by 2^n through the exponent bits. Lanes below -87 (where
+// float underflows) give 0.
 __attribute__((always_inline)) inline Block exp_nonpositive(Block x) {
   const Block too_small = splat(-87.0f);
   const IntBlock underflow = x < too_small;
   x = x < too_small ? too_small : x;
-  const Block t = x * 1.44269504088896341f;
-  const IntBlock n = __builtin_convertvector(t - 0.5f, IntBlock);  // t <= 0: round half away from zero
+  const IntBlock n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, IntBlock);  // round half away from 0
   const Block nf = __builtin_convertvector(n, Block);
   const Block r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
   Block p = splat(1.0f / 720.0f);
