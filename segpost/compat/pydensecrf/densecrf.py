@@ -81,9 +81,14 @@ class DenseCRF:
     """
 
     def __init__(self, nvar, nlabels):
-        self._nvar, self._nlabel = check_int(nvar, "nvar"), check_int(nlabels, "nlabels")
-        # No unary until setUnaryEnergy: zero energies, as pydensecrf.
-        self._crf = _DenseCRF._from_point_major(np.zeros((self._nvar, self._nlabel), np.float32), (self._nvar,))
+        self._init_crf(check_int(nvar, "nvar"), nlabels, None)
+
+    def _init_crf(self, nvar, nlabels, spatial_shape):
+        self._nvar, self._nlabel = nvar, check_int(nlabels, "nlabels")
+        # No unary until setUnaryEnergy: zero energies, as pydensecrf. An
+        # image's (H, W) grid lets the mean field sweep it tile by tile.
+        self._crf = _DenseCRF._from_point_major(np.zeros((self._nvar, self._nlabel), np.float32),
+                                                spatial_shape or (self._nvar,))
 
     def setUnaryEnergy(self, u, f=None):
         """Set the unary energy U, float32 (nlabels, nvar): negative log-probabilities."""
@@ -127,8 +132,7 @@ class DenseCRF2D(DenseCRF):
 
     def __init__(self, w, h, nlabels):
         self._w, self._h = check_int(w, "w"), check_int(h, "h")
-        super().__init__(self._w * self._h, nlabels)
-        self._crf.spatial_shape = (self._h, self._w)
+        self._init_crf(self._w * self._h, nlabels, (self._h, self._w))
 
     def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
         """Smoothness term on (x / sx, y / sy); sxy is a number or (sx, sy)."""
