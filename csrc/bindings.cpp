@@ -138,7 +138,7 @@ class MeanFieldModel {
       if ((*src)->ndim() != 1 || (*src)->shape(0) != n_) throw std::invalid_argument("scales must be (N,)");
       dst->assign((*src)->data(), (*src)->data() + n_);
     }
-    const int64_t padded = (labels_ + 7) / 8 * 8;
+    const int64_t padded = segpost::padded_labels(labels_);
     if (kind == 1) {
       if (!compat || compat->ndim() != 1 || compat->shape(0) != labels_)
         throw std::invalid_argument("diagonal compatibility must be (L,)");

@@ -340,7 +340,7 @@ void emit_points(int64_t begin, int64_t end, const float* q_in, const float* una
 
 // Lays out the workspace: per term, two splat buffers.
 std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, Workspace& workspace) {
-  const int64_t stride = (labels + 7) / 8 * 8;
+  const int64_t stride = padded_labels(labels);
   workspace.resize(terms.size());
   std::vector<TermBuffers> out;
   for (std::size_t k = 0; k < terms.size(); ++k) {
@@ -359,7 +359,7 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
 
 // Zeroes every term's splat target before a scatter.
 void zero_targets(std::vector<TermBuffers>& terms, int64_t labels) {
-  for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, (labels + 7) / 8 * 8);
+  for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, padded_labels(labels));
 }
 
 // Tiles of the point loop on image-like grids: kTileRows rows by

@@ -33,7 +33,7 @@ def memory_limit_bytes() -> int:
 
 def check_memory(num_points: int, num_labels: int, feature_dims) -> None:
     """Raise MemoryError before allocating a CRF whose working set would exceed the limit."""
-    labels_padded = -(-num_labels // 8) * 8
+    labels_padded = padded_labels(num_labels)
     per_label_arrays = 4 + 2 * len(feature_dims)  # unary, q, q copy, messages; filtered + scratch per term
     estimate = num_points * labels_padded * 4 * per_label_arrays
     estimate += sum(num_points * (d + 1) * 8 + num_points * d * 8 for d in feature_dims)
@@ -277,8 +277,7 @@ class DenseCRF:
         an image, as in pydensecrf's ``DenseCRF2D``.
         """
         ndim = len(self.spatial_shape)
-        sigma = _per_axis(sigma, ndim, "sigma")
-        spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
+        sigma, spacing = self._axis_bandwidths(sigma, spacing)
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
@@ -330,12 +329,17 @@ class DenseCRF:
             raise ValueError(f"too many feature dimensions: {ndim} spatial + {c} channels")
         # One (N, ndim + C) array, written in place: positions, then colours.
         features = _C.pooled_empty(self.num_points, ndim + c)  # reused memory: no page faults
-        spacing = np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
-        self._grid_positions(_per_axis(sigma, ndim, "sigma"), spacing, out=features[:, :ndim])
+        self._grid_positions(*self._axis_bandwidths(sigma, spacing), out=features[:, :ndim])
         np.divide(colors.reshape(-1, c), sigma_color.astype(np.float32), out=features[:, ndim:], casting="unsafe")
         if colors.dtype.kind == "f":
             check_finite(features[:, ndim:], "image")
         self._add_lattice_term(features, kind, potts, compat_arr, kernel, normalization, "bilateral")
+
+    def _axis_bandwidths(self, sigma, spacing):
+        """(sigma, spacing) as one checked value per spatial axis; spacing defaults to 1."""
+        ndim = len(self.spatial_shape)
+        sigma = _per_axis(sigma, ndim, "sigma")
+        return sigma, np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
 
     def _grid_positions(self, sigma, spacing, out=None):
         """(N, ndim) float32 grid positions in bandwidths, last axis first; sigma and spacing per axis."""
