@@ -48,7 +48,8 @@ py::array_t<T, py::array::c_style> pooled_array(const std::vector<py::ssize_t>& 
 }
 
 template <typename T>
-std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::array::c_style>& features) {
+std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::array::c_style>& features,
+                                                    int64_t row_length) {
   if (features.ndim() != 2)
     throw std::invalid_argument("features must be 2-D (N, d), got ndim=" +
                                 std::to_string(features.ndim()));
@@ -58,7 +59,7 @@ std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::arr
     throw std::invalid_argument("features dimension d out of range: " + std::to_string(d));
   const T* data = features.data();
   py::gil_scoped_release release;
-  return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d));
+  return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d), row_length);
 }
 
 FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values, bool transpose,
@@ -270,9 +271,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_memory_cache_limit", &segpost::set_pool_cache_limit, py::arg("bytes"));
   m.def("release_cached_memory", &segpost::pool_release_cached);
 
-  py::class_<PermutohedralLattice>(m, "PermutohedralLattice")
-      .def(py::init(&build_lattice<float>), py::arg("features"))
-      .def(py::init(&build_lattice<double>), py::arg("features"))
+  py::class_<PermutohedralLattice>(m, "PermutohedralLattice", py::module_local())
+      .def(py::init(&build_lattice<float>), py::arg("features"), py::arg("row_length") = 0)
+      .def(py::init(&build_lattice<double>), py::arg("features"), py::arg("row_length") = 0)
       .def("filter", &filter, py::arg("values"), py::arg("transpose") = false, py::arg("pre_scale") = py::none(),
            py::arg("post_scale") = py::none())
       .def("filter_ones",
@@ -292,7 +293,7 @@ PYBIND11_MODULE(_C, m) {
       .def("filter_scratch_bytes", &PermutohedralLattice::filter_scratch_bytes,
            py::arg("channels"));
 
-  py::class_<MeanFieldModel>(m, "MeanFieldModel")
+  py::class_<MeanFieldModel>(m, "MeanFieldModel", py::module_local())
       .def(py::init<int64_t, int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"),
            py::arg("row_length") = 0)
       .def("add_term", &MeanFieldModel::add_term, py::arg("lattice"), py::arg("pre_scale"), py::arg("post_scale"),

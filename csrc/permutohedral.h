@@ -3,16 +3,17 @@
 //
 // "Build once, filter many": construction hashes every simplex vertex once and
 // stores, per point, its d+1 vertex indices and barycentric weights (splat and
-// slice become a fixed sparse matrix) and, per vertex and lattice axis, its two
-// blur neighbours. Filtering then does no hashing at all.
+// slice become a fixed sparse matrix) and, per lattice axis, the vertices in
+// chains of blur neighbours. Filtering then does no hashing at all.
 //
-// Determinism: vertex ids follow the order of first occurrence in point order
-// (per-chunk tables merged in chunk order), and splatting scatters a fixed,
+// Determinism: vertex ids follow the order of first occurrence in visiting
+// order (point order, or tile order on grids; per-chunk tables merged in
+// chunk order), and splatting scatters a fixed,
 // thread-independent partition of the points into one buffer each, summed in
 // partition order. Results are bit-for-bit identical for any thread count.
 //
-// Vertex indices are stored shifted by +1 so that index 0 is an always-zero
-// row: a missing blur neighbour reads zeros and the blur is branch-free.
+// Vertex indices are stored shifted by +1: row 0 of every vertex buffer is a
+// spare row that nothing writes.
 //
 // This header is plain C++ (no Python, no torch) so that every binding and
 // every device shares it.
@@ -35,9 +36,13 @@ class PermutohedralLattice {
   // They are first translated towards zero by whole lattice periods (in
   // double precision), which leaves the filter unchanged. Throws
   // std::invalid_argument on bad sizes and std::overflow_error when the
-  // lattice keys would not fit in int32.
-  PermutohedralLattice(const double* features, int64_t num_points, int dim);
-  PermutohedralLattice(const float* features, int64_t num_points, int dim);
+  // lattice keys would not fit in int32. row_length > 0 says the points are
+  // a grid with rows of that many points (it must divide num_points): the
+  // vertices are then numbered in the tile order of tiles.h, the order the
+  // mean field sweeps, so a tile's vertex rows lie close together in memory.
+  // The numbering changes no result, only where rows live.
+  PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length = 0);
+  PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length = 0);
 
   // values, out: (num_points, channels) row-major float32; `out` may not alias
   // `values`. transpose=true applies the exact adjoint (blur axes reversed).
@@ -79,12 +84,13 @@ class PermutohedralLattice {
   void gather_partitions(float* buffer, int64_t blocks) const;
   // Zeroes `rows` rows of `stride` floats, in parallel.
   static void zero_rows(float* buffer, int64_t rows, int64_t stride);
-  // Blurs `current` along every lattice axis using `next` as scratch; returns
-  // the buffer that holds the result (one of the two). Row 0 of both must be zero.
-  float* blur(float* current, float* next, int64_t blocks, bool transpose) const;
+  // Blurs `buffer` (rows of blocks*8 floats, row 0 zero) along every
+  // lattice axis, in place.
+  void blur(float* buffer, int64_t blocks, bool transpose) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }
+  int64_t row_length() const { return row_length_; }
   int64_t num_vertices() const { return num_vertices_; }
   // Bytes held by the lattice (not counting the scratch of a filter call).
   std::size_t nbytes() const;
@@ -94,9 +100,14 @@ class PermutohedralLattice {
  private:
   template <typename T>
   void build(const T* features);
+  // Calls fn(chain, begin, end) in parallel on ranges of whole chains of
+  // axis `axis` that cover its chain array.
+  template <class F>
+  void for_chains(int axis, const F& fn) const;
 
   int64_t num_points_;
   int dim_;
+  int64_t row_length_;
   int64_t num_vertices_ = 0;
   // (num_points, dim+1): shifted vertex index and barycentric weight of each
   // corner of the point's enclosing simplex.
@@ -109,9 +120,13 @@ class PermutohedralLattice {
   // + 1 entries; the first is num_vertices + 1, the last splat_rows()).
   std::vector<std::vector<int32_t>> partition_vertices_;
   std::vector<int64_t> partition_offset_;
-  // (dim+1, num_vertices, 2): shifted indices of the two neighbours of each
-  // vertex along each lattice axis, 0 where the neighbour does not exist.
-  PooledVector<int32_t> blur_neighbour_;
+  // (dim+1, num_vertices): per lattice axis, every vertex (shifted index)
+  // once, in chains of neighbours along the axis (each vertex's upper
+  // neighbour follows it); a chain's first vertex is stored negated. The blur
+  // walks the chains and updates the buffer in place: one pass over one
+  // buffer per axis, where a lower/upper neighbour table needs a second
+  // buffer and reads every row again as a neighbour.
+  PooledVector<int32_t> blur_chain_;
   // Filter scratch kept between calls: fresh multi-megabyte buffers would
   // page-fault on every call, which costs more than the blur itself. A call
   // that finds it in use by another thread allocates its own.

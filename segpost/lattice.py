@@ -85,6 +85,20 @@ class PermutohedralLattice:
     """
 
     def __init__(self, features):
+        self._build(features, row_length=0)
+
+    @classmethod
+    def _for_grid(cls, features, row_length):
+        """A lattice over grid points in raster order, rows of `row_length` points.
+
+        Same filter, vertices numbered in the tile order the mean field sweeps
+        (so a tile's vertex rows lie together in memory).
+        """
+        lattice = cls.__new__(cls)
+        lattice._build(features, row_length=row_length)
+        return lattice
+
+    def _build(self, features, *, row_length):
         arr, self._from_torch = to_numpy(features, "features")
         check_float_dtype(arr, "features")
         if arr.ndim != 2:
@@ -102,7 +116,7 @@ class PermutohedralLattice:
         # The C++ side moves the features towards zero by whole lattice periods
         # (in float64, without touching this array) and checks the int32 key range exactly.
         try:
-            self._lattice = _C.PermutohedralLattice(np.ascontiguousarray(arr))
+            self._lattice = _C.PermutohedralLattice(np.ascontiguousarray(arr), row_length)
         except OverflowError:
             extent = float(np.max(arr.max(axis=0) - arr.min(axis=0)))
             raise ValueError(

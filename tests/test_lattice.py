@@ -366,3 +366,43 @@ def test_filter_ones_with_several_partitions():
     lattice = PermutohedralLattice(features)
     expected = lattice._lattice.filter(np.ones((len(features), 1), np.float32), False)[:, 0]
     np.testing.assert_allclose(lattice._lattice.filter_ones(), expected, rtol=1e-5)
+
+
+@given(
+    st.integers(1, 150),
+    st.integers(1, 150),
+    st.integers(1, 4),
+    st.floats(0.5, 20.0),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_grid_vertex_order_changes_no_result(height, width, channels, sigma, seed, transpose):
+    # A lattice for grid points numbers its vertices in tile order: the
+    # filter, normalised or adjoint, must be bit-for-bit the plain lattice's.
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    colors = rng.integers(0, 256, size=(height * width, 3))
+    features = np.column_stack([xx.ravel() / sigma, yy.ravel() / sigma, colors / 20.0]).astype(np.float32)
+    values = rng.normal(size=(height * width, channels)).astype(np.float32)
+    plain = PermutohedralLattice(features)
+    grid = PermutohedralLattice._for_grid(features, width)
+    assert grid.num_vertices == plain.num_vertices
+    np.testing.assert_array_equal(grid.filter(values, adjoint=transpose), plain.filter(values, adjoint=transpose))
+    np.testing.assert_array_equal(grid.filter(values, normalize=True), plain.filter(values, normalize=True))
+    np.testing.assert_array_equal(grid._lattice.filter_ones(), plain._lattice.filter_ones())
+
+
+def test_grid_vertex_order_over_several_partitions_and_tiles():
+    rng = np.random.default_rng(5)
+    height, width = 300, 257  # > 4 partitions, partial tiles at the right and bottom
+    yy, xx = np.mgrid[:height, :width]
+    features = np.column_stack([xx.ravel() / 9.0, yy.ravel() / 9.0, rng.uniform(0, 12, size=height * width)])
+    values = rng.normal(size=(height * width, 5)).astype(np.float32)
+    grid = PermutohedralLattice._for_grid(features, width)
+    np.testing.assert_array_equal(grid.filter(values), PermutohedralLattice(features).filter(values))
+
+
+@pytest.mark.parametrize("row_length", [-1, 7])
+def test_grid_row_length_must_divide_the_points(row_length):
+    with pytest.raises(ValueError, match="row_length"):
+        PermutohedralLattice._for_grid(np.zeros((30, 2)), row_length)

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../parallel.h"
+#include "../tiles.h"
 #include "simd.h"
 
 namespace segpost {
@@ -50,7 +51,7 @@ struct TermBuffers {
   float alpha;
   // Two splat buffers of lattice->splat_rows() rows: one receives the next
   // iteration's scatter while the other holds the blurred signal being
-  // sliced; the blur then uses the latter as scratch and the roles swap.
+  // sliced; then the former is blurred in place and the roles swap.
   float* buffer[2];
   int64_t rows;                // lattice->splat_rows()
   const float* blurred = nullptr;
@@ -208,6 +209,31 @@ struct Kernels {
     for (int64_t b = 0; b < acc.blocks; ++b) acc[b] *= inv;
   }
 
+  // softmax() of two rows at once, step by step. One row's softmax is a long
+  // chain of dependent instructions (maximum, exp, sum, division) that leaves
+  // the core mostly idle; interleaved in program order, two independent
+  // chains run side by side. Each row gets exactly softmax()'s arithmetic.
+  SEGPOST_INLINE static void softmax_pair(Row<B>& a, Row<B>& c) {
+    Block top_a = a[0], top_c = c[0];
+    for (int64_t b = 1; b < a.blocks; ++b) {
+      top_a = top_a > a[b] ? top_a : a[b];
+      top_c = top_c > c[b] ? top_c : c[b];
+    }
+    const Block peak_a = simd::reduce_max(top_a), peak_c = simd::reduce_max(top_c);
+    Block total_a{}, total_c{};
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      a[b] = simd::exp_nonpositive(a[b] - peak_a);
+      c[b] = simd::exp_nonpositive(c[b] - peak_c);
+      total_a += a[b];
+      total_c += c[b];
+    }
+    const Block inv_a = 1.0f / simd::reduce_sum(total_a), inv_c = 1.0f / simd::reduce_sum(total_c);
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      a[b] *= inv_a;
+      c[b] *= inv_c;
+    }
+  }
+
   // Lanes of block b that hold real labels.
   SEGPOST_INLINE static simd::IntBlock lane_mask(int64_t b, int64_t labels) {
     const simd::IntBlock lane = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -261,8 +287,28 @@ struct Kernels {
   SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
                           int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
                           int64_t* labels_out) {
-    Row<B> acc(blocks), msg(blocks);
-    for (int64_t p = begin; p < end; ++p) {
+    Row<B> acc(blocks), next(blocks), msg(blocks);
+    int64_t p = begin;
+    // Two points per step, so that their softmax chains overlap (softmax_pair).
+    // Each vertex row still receives point p's scatter before point p + 1's:
+    // the sums, hence the results, are those of one point at a time.
+    for (; p + 1 < end; p += 2) {
+      load_negated(acc, unary + p * blocks * 8, labels);
+      load_negated(next, unary + (p + 1) * blocks * 8, labels);
+      for (const TermBuffers& t : terms) {
+        add_message(t, p, msg, acc, labels);
+        add_message(t, p + 1, msg, next, labels);
+      }
+      softmax_pair(acc, next);
+      if (scatter_next)
+        for (const TermBuffers& t : terms) {
+          scatter(t, p, acc, t.target);
+          scatter(t, p + 1, next, t.target);
+        }
+      emit(acc, p, labels, q_out, labels_out);
+      emit(next, p + 1, labels, q_out, labels_out);
+    }
+    for (; p < end; ++p) {
       load_negated(acc, unary + p * blocks * 8, labels);
       for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
       softmax(acc);
@@ -351,7 +397,6 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
     TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {memory.data(), memory.data() + floats},
                   lattice->splat_rows()};
     t.target = t.buffer[0];
-    std::fill(t.buffer[1], t.buffer[1] + stride, 0.0f);  // row 0 reads as a missing neighbour
     out.push_back(t);
   }
   return out;
@@ -360,32 +405,6 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
 // Zeroes every term's splat target before a scatter.
 void zero_targets(std::vector<TermBuffers>& terms, int64_t labels) {
   for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, padded_labels(labels));
-}
-
-// Tiles of the point loop on image-like grids: kTileRows rows by
-// kTileColumns columns.
-constexpr int64_t kTileRows = 64;
-constexpr int64_t kTileColumns = 64;
-
-// Calls fn(begin, end) on runs of consecutive points covering [begin, end),
-// tile by tile when the points are a grid with rows of `row_length` points
-// (0: no grid, one run). A tile's points are near each other in the image,
-// so they share lattice vertices, and the vertex rows they touch stay in
-// cache; rows scanned whole would cycle through far more vertices.
-template <class F>
-void for_tiles(int64_t begin, int64_t end, int64_t row_length, const F& fn) {
-  if (row_length <= kTileColumns) return fn(begin, end);
-  const int64_t first_row = begin / row_length, last_row = (end - 1) / row_length;
-  for (int64_t band = first_row; band <= last_row; band += kTileRows) {
-    const int64_t band_end = std::min(band + kTileRows, last_row + 1);
-    for (int64_t x = 0; x < row_length; x += kTileColumns) {
-      for (int64_t row = band; row < band_end; ++row) {
-        const int64_t run_begin = std::max(begin, row * row_length + x);
-        const int64_t run_end = std::min(end, row * row_length + std::min(x + kTileColumns, row_length));
-        if (run_begin < run_end) fn(run_begin, run_end);
-      }
-    }
-  }
 }
 
 // Runs fn(begin, end) over every splat partition's points, in
@@ -402,16 +421,15 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
   });
 }
 
-// Gathers each term's scatter target and blurs it, with the buffer blurred
-// last time as scratch; the buffer not holding the result is the next target.
+// Gathers each term's scatter target and blurs it in place: it becomes the
+// buffer sliced, and the buffer sliced last time becomes the next target.
 void gather_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
   const int64_t blocks = (labels + 7) / 8;
   for (TermBuffers& t : terms) {
-    float* other = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
     t.lattice->gather_partitions(t.target, blocks);
-    float* result = t.lattice->blur(t.target, other, blocks, false);
-    t.blurred = result;
-    t.target = result == t.buffer[0] ? t.buffer[1] : t.buffer[0];
+    t.lattice->blur(t.target, blocks, false);
+    t.blurred = t.target;
+    t.target = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "../parallel.h"
 #include "../simplex.h"
+#include "../tiles.h"
 #include "simd.h"
 
 
@@ -156,17 +157,45 @@ void add_partition_rows(int64_t begin, int64_t end, int64_t blocks, const int32_
   }
 }
 
+// First entry at or after i of a chain array (n entries): a chain's start.
+int64_t chain_start(const int32_t* chain, int64_t i, int64_t n) {
+  while (i < n && chain[i] > 0) ++i;
+  return i;
+}
+
+// In-place [1/2, 1, 1/2] blur of the chains in entries [begin, end) of one
+// axis's chain array (begin and end are chain starts): each vertex row
+// becomes self + (lower + upper) / 2 of the old values, missing neighbours
+// zero. The old values of the previous and current vertex ride along in
+// registers, so every row is read once and written once.
 SEGPOST_MULTIVERSION
-void blur_vertices(int64_t begin, int64_t end, int64_t blocks, const int32_t* neighbour, const float* current,
-                   float* next) {
+void blur_chains(int64_t begin, int64_t end, int64_t blocks, const int32_t* chain, float* buffer) {
+  constexpr int64_t kAhead = 12;
+  Block lower[kMaxStackChannels / 8], self[kMaxStackChannels / 8];
   const int64_t stride = blocks * 8;
-  for (int64_t v = begin; v < end; ++v) {
-    const float* self = current + (v + 1) * stride;
-    const float* lo = current + static_cast<int64_t>(neighbour[2 * v]) * stride;
-    const float* hi = current + static_cast<int64_t>(neighbour[2 * v + 1]) * stride;
-    float* dst = next + (v + 1) * stride;
-    for (int64_t b = 0; b < blocks; ++b)
-      store(dst + 8 * b, load(self + 8 * b) + 0.5f * (load(lo + 8 * b) + load(hi + 8 * b)));
+  for (int64_t i = begin; i < end;) {
+    float* row = buffer + static_cast<int64_t>(-chain[i]) * stride;
+    for (int64_t b = 0; b < blocks; ++b) lower[b] = Block{}, self[b] = load(row + 8 * b);
+    for (;;) {
+      const bool has_upper = ++i < end && chain[i] > 0;
+      if (!has_upper) {
+        for (int64_t b = 0; b < blocks; ++b) store(row + 8 * b, self[b] + 0.5f * (lower[b] + Block{}));
+        break;
+      }
+      float* upper_row = buffer + static_cast<int64_t>(chain[i]) * stride;
+      if (i + kAhead < end) {
+        const float* ahead = buffer + static_cast<int64_t>(std::abs(chain[i + kAhead])) * stride;
+        for (int64_t k = 0; k < stride; k += 16) __builtin_prefetch(ahead + k, 1);
+        __builtin_prefetch(ahead + stride - 1, 1);
+      }
+      for (int64_t b = 0; b < blocks; ++b) {
+        const Block upper = load(upper_row + 8 * b);
+        store(row + 8 * b, self[b] + 0.5f * (lower[b] + upper));
+        lower[b] = self[b];
+        self[b] = upper;
+      }
+      row = upper_row;
+    }
   }
 }
 
@@ -197,13 +226,13 @@ void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
 
 }  // namespace
 
-PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim)
-    : num_points_(num_points), dim_(dim) {
+PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length)
+    : num_points_(num_points), dim_(dim), row_length_(row_length) {
   build(features);
 }
 
-PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim)
-    : num_points_(num_points), dim_(dim) {
+PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length)
+    : num_points_(num_points), dim_(dim), row_length_(row_length) {
   build(features);
 }
 
@@ -218,6 +247,25 @@ void PermutohedralLattice::build(const T* features) {
   const int d1 = d + 1;
   if (num_points > (std::numeric_limits<int32_t>::max() - 1) / d1)
     throw std::length_error("permutohedral lattice: num_points * (dim + 1) must fit in int32");
+
+  if (row_length_ < 0 || (row_length_ > 0 && num_points % row_length_ != 0))
+    throw std::invalid_argument("permutohedral lattice: row_length must divide the number of points (0: no grid)");
+  // The partition count depends on the number of points only.
+  const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
+  partition_vertices_.assign(partitions, {});  // partition_begin/end need the count
+
+  // Visiting order: the mean field's (tiles within each partition) on grids.
+  // Vertex ids follow first occurrence in this order.
+  PooledVector<int32_t> order;
+  if (row_length_ > kTileColumns) {
+    order.resize(num_points);
+    int32_t* next = order.data();
+    for (int64_t b = 0; b < partitions; ++b)
+      for_tiles(partition_begin(b), partition_end(b), row_length_, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) *next++ = static_cast<int32_t>(p);
+      });
+  }
+  const int32_t* visit = order.empty() ? nullptr : order.data();
 
   const std::vector<Range> chunks = split_range(num_points, kPointGrain);
   const std::size_t num_chunks = chunks.size();
@@ -267,7 +315,9 @@ void PermutohedralLattice::build(const T* features) {
     int32_t previous_rem0[kMaxDim + 1], previous_rank[kMaxDim + 1];
     int32_t key[kMaxDim];
     bool have_previous = false;
-    for (int64_t p = begin; p < end; ++p) {
+    const int32_t* previous_vertex = nullptr;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t p = visit ? visit[i] : i;
       const T* f = features + p * d;
       for (int i = 0; i < d; ++i) position[i] = (static_cast<double>(f[i]) - origin[i]) * scale[i];
       float* weight = corner_weight_.data() + p * d1;
@@ -284,14 +334,16 @@ void PermutohedralLattice::build(const T* features) {
       bool same = have_previous;
       for (int i = 0; same && i <= d; ++i) same = rem0[i] == previous_rem0[i] && rank[i] == previous_rank[i];
       if (same) {
-        for (int r = 0; r <= d; ++r) vertex[r] = vertex[r - d1];
+        for (int r = 0; r <= d; ++r) vertex[r] = previous_vertex[r];
+        previous_vertex = vertex;
         continue;
       }
       for (int r = 0; r <= d; ++r) {
         vertex_key(rem0, rank, d, r, key);
         vertex[r] = table.insert(key);
       }
-      for (int i = 0; i <= d; ++i) previous_rem0[i] = rem0[i], previous_rank[i] = rank[i];
+      for (int k = 0; k <= d; ++k) previous_rem0[k] = rem0[k], previous_rank[k] = rank[k];
+      previous_vertex = vertex;
       have_previous = true;
     }
   });
@@ -311,8 +363,10 @@ void PermutohedralLattice::build(const T* features) {
   local_tables.clear();
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     const int32_t* map = to_global[chunk].data();
-    for (std::size_t c = begin * d1; c < static_cast<std::size_t>(end) * d1; ++c)
-      corner_vertex_[c] = map[corner_vertex_[c]];
+    for (int64_t i = begin; i < end; ++i) {
+      int32_t* vertex = corner_vertex_.data() + (visit ? visit[i] : i) * d1;
+      for (int r = 0; r <= d; ++r) vertex[r] = map[vertex[r]];
+    }
   });
   num_vertices_ = table.size();
   const int64_t m = num_vertices_;
@@ -322,17 +376,34 @@ void PermutohedralLattice::build(const T* features) {
   // v = hi(u) (a lattice translation), so v is also recorded as u's upper
   // neighbour. The translation is one-to-one, so no two vertices write the
   // same slot.
-  blur_neighbour_.assign(static_cast<std::size_t>(d1) * m * 2, 0);
+  PooledVector<int32_t> neighbour(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     int32_t lo[kMaxDim], hi[kMaxDim];
     for (int64_t v = begin; v < end; ++v) {
       const int32_t* key = table.key(v);
       for (int axis = 0; axis <= d; ++axis) {
         neighbour_keys(key, d, axis, lo, hi);
-        int32_t* axis_rows = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
+        int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
         const int32_t u = table.find(lo);
         axis_rows[2 * v] = u + 1;
         if (u >= 0) axis_rows[2 * static_cast<int64_t>(u) + 1] = static_cast<int32_t>(v + 1);
+      }
+    }
+  });
+
+  // Blur chains: per axis, from each vertex without a lower neighbour, up
+  // through the upper neighbours. Every vertex lies on exactly one chain
+  // (lattice translations are one-to-one and never cycle); chains follow
+  // the order of their first vertices, a function of the lattice alone.
+  blur_chain_.resize(static_cast<std::size_t>(d1) * m);
+  parallel_for(d1, 1, [&](int64_t first, int64_t last) {
+    for (int64_t axis = first; axis < last; ++axis) {
+      const int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
+      int32_t* chain = blur_chain_.data() + static_cast<std::size_t>(axis) * m;
+      for (int64_t v = 0; v < m; ++v) {
+        if (axis_rows[2 * v] != 0) continue;
+        *chain++ = -static_cast<int32_t>(v + 1);
+        for (int32_t u = axis_rows[2 * v + 1]; u != 0; u = axis_rows[2 * static_cast<int64_t>(u - 1) + 1]) *chain++ = u;
       }
     }
   });
@@ -342,8 +413,6 @@ void PermutohedralLattice::build(const T* features) {
   // the splat buffer directly. Each other partition touching it gets a
   // private row after the vertex rows, added in partition order by
   // gather_partitions. Only vertices near partition boundaries are shared.
-  const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
-  partition_vertices_.assign(partitions, {});  // partition_begin/end need the count
   std::vector<std::vector<int32_t>> touched(partitions);  // first-occurrence order
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     std::vector<char> seen(m + 1, 0);
@@ -404,22 +473,18 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
   }
   const int d = dim_;
   const int d1 = d + 1;
-  const int64_t m = num_vertices_;
   const int64_t c = channels;
   const int64_t blocks = (c + 7) / 8;
   const int64_t stride = blocks * 8;
-  const std::size_t rows = static_cast<std::size_t>(m + 1) * stride;
 
   // Scratch: the splat buffer (vertex rows, then the partitions' private
-  // rows) and a second vertex buffer for the blur. Row 0 of both stays zero:
-  // it is what missing neighbours read.
+  // rows), blurred in place.
   const std::size_t splat_floats = static_cast<std::size_t>(splat_rows()) * stride;
   std::unique_lock<std::mutex> lock(scratch_mutex_, std::try_to_lock);
   PooledVector<float> own_scratch;
   PooledVector<float>& scratch = lock.owns_lock() ? scratch_ : own_scratch;
-  if (scratch.size() < splat_floats + rows) scratch.resize(splat_floats + rows);
+  if (scratch.size() < splat_floats) scratch.resize(splat_floats);
   float* current = scratch.data();
-  float* next = current + splat_floats;
   zero_rows(current, splat_rows(), stride);
   const int64_t partitions = num_partitions();
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
@@ -428,8 +493,8 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
                    values, pre_scale, current);
   });
   gather_partitions(current, blocks);
-  std::fill(next, next + stride, 0.0f);
-  const float* result = blur(current, next, blocks, transpose);
+  blur(current, blocks, transpose);
+  const float* result = current;
 
   // Slice: barycentric interpolation, scaled by the lattice's constant.
   const float scale = alpha();
@@ -441,12 +506,11 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
 
 void PermutohedralLattice::filter_ones(float* out) const {
   const int d1 = dim_ + 1;
-  const int64_t m = num_vertices_;
   const int64_t partitions = num_partitions();
   // Splat: each partition adds its corners' weights into the splat buffer
   // (its own vertices' rows and its private rows), then the private rows are
   // gathered in partition order, as for wide rows.
-  std::vector<float> current(splat_rows(), 0.0f), next(m + 1, 0.0f);
+  std::vector<float> current(splat_rows(), 0.0f);
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b)
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
@@ -457,12 +521,20 @@ void PermutohedralLattice::filter_ones(float* out) const {
     for (int64_t i = 0; i < partition_rows(b); ++i) current[rows[i]] += current[partition_offset_[b] + i];
   }
   for (int axis = 0; axis <= dim_; ++axis) {
-    const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
-    parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t v = begin; v < end; ++v)
-        next[v + 1] = current[v + 1] + 0.5f * (current[neighbour[2 * v]] + current[neighbour[2 * v + 1]]);
+    for_chains(axis, [&](const int32_t* chain, int64_t begin, int64_t end) {
+      // blur_chains for one float per row.
+      for (int64_t i = begin; i < end;) {
+        int32_t v = -chain[i];
+        float lower = 0.0f, self = current[v];
+        for (;;) {
+          const bool has_upper = ++i < end && chain[i] > 0;
+          const float upper = has_upper ? current[chain[i]] : 0.0f;
+          current[v] = self + 0.5f * (lower + upper);
+          if (!has_upper) break;
+          lower = self, self = upper, v = chain[i];
+        }
+      }
     });
-    current.swap(next);
   }
   const float scale = alpha();
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
@@ -495,32 +567,38 @@ void PermutohedralLattice::zero_rows(float* buffer, int64_t rows, int64_t stride
   });
 }
 
-float* PermutohedralLattice::blur(float* current, float* next, int64_t blocks, bool transpose) const {
-  const int d = dim_;
+template <class F>
+void PermutohedralLattice::for_chains(int axis, const F& fn) const {
+  // Threads take ranges of entries moved forward to chain starts, so every
+  // chain is one thread's; no vertex's arithmetic depends on the split.
   const int64_t m = num_vertices_;
+  const int32_t* chain = blur_chain_.data() + static_cast<std::size_t>(axis) * m;
+  parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
+    const int64_t first = chain_start(chain, begin, m), last = chain_start(chain, end, m);
+    if (first < last) fn(chain, first, last);
+  });
+}
+
+void PermutohedralLattice::blur(float* buffer, int64_t blocks, bool transpose) const {
   // [1/2, 1, 1/2] along each lattice axis; reversed order is the adjoint.
-  for (int step = 0; step <= d; ++step) {
-    const int axis = transpose ? d - step : step;
-    const int32_t* neighbour = blur_neighbour_.data() + static_cast<std::size_t>(axis) * m * 2;
-    parallel_for(m, kVertexGrain,
-                 [&](int64_t begin, int64_t end) { blur_vertices(begin, end, blocks, neighbour, current, next); });
-    std::swap(current, next);
+  for (int step = 0; step <= dim_; ++step) {
+    for_chains(transpose ? dim_ - step : step, [&](const int32_t* chain, int64_t begin, int64_t end) {
+      blur_chains(begin, end, blocks, chain, buffer);
+    });
   }
-  return current;
 }
 
 std::size_t PermutohedralLattice::nbytes() const {
   std::size_t partition_bytes = 0;
   for (const auto& rows : partition_vertices_) partition_bytes += rows.size() * sizeof(int32_t);
   return corner_vertex_.size() * sizeof(int32_t) + corner_local_.size() * sizeof(int32_t) +
-         corner_weight_.size() * sizeof(float) + blur_neighbour_.size() * sizeof(int32_t) + partition_bytes;
+         corner_weight_.size() * sizeof(float) + blur_chain_.size() * sizeof(int32_t) + partition_bytes;
 }
 
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
   const int64_t c = std::min(channels, kMaxStackChannels);
   const int64_t stride = (c + 7) / 8 * 8;
-  const std::size_t rows = static_cast<std::size_t>(splat_rows()) + static_cast<std::size_t>(num_vertices_ + 1);
-  std::size_t bytes = rows * stride * sizeof(float);
+  std::size_t bytes = static_cast<std::size_t>(splat_rows()) * stride * sizeof(float);
   if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
   return bytes;
 }

@@ -216,8 +216,9 @@ class DenseCRF:
     def _set_unary(self, unary_points):
         self._replace_unary(unary_points)
         # Grids (images, volumes) are swept tile by tile along their last axis.
-        row_length = self.spatial_shape[-1] if len(self.spatial_shape) >= 2 else 0
-        self._model = _C.MeanFieldModel(self.num_points, self.num_labels, row_length)
+        # The lattices number their vertices in the same tile order.
+        self._row_length = self.spatial_shape[-1] if len(self.spatial_shape) >= 2 else 0
+        self._model = _C.MeanFieldModel(self.num_points, self.num_labels, self._row_length)
         self._feature_dims = []
         self.pairwise_terms = []  # a description dict per term, for repr and inspection
 
@@ -359,9 +360,8 @@ class DenseCRF:
         lattice, ones = self._lattice_and_ones(features)
         self._add_lattice(lattice, ones, features.shape[1], kind, potts, compat_arr, kernel, normalization, label)
 
-    @staticmethod
-    def _lattice_and_ones(features):
-        lattice = PermutohedralLattice(features)
+    def _lattice_and_ones(self, features):
+        lattice = PermutohedralLattice._for_grid(features, self._row_length)
         ones = lattice._lattice.filter_ones().astype(np.float64)
         ones.flags.writeable = False  # may be shared through the grid cache
         return lattice, ones
