@@ -31,12 +31,26 @@ def main(out_path, mode):
         if mode == "evaluate":
             # The "pipeline" returns the image itself as labels; each rank takes its own shard.
             result = evaluate(lambda image: image, evaluation_dataset(), num_classes=5, progress=False, per_image=True)
+        elif mode == "sync_twice":
+            metrics = SegMetrics(5, ignore_index=255, per_image=True)
+            metrics.update(*rank_data(rank))
+            first = metrics.sync().compute().to_dict()
+            second = metrics.sync().compute().to_dict()  # the local counts summed again, not the sums
+            try:
+                metrics.update(*rank_data(rank))
+                update_while_synced = "accepted"
+            except RuntimeError:
+                update_while_synced = "raised"
+            local = metrics.unsync().compute().to_dict()
+            metrics.update(*rank_data(rank))  # allowed again after unsync
+            result = {"first": first, "second": second, "local": local, "update_while_synced": update_while_synced,
+                      "after_unsync_images": metrics.num_images}
         else:
             metrics = SegMetrics(5, ignore_index=255, per_image=True)
             metrics.update(*rank_data(rank))
             result = metrics.sync().compute()
         with open(out_path, "w") as f:
-            json.dump(result.to_dict(), f)
+            json.dump(result if isinstance(result, dict) else result.to_dict(), f)
     finally:
         dist.destroy_process_group()
 

@@ -292,3 +292,26 @@ def test_smoothness_lattices_are_reused_across_images_of_one_size():
         DenseCRF(rng.normal(size=(3, 40, 50)).astype(np.float32)).add_gaussian(sigma)
     assert len(model._grid_lattices._entries) == model._grid_lattices.max_entries
     model._grid_lattices.clear()
+
+
+@pytest.mark.parametrize("extra", [3, 11, 44, 129])
+@pytest.mark.parametrize("real_first", [True, False])
+def test_wide_label_sets_agree_with_the_labels_that_carry_mass(extra, real_first):
+    # Labels with an overwhelming unary have Q = 0 exactly, so they send no
+    # messages: the 21 real labels' marginals must be those of the 21-label
+    # CRF, wherever they sit in the row. Crosses the kernels' label blocks
+    # (24, 32, 72, 152 lanes) up to the generic wide-row path, in the mean
+    # field and the blur (real labels last: they fill the highest blocks).
+    image = data.astronaut()[100:164, 150:250]
+    unary = np.random.default_rng(1).normal(scale=2.0, size=(21, 64, 100)).astype(np.float32)
+    dead = np.full((extra, 64, 100), 1e4, np.float32)
+    wide = np.concatenate([unary, dead] if real_first else [dead, unary])
+    results = []
+    for u in (unary, wide):
+        crf = DenseCRF(u)
+        crf.add_gaussian(3.0, compat=3.0)
+        crf.add_bilateral(image, 20.0, 13.0, compat=10.0)
+        results.append(crf.inference(5))
+    real = slice(0, 21) if real_first else slice(extra, extra + 21)
+    np.testing.assert_allclose(results[1][real], results[0], rtol=0, atol=1e-6)
+    assert np.all(np.delete(results[1], np.arange(real.start, real.stop), axis=0) == 0)

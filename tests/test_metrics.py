@@ -310,3 +310,33 @@ def test_distributed_sync_with_two_gloo_processes(tmp_path):
         assert np.array_equal(res["confusion"], expected.confusion.tolist())
         assert res["miou"] == pytest.approx(expected.miou)
         assert res["per_image_miou"] == pytest.approx(expected.per_image_miou)
+
+
+def test_distributed_sync_twice_never_double_counts(tmp_path):
+    pytest.importorskip("torch")
+    results = _run_two_ranks(tmp_path, "sync_twice")
+    from distributed_worker import rank_data
+
+    whole = SegMetrics(5, ignore_index=255, per_image=True)
+    for r in range(2):
+        whole.update(*rank_data(r))
+    for rank, res in enumerate(results):
+        own = SegMetrics(5, ignore_index=255, per_image=True)
+        own.update(*rank_data(rank))
+        for synced in (res["first"], res["second"]):
+            assert synced["confusion"] == whole.confusion.tolist()
+            assert synced["num_images"] == whole.num_images == 4
+            assert synced["per_image_miou"] == pytest.approx(whole.compute().per_image_miou)
+        assert res["update_while_synced"] == "raised"
+        assert res["local"]["confusion"] == own.confusion.tolist()
+        assert res["after_unsync_images"] == 4  # own 2 images, then 2 more
+
+
+def test_unsync_without_sync_is_a_no_op_and_sync_without_a_group_changes_nothing():
+    metrics = SegMetrics(3, per_image=True)
+    target = np.arange(12).reshape(3, 4) % 3
+    metrics.update(target, target)
+    before = metrics.state_dict()
+    metrics.sync().unsync()
+    metrics.update(target, target)  # still allowed: nothing was synced
+    assert metrics.num_images == 2 and int(metrics.confusion.sum()) == 2 * int(before["confusion"].sum())

@@ -167,34 +167,41 @@ int64_t chain_start(const int32_t* chain, int64_t i, int64_t n) {
 // axis's chain array (begin and end are chain starts): each vertex row
 // becomes self + (lower + upper) / 2 of the old values, missing neighbours
 // zero. The old values of the previous and current vertex ride along in
-// registers, so every row is read once and written once.
+// registers, so every row is read once and written once. Rows wider than
+// kGroup blocks (the mean field's, with many labels) go through kGroup
+// blocks at a time.
 SEGPOST_MULTIVERSION
 void blur_chains(int64_t begin, int64_t end, int64_t blocks, const int32_t* chain, float* buffer) {
-  constexpr int64_t kAhead = 12;
-  Block lower[kMaxStackChannels / 8], self[kMaxStackChannels / 8];
+  constexpr int64_t kGroup = kMaxStackChannels / 8;
+  constexpr int64_t kAhead = 12;  // rows prefetched ahead: chain order is random in memory
+  Block lower[kGroup], self[kGroup];
   const int64_t stride = blocks * 8;
-  for (int64_t i = begin; i < end;) {
-    float* row = buffer + static_cast<int64_t>(-chain[i]) * stride;
-    for (int64_t b = 0; b < blocks; ++b) lower[b] = Block{}, self[b] = load(row + 8 * b);
-    for (;;) {
-      const bool has_upper = ++i < end && chain[i] > 0;
-      if (!has_upper) {
-        for (int64_t b = 0; b < blocks; ++b) store(row + 8 * b, self[b] + 0.5f * (lower[b] + Block{}));
-        break;
+  for (int64_t first = 0; first < blocks; first += kGroup) {
+    const int64_t width = std::min(kGroup, blocks - first);
+    float* column = buffer + 8 * first;
+    for (int64_t i = begin; i < end;) {
+      float* row = column + static_cast<int64_t>(-chain[i]) * stride;
+      for (int64_t b = 0; b < width; ++b) lower[b] = Block{}, self[b] = load(row + 8 * b);
+      for (;;) {
+        const bool has_upper = ++i < end && chain[i] > 0;
+        if (!has_upper) {
+          for (int64_t b = 0; b < width; ++b) store(row + 8 * b, self[b] + 0.5f * (lower[b] + Block{}));
+          break;
+        }
+        float* upper_row = column + static_cast<int64_t>(chain[i]) * stride;
+        if (i + kAhead < end) {
+          const float* ahead = column + static_cast<int64_t>(std::abs(chain[i + kAhead])) * stride;
+          for (int64_t k = 0; k < 8 * width; k += 16) __builtin_prefetch(ahead + k, 1);
+          __builtin_prefetch(ahead + 8 * width - 1, 1);
+        }
+        for (int64_t b = 0; b < width; ++b) {
+          const Block upper = load(upper_row + 8 * b);
+          store(row + 8 * b, self[b] + 0.5f * (lower[b] + upper));
+          lower[b] = self[b];
+          self[b] = upper;
+        }
+        row = upper_row;
       }
-      float* upper_row = buffer + static_cast<int64_t>(chain[i]) * stride;
-      if (i + kAhead < end) {
-        const float* ahead = buffer + static_cast<int64_t>(std::abs(chain[i + kAhead])) * stride;
-        for (int64_t k = 0; k < stride; k += 16) __builtin_prefetch(ahead + k, 1);
-        __builtin_prefetch(ahead + stride - 1, 1);
-      }
-      for (int64_t b = 0; b < blocks; ++b) {
-        const Block upper = load(upper_row + 8 * b);
-        store(row + 8 * b, self[b] + 0.5f * (lower[b] + upper));
-        lower[b] = self[b];
-        self[b] = upper;
-      }
-      row = upper_row;
     }
   }
 }

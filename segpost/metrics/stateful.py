@@ -168,14 +168,21 @@ class SegMetrics:
         self.reset()
 
     def reset(self):
-        """Forget everything counted so far."""
+        """Forget everything counted so far (and any synced sums)."""
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.num_invalid = 0
         self.per_image_sum = 0.0
         self.num_images = 0
+        self._local_state = None  # this process's own counts while the state holds synced sums
+
+    def _check_not_synced(self, action):
+        if self._local_state is not None:
+            raise RuntimeError(f"cannot {action} while the state holds the sums over processes from sync(); "
+                               f"call unsync() first to get this process's own counts back")
 
     def update(self, pred, target):
         """Count one image or a batch: labels, or scores with a class axis (see confusion_matrix)."""
+        self._check_not_synced("update")
         pred, target = prepare_labels(pred, target)
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
         self.confusion += _to_numpy(cm)
@@ -203,6 +210,7 @@ class SegMetrics:
             raise ValueError("can only merge a SegMetrics with the same num_classes")
         if other.ignore_index != self.ignore_index:
             raise ValueError(f"cannot merge metrics with different ignore_index ({self.ignore_index} vs {other.ignore_index})")
+        self._check_not_synced("merge")
         self.confusion += other.confusion
         self.num_invalid += other.num_invalid
         self.per_image_sum += other.per_image_sum
@@ -215,6 +223,7 @@ class SegMetrics:
                 "num_classes": self.num_classes}
 
     def load_state_dict(self, state: dict):
+        self._check_not_synced("load a state")
         confusion = np.asarray(state["confusion"], np.int64)
         if confusion.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"state has a {confusion.shape} matrix, expected {(self.num_classes,) * 2}")
@@ -225,12 +234,23 @@ class SegMetrics:
         return self
 
     def sync(self, group=None):
-        """Sum the state over all torch.distributed processes: one all_reduce of the matrix (works with gloo)."""
+        """Sum the state over all torch.distributed processes: one all_reduce of the matrix (works with gloo).
+
+        The state then holds the sums (for ``compute``); this process's own
+        counts are kept aside, so a second ``sync`` sums them again instead of
+        summing the sums, and ``unsync`` brings them back. ``update``,
+        ``merge`` and ``load_state_dict`` raise while synced: they would mix a
+        process's counts into everybody's. Without torch.distributed, or
+        outside a process group, it does nothing.
+        """
         import torch
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        if self._local_state is not None:
+            self.unsync()
+        local = self.state_dict()
         k = self.num_classes
         flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images]]).astype(np.int64)
         packed = torch.from_numpy(flat)
@@ -245,6 +265,14 @@ class SegMetrics:
         self.confusion = packed[: k * k].reshape(k, k).copy()
         self.num_invalid, self.num_images = int(packed[k * k]), int(packed[k * k + 1])
         self.per_image_sum = float(extra.cpu()[0])
+        self._local_state = local
+        return self
+
+    def unsync(self):
+        """Put back this process's own counts after ``sync`` (a no-op when not synced)."""
+        if self._local_state is not None:
+            local, self._local_state = self._local_state, None
+            self.load_state_dict(local)
         return self
 
 
