@@ -25,6 +25,8 @@ namespace {
 using simd::Block;
 
 constexpr int64_t kPointGrain = 2048;
+// Unary rows prefetched ahead of the update.
+constexpr int64_t kUnaryAhead = 16;
 
 // Block b of a row of `labels` floats; the last, partial block is zero-padded.
 __attribute__((always_inline)) inline Block load_labels(const float* row, int64_t b, int64_t labels) {
@@ -293,6 +295,10 @@ struct Kernels {
     // Each vertex row still receives point p's scatter before point p + 1's:
     // the sums, hence the results, are those of one point at a time.
     for (; p + 1 < end; p += 2) {
+      // The unary is streamed in runs of a tile's row: prefetch ahead, as
+      // the hardware prefetcher loses the stream at every run.
+      const char* ahead = reinterpret_cast<const char*>(unary + (p + kUnaryAhead) * blocks * 8);
+      for (int64_t k = 0; k < 2 * blocks * 32; k += 64) __builtin_prefetch(ahead + k);
       load_negated(acc, unary + p * blocks * 8, labels);
       load_negated(next, unary + (p + 1) * blocks * 8, labels);
       for (const TermBuffers& t : terms) {

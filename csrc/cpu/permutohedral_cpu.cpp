@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -33,8 +35,36 @@ constexpr int64_t kPartitionPoints = 16384;
 // register) that fit on the stack.
 constexpr int64_t kMaxStackChannels = 64;
 
+// Keys are hashed in two steps: a linear form lin(key) = sum_i C_i key_i
+// (mod 2^64, C_i fixed odd constants), then MurmurHash3's finaliser for the
+// slot. Being linear, lin() follows a key's moves: the d+1 vertices of a
+// simplex and a vertex's blur neighbours differ by fixed steps, so their
+// hashes are updated in O(1) instead of rehashing d coordinates.
+struct KeyHash {
+  static constexpr uint64_t coefficient(int i) {
+    uint64_t z = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1);  // splitmix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (z ^ (z >> 31)) | 1u;
+  }
+  static uint64_t linear(const int32_t* key, int d) {
+    uint64_t h = 0;
+    for (int i = 0; i < d; ++i) h += coefficient(i) * static_cast<uint64_t>(static_cast<int64_t>(key[i]));
+    return h;
+  }
+  static uint64_t slot(uint64_t linear) {
+    linear ^= linear >> 33;
+    linear *= 0xFF51AFD7ED558CCDull;
+    linear ^= linear >> 33;
+    linear *= 0xC4CEB9FE1A85EC53ull;
+    linear ^= linear >> 33;
+    return linear;
+  }
+};
+
 // Open-addressing hash table from d-dimensional integer keys (the last lattice
 // coordinate is implied by the zero sum) to dense ids in insertion order.
+// Callers pass each key's KeyHash::linear value along with it.
 class KeyTable {
  public:
   KeyTable(int key_size, int64_t expected) : key_size_(key_size) {
@@ -46,9 +76,9 @@ class KeyTable {
 
   int64_t size() const { return size_; }
 
-  int32_t insert(const int32_t* key) {
+  int32_t insert(const int32_t* key, uint64_t linear) {
     if (static_cast<std::size_t>(size_ + 1) * 2 > slots_.size()) grow();
-    std::size_t slot = hash(key) & mask_;
+    std::size_t slot = KeyHash::slot(linear) & mask_;
     for (;;) {
       const int32_t id = slots_[slot];
       if (id < 0) {
@@ -56,6 +86,7 @@ class KeyTable {
           throw std::length_error("permutohedral lattice: too many vertices for int32 indices");
         slots_[slot] = static_cast<int32_t>(size_);
         keys_.insert(keys_.end(), key, key + key_size_);
+        linears_.push_back(linear);
         return static_cast<int32_t>(size_++);
       }
       if (equal(id, key)) return id;
@@ -63,8 +94,8 @@ class KeyTable {
     }
   }
 
-  int32_t find(const int32_t* key) const {
-    std::size_t slot = hash(key) & mask_;
+  int32_t find(const int32_t* key, uint64_t linear) const {
+    std::size_t slot = KeyHash::slot(linear) & mask_;
     for (;;) {
       const int32_t id = slots_[slot];
       if (id < 0) return -1;
@@ -74,10 +105,17 @@ class KeyTable {
   }
 
   const int32_t* key(int64_t id) const { return keys_.data() + id * key_size_; }
+  uint64_t linear(int64_t id) const { return linears_[id]; }
+
+  // Empties the table, keeping its memory (and so its place in the cache).
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), -1);
+    keys_.clear();
+    linears_.clear();
+    size_ = 0;
+  }
 
  private:
-  std::size_t hash(const int32_t* key) const { return static_cast<std::size_t>(hash_key(key, key_size_)); }
-
   bool equal(int32_t id, const int32_t* key) const {
     const int32_t* stored = keys_.data() + static_cast<int64_t>(id) * key_size_;
     for (int i = 0; i < key_size_; ++i)
@@ -89,7 +127,7 @@ class KeyTable {
     PooledVector<int32_t> bigger(slots_.size() * 2, -1);
     const std::size_t mask = bigger.size() - 1;
     for (int64_t id = 0; id < size_; ++id) {
-      std::size_t slot = hash(key(id)) & mask;
+      std::size_t slot = KeyHash::slot(linears_[id]) & mask;
       while (bigger[slot] >= 0) slot = (slot + 1) & mask;
       bigger[slot] = static_cast<int32_t>(id);
     }
@@ -102,6 +140,7 @@ class KeyTable {
   std::size_t mask_ = 0;
   PooledVector<int32_t> slots_;
   PooledVector<int32_t> keys_;
+  PooledVector<uint64_t> linears_;
 };
 
 // ---------------------------------------------------------------- construction
@@ -308,14 +347,26 @@ void PermutohedralLattice::build(const T* features) {
   corner_vertex_.resize(corners);
 
   std::atomic<bool> overflow{false};
+  uint64_t coefficient_sum = 0;  // of KeyHash's coefficients: lin() of (1, .., 1)
+  for (int i = 0; i < d; ++i) coefficient_sum += KeyHash::coefficient(i);
 
   // Pass 1, parallel over point chunks: simplex, weights, and vertex keys
-  // hashed into a table per chunk (local ids in corner_vertex_ for now).
-  std::vector<KeyTable> local_tables;
-  local_tables.reserve(num_chunks);
-  for (const Range& r : chunks) local_tables.emplace_back(d, (r.end - r.begin) / 4 + 64);
+  // hashed into a table per chunk (local ids in corner_vertex_ for now). The
+  // tables are recycled from chunk to chunk, so each thread keeps hashing
+  // into memory that is already in its cache; each chunk's keys are copied
+  // out, in first-occurrence order, for the merge.
+  std::vector<std::vector<int32_t>> chunk_keys(num_chunks);
+  std::vector<std::vector<uint64_t>> chunk_linears(num_chunks);
+  std::mutex spare_mutex;
+  std::vector<std::unique_ptr<KeyTable>> spare_tables;
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
-    KeyTable& table = local_tables[chunk];
+    std::unique_ptr<KeyTable> owned;
+    {
+      std::lock_guard<std::mutex> lock(spare_mutex);
+      if (!spare_tables.empty()) owned = std::move(spare_tables.back()), spare_tables.pop_back();
+    }
+    if (!owned) owned = std::make_unique<KeyTable>(d, (end - begin) * d1 / 4 + 64);
+    KeyTable& table = *owned;
     double position[kMaxDim];
     double bary[kMaxDim + 2];
     int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];
@@ -345,29 +396,50 @@ void PermutohedralLattice::build(const T* features) {
         previous_vertex = vertex;
         continue;
       }
+      // Vertex r's key is rem0 + r, less d+1 on the coordinates ranked
+      // above d - r: from one vertex to the next, lin() moves by the sum of
+      // the coefficients, less d+1 times that of the coordinate ranked d+1-r.
+      int32_t by_rank[kMaxDim + 1];
+      for (int i = 0; i <= d; ++i) by_rank[rank[i]] = i;
+      uint64_t linear = KeyHash::linear(rem0, d);
       for (int r = 0; r <= d; ++r) {
+        if (r > 0) {
+          const int moved = by_rank[d + 1 - r];
+          linear += coefficient_sum - (moved < d ? d1 * KeyHash::coefficient(moved) : 0);
+        }
         vertex_key(rem0, rank, d, r, key);
-        vertex[r] = table.insert(key);
+        vertex[r] = table.insert(key, linear);
       }
       for (int k = 0; k <= d; ++k) previous_rem0[k] = rem0[k], previous_rank[k] = rank[k];
       previous_vertex = vertex;
       have_previous = true;
     }
+    chunk_keys[chunk].assign(table.key(0), table.key(table.size()));
+    chunk_linears[chunk].resize(table.size());
+    for (int64_t id = 0; id < table.size(); ++id) chunk_linears[chunk][id] = table.linear(id);
+    table.clear();
+    std::lock_guard<std::mutex> lock(spare_mutex);
+    spare_tables.push_back(std::move(owned));
   });
+  spare_tables.clear();
   if (overflow.load())
     throw std::overflow_error("permutohedral lattice: features span too large a range for int32 lattice keys");
 
   // Merge the chunk tables in chunk order. Each chunk lists its keys in order
   // of first occurrence, so the global ids equal those of one sequential pass
-  // in point order: the numbering does not depend on the thread count.
-  KeyTable table(d, local_tables[0].size() + 64);
+  // in point order: the numbering does not depend on the thread count. The
+  // chunks' key counts bound the vertex count: the table never regrows.
+  std::size_t listed = 0;
+  for (const auto& linears : chunk_linears) listed += linears.size();
+  KeyTable table(d, static_cast<int64_t>(listed));
   std::vector<PooledVector<int32_t>> to_global(num_chunks);
   for (std::size_t chunk = 0; chunk < num_chunks; ++chunk) {
-    const KeyTable& local = local_tables[chunk];
-    to_global[chunk].resize(local.size());
-    for (int64_t id = 0; id < local.size(); ++id) to_global[chunk][id] = table.insert(local.key(id)) + 1;
+    const int64_t count = static_cast<int64_t>(chunk_linears[chunk].size());
+    to_global[chunk].resize(count);
+    for (int64_t id = 0; id < count; ++id)
+      to_global[chunk][id] = table.insert(chunk_keys[chunk].data() + id * d, chunk_linears[chunk][id]) + 1;
+    std::vector<int32_t>().swap(chunk_keys[chunk]);
   }
-  local_tables.clear();
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     const int32_t* map = to_global[chunk].data();
     for (int64_t i = begin; i < end; ++i) {
@@ -383,6 +455,11 @@ void PermutohedralLattice::build(const T* features) {
   // v = hi(u) (a lattice translation), so v is also recorded as u's upper
   // neighbour. The translation is one-to-one, so no two vertices write the
   // same slot.
+  // The lower neighbour's key is the key - 1, plus d+1 on the axis's own
+  // coordinate (none for the implied last one): lin() moves by a constant.
+  uint64_t lower_step[kMaxDim + 1];
+  for (int axis = 0; axis <= d; ++axis)
+    lower_step[axis] = (axis < d ? d1 * KeyHash::coefficient(axis) : 0) - coefficient_sum;
   PooledVector<int32_t> neighbour(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     int32_t lo[kMaxDim], hi[kMaxDim];
@@ -391,7 +468,7 @@ void PermutohedralLattice::build(const T* features) {
       for (int axis = 0; axis <= d; ++axis) {
         neighbour_keys(key, d, axis, lo, hi);
         int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
-        const int32_t u = table.find(lo);
+        const int32_t u = table.find(lo, table.linear(v) + lower_step[axis]);
         axis_rows[2 * v] = u + 1;
         if (u >= 0) axis_rows[2 * static_cast<int64_t>(u) + 1] = static_cast<int32_t>(v + 1);
       }
