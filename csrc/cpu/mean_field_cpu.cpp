@@ -297,7 +297,7 @@ struct Kernels {
     for (; p + 1 < end; p += 2) {
       // The unary is streamed in runs of a tile's row: prefetch ahead, as
       // the hardware prefetcher loses the stream at every run.
-      const char* ahead = reinterpret_cast<const char*>(unary + (p + kUnaryAhead) * blocks * 8);
+      const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * blocks * 8);
       for (int64_t k = 0; k < 2 * blocks * 32; k += 64) __builtin_prefetch(ahead + k);
       load_negated(acc, unary + p * blocks * 8, labels);
       load_negated(next, unary + (p + 1) * blocks * 8, labels);
