@@ -110,19 +110,24 @@ SEGPOST_HOST_DEVICE void neighbour_keys(const int32_t* key, int d, int axis, int
   }
 }
 
-// Polynomial hash of a key's coordinates, then MurmurHash3's 64-bit
-// finaliser, so that linear probing sees well-spread slots. The CUDA table's;
-// the CPU build hashes a linear form instead, which it updates in O(1) from
-// vertex to vertex (KeyHash in cpu/permutohedral_cpu.cpp).
-SEGPOST_HOST_DEVICE uint64_t hash_key(const int32_t* key, int key_size) {
-  uint64_t h = 0;
-  for (int i = 0; i < key_size; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);
+// MurmurHash3's 64-bit finaliser: spreads a hash over all bits, so that
+// linear probing sees well-spread slots.
+SEGPOST_HOST_DEVICE uint64_t mix_hash(uint64_t h) {
   h ^= h >> 33;
   h *= 0xFF51AFD7ED558CCDull;
   h ^= h >> 33;
   h *= 0xC4CEB9FE1A85EC53ull;
   h ^= h >> 33;
   return h;
+}
+
+// Polynomial hash of a key's coordinates, mixed: the CUDA table's. The CPU
+// build hashes a linear form instead, which it updates in O(1) from vertex
+// to vertex (KeyHash in cpu/permutohedral_cpu.cpp).
+SEGPOST_HOST_DEVICE uint64_t hash_key(const int32_t* key, int key_size) {
+  uint64_t h = 0;
+  for (int i = 0; i < key_size; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);
+  return mix_hash(h);
 }
 
 }  // namespace segpost

@@ -296,16 +296,21 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path):
         assert res["num_images"] == 5
 
 
+def _ranks_counted(*ranks):
+    """One process's SegMetrics over the given ranks' data (the workers' metrics mode)."""
+    from distributed_worker import rank_data
+
+    metrics = SegMetrics(5, ignore_index=255, per_image=True)
+    for r in ranks:
+        metrics.update(*rank_data(r))
+    return metrics
+
+
 def test_distributed_sync_with_two_gloo_processes(tmp_path):
     pytest.importorskip("torch")
     results = _run_two_ranks(tmp_path, "metrics")
     # Both ranks hold the sum; it equals one process counting everything.
-    from distributed_worker import rank_data
-
-    whole = SegMetrics(5, ignore_index=255, per_image=True)
-    for r in range(2):
-        whole.update(*rank_data(r))
-    expected = whole.compute()
+    expected = _ranks_counted(0, 1).compute()
     for res in results:
         assert np.array_equal(res["confusion"], expected.confusion.tolist())
         assert res["miou"] == pytest.approx(expected.miou)
@@ -315,14 +320,9 @@ def test_distributed_sync_with_two_gloo_processes(tmp_path):
 def test_distributed_sync_twice_never_double_counts(tmp_path):
     pytest.importorskip("torch")
     results = _run_two_ranks(tmp_path, "sync_twice")
-    from distributed_worker import rank_data
-
-    whole = SegMetrics(5, ignore_index=255, per_image=True)
-    for r in range(2):
-        whole.update(*rank_data(r))
+    whole = _ranks_counted(0, 1)
     for rank, res in enumerate(results):
-        own = SegMetrics(5, ignore_index=255, per_image=True)
-        own.update(*rank_data(rank))
+        own = _ranks_counted(rank)
         for synced in (res["first"], res["second"]):
             assert synced["confusion"] == whole.confusion.tolist()
             assert synced["num_images"] == whole.num_images == 4

@@ -37,7 +37,7 @@ constexpr int64_t kPartitionPoints = 16384;
 constexpr int64_t kMaxStackChannels = 64;
 
 // Keys are hashed in two steps: a linear form lin(key) = sum_i C_i key_i
-// (mod 2^64, C_i fixed odd constants), then MurmurHash3's finaliser for the
+// (mod 2^64, C_i fixed odd constants), then mix_hash (simplex.h) for the
 // slot. Being linear, lin() follows a key's moves: the d+1 vertices of a
 // simplex and a vertex's blur neighbours differ by fixed steps, so their
 // hashes are updated in O(1) instead of rehashing d coordinates.
@@ -53,14 +53,7 @@ struct KeyHash {
     for (int i = 0; i < d; ++i) h += coefficient(i) * static_cast<uint64_t>(static_cast<int64_t>(key[i]));
     return h;
   }
-  static uint64_t slot(uint64_t linear) {
-    linear ^= linear >> 33;
-    linear *= 0xFF51AFD7ED558CCDull;
-    linear ^= linear >> 33;
-    linear *= 0xC4CEB9FE1A85EC53ull;
-    linear ^= linear >> 33;
-    return linear;
-  }
+  static uint64_t slot(uint64_t linear) { return mix_hash(linear); }
 };
 
 // Open-addressing hash table from d-dimensional integer keys (the last lattice
