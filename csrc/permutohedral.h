@@ -61,7 +61,7 @@ class PermutohedralLattice {
   // Splatting is a scatter over a fixed partition of the points into
   // contiguous ranges (its count depends on the number of points only, never
   // on the thread count) into one splat buffer of splat_rows() rows: first
-  // one row per vertex (shifted by one, row 0 zero), owned by the first
+  // one row per vertex (shifted by one; row 0 spare), owned by the first
   // partition that touches the vertex, then each partition's private rows
   // for the vertices it shares with earlier partitions. corner_local() is
   // each corner's row in that buffer, so partitions scatter in parallel
@@ -84,13 +84,12 @@ class PermutohedralLattice {
   void gather_partitions(float* buffer, int64_t blocks) const;
   // Zeroes `rows` rows of `stride` floats, in parallel.
   static void zero_rows(float* buffer, int64_t rows, int64_t stride);
-  // Blurs `buffer` (rows of blocks*8 floats, row 0 zero) along every
+  // Blurs `buffer` (rows of blocks*8 floats) along every
   // lattice axis, in place.
   void blur(float* buffer, int64_t blocks, bool transpose) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }
-  int64_t row_length() const { return row_length_; }
   int64_t num_vertices() const { return num_vertices_; }
   // Bytes held by the lattice (not counting the scratch of a filter call).
   std::size_t nbytes() const;
@@ -99,7 +98,7 @@ class PermutohedralLattice {
 
  private:
   template <typename T>
-  void build(const T* features);
+  void build(const T* features, int64_t row_length);
   // Calls fn(chain, begin, end) in parallel on ranges of whole chains of
   // axis `axis` that cover its chain array.
   template <class F>
@@ -107,7 +106,6 @@ class PermutohedralLattice {
 
   int64_t num_points_;
   int dim_;
-  int64_t row_length_;
   int64_t num_vertices_ = 0;
   // (num_points, dim+1): shifted vertex index and barycentric weight of each
   // corner of the point's enclosing simplex.

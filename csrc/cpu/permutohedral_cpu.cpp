@@ -267,17 +267,17 @@ void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
 }  // namespace
 
 PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length)
-    : num_points_(num_points), dim_(dim), row_length_(row_length) {
-  build(features);
+    : num_points_(num_points), dim_(dim) {
+  build(features, row_length);
 }
 
 PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length)
-    : num_points_(num_points), dim_(dim), row_length_(row_length) {
-  build(features);
+    : num_points_(num_points), dim_(dim) {
+  build(features, row_length);
 }
 
 template <typename T>
-void PermutohedralLattice::build(const T* features) {
+void PermutohedralLattice::build(const T* features, int64_t row_length) {
   const int64_t num_points = num_points_;
   const int d = dim_;
   if (num_points < 1) throw std::invalid_argument("permutohedral lattice: need at least one point");
@@ -288,7 +288,7 @@ void PermutohedralLattice::build(const T* features) {
   if (num_points > (std::numeric_limits<int32_t>::max() - 1) / d1)
     throw std::length_error("permutohedral lattice: num_points * (dim + 1) must fit in int32");
 
-  if (row_length_ < 0 || (row_length_ > 0 && num_points % row_length_ != 0))
+  if (row_length < 0 || (row_length > 0 && num_points % row_length != 0))
     throw std::invalid_argument("permutohedral lattice: row_length must divide the number of points (0: no grid)");
   // The partition count depends on the number of points only.
   const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
@@ -297,11 +297,11 @@ void PermutohedralLattice::build(const T* features) {
   // Visiting order: the mean field's (tiles within each partition) on grids.
   // Vertex ids follow first occurrence in this order.
   PooledVector<int32_t> order;
-  if (row_length_ > kTileColumns) {
+  if (row_length > kTileColumns) {
     order.resize(num_points);
     int32_t* next = order.data();
     for (int64_t b = 0; b < partitions; ++b)
-      for_tiles(partition_begin(b), partition_end(b), row_length_, [&](int64_t begin, int64_t end) {
+      for_tiles(partition_begin(b), partition_end(b), row_length, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) *next++ = static_cast<int32_t>(p);
       });
   }
