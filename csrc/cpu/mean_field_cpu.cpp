@@ -70,11 +70,19 @@ struct TermBuffers {
 
 template <int B>
 struct Row {
-  static constexpr int kStatic = B > 0 ? B : 1;
-  SEGPOST_INLINE explicit Row(int64_t blocks) : blocks(B > 0 ? B : blocks), heap(B > 0 ? 0 : blocks * 8) {}
-  SEGPOST_INLINE Block& operator[](int64_t b) { return B > 0 ? fixed[b] : *reinterpret_cast<Block*>(heap.data() + 8 * b); }
+  static constexpr int kStatic = B;
+  static constexpr int64_t blocks = B;  // a constant: the loops unroll and the blocks stay in registers
+  SEGPOST_INLINE explicit Row(int64_t) {}
+  SEGPOST_INLINE Block& operator[](int64_t b) { return fixed[b]; }
+  Block fixed[B];
+};
+
+template <>
+struct Row<0> {
+  static constexpr int kStatic = 1;
+  explicit Row(int64_t count) : blocks(count), heap(count * 8) {}
+  Block& operator[](int64_t b) { return *reinterpret_cast<Block*>(heap.data() + 8 * b); }
   int64_t blocks;
-  Block fixed[kStatic];
   std::vector<float> heap;
 };
 
