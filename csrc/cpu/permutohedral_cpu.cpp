@@ -101,12 +101,9 @@ class KeyTable {
   const int32_t* key(int64_t id) const { return keys_.data() + id * key_size_; }
   uint64_t linear(int64_t id) const { return linears_[id]; }
 
-  // Empties the table, keeping its memory (and so its place in the cache).
-  void clear() {
-    std::fill(slots_.begin(), slots_.end(), -1);
-    keys_.clear();
-    linears_.clear();
-    size_ = 0;
+  // Makes room for `count` keys in all, so that inserting them never regrows.
+  void reserve(int64_t count) {
+    while (static_cast<std::size_t>(count) * 2 > slots_.size()) grow();
   }
 
  private:
@@ -344,23 +341,13 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   uint64_t coefficient_sum = 0;  // of KeyHash's coefficients: lin() of (1, .., 1)
   for (int i = 0; i < d; ++i) coefficient_sum += KeyHash::coefficient(i);
 
-  // Pass 1, parallel over point chunks: simplex, weights, and vertex keys
-  // hashed into a table per chunk (local ids in corner_vertex_ for now). The
-  // tables are recycled from chunk to chunk, so each thread keeps hashing
-  // into memory that is already in its cache; each chunk's keys are copied
-  // out, in first-occurrence order, for the merge.
-  std::vector<std::vector<int32_t>> chunk_keys(num_chunks);
-  std::vector<std::vector<uint64_t>> chunk_linears(num_chunks);
-  std::mutex spare_mutex;
-  std::vector<std::unique_ptr<KeyTable>> spare_tables;
+  // Pass 1, parallel over point chunks (at most one per thread): simplex,
+  // weights, and vertex keys hashed into a table per chunk (local ids in
+  // corner_vertex_ for now).
+  std::vector<std::unique_ptr<KeyTable>> tables(num_chunks);
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
-    std::unique_ptr<KeyTable> owned;
-    {
-      std::lock_guard<std::mutex> lock(spare_mutex);
-      if (!spare_tables.empty()) owned = std::move(spare_tables.back()), spare_tables.pop_back();
-    }
-    if (!owned) owned = std::make_unique<KeyTable>(d, (end - begin) * d1 / 4 + 64);
-    KeyTable& table = *owned;
+    tables[chunk] = std::make_unique<KeyTable>(d, (end - begin) * d1 / 4 + 64);
+    KeyTable& table = *tables[chunk];
     double position[kMaxDim];
     double bary[kMaxDim + 2];
     int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];
@@ -408,37 +395,35 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
       previous_vertex = vertex;
       have_previous = true;
     }
-    chunk_keys[chunk].assign(table.key(0), table.key(table.size()));
-    chunk_linears[chunk].resize(table.size());
-    for (int64_t id = 0; id < table.size(); ++id) chunk_linears[chunk][id] = table.linear(id);
-    table.clear();
-    std::lock_guard<std::mutex> lock(spare_mutex);
-    spare_tables.push_back(std::move(owned));
   });
-  spare_tables.clear();
   if (overflow.load())
     throw std::overflow_error("permutohedral lattice: features span too large a range for int32 lattice keys");
 
-  // Merge the chunk tables in chunk order. Each chunk lists its keys in order
-  // of first occurrence, so the global ids equal those of one sequential pass
-  // in point order: the numbering does not depend on the thread count. The
-  // chunks' key counts bound the vertex count: the table never regrows.
-  std::size_t listed = 0;
-  for (const auto& linears : chunk_linears) listed += linears.size();
-  KeyTable table(d, static_cast<int64_t>(listed));
+  // Merge the chunk tables into the first in chunk order. Each chunk lists
+  // its keys in order of first occurrence, so the global ids equal those of
+  // one sequential pass in point order: the numbering does not depend on the
+  // thread count. The first chunk's ids are already global.
+  KeyTable& table = *tables[0];
+  int64_t listed = 0;
+  for (const auto& chunk_table : tables) listed += chunk_table->size();
+  table.reserve(listed);  // an upper bound on the vertex count: no regrowth while merging
   std::vector<PooledVector<int32_t>> to_global(num_chunks);
-  for (std::size_t chunk = 0; chunk < num_chunks; ++chunk) {
-    const int64_t count = static_cast<int64_t>(chunk_linears[chunk].size());
-    to_global[chunk].resize(count);
-    for (int64_t id = 0; id < count; ++id)
-      to_global[chunk][id] = table.insert(chunk_keys[chunk].data() + id * d, chunk_linears[chunk][id]) + 1;
-    std::vector<int32_t>().swap(chunk_keys[chunk]);
+  for (std::size_t chunk = 1; chunk < num_chunks; ++chunk) {
+    const KeyTable& local = *tables[chunk];
+    to_global[chunk].resize(local.size());
+    for (int64_t id = 0; id < local.size(); ++id)
+      to_global[chunk][id] = table.insert(local.key(id), local.linear(id)) + 1;
+    tables[chunk].reset();
   }
+  // Vertex rows are numbered from 1 (global id + 1).
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     const int32_t* map = to_global[chunk].data();
     for (int64_t i = begin; i < end; ++i) {
       int32_t* vertex = corner_vertex_.data() + (visit ? visit[i] : i) * d1;
-      for (int r = 0; r <= d; ++r) vertex[r] = map[vertex[r]];
+      if (chunk == 0)
+        for (int r = 0; r <= d; ++r) vertex[r] += 1;
+      else
+        for (int r = 0; r <= d; ++r) vertex[r] = map[vertex[r]];
     }
   });
   num_vertices_ = table.size();
