@@ -471,47 +471,52 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
     }
   });
 
-  // Splat partitions. A vertex belongs to the first partition (in partition
-  // order) that touches it: that partition scatters into the vertex's row of
-  // the splat buffer directly. Each other partition touching it gets a
-  // private row after the vertex rows, added in partition order by
-  // gather_partitions. Only vertices near partition boundaries are shared.
-  std::vector<std::vector<int32_t>> touched(partitions);  // first-occurrence order
+  // Splat partitions. Vertex ids follow first occurrence in the visiting
+  // order, which runs through the partitions in turn, so the vertices a
+  // partition reaches first are the rows [first_row[b], first_row[b + 1]):
+  // it owns them and scatters into them directly. Each vertex it shares with
+  // an earlier partition gets a private row after the vertex rows, added in
+  // partition order by gather_partitions. Only vertices near partition
+  // boundaries are shared.
+  std::vector<int32_t> first_row(partitions + 1, 1);
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    std::vector<char> seen(m + 1, 0);
     for (int64_t b = first; b < last; ++b) {
-      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
-        const int32_t v = corner_vertex_[c];
-        if (!seen[v]) seen[v] = 1, touched[b].push_back(v);
-      }
-      for (const int32_t v : touched[b]) seen[v] = 0;
+      int32_t top = 0;
+      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
+        top = std::max(top, corner_vertex_[c]);
+      first_row[b + 1] = top + 1;
     }
   });
-  std::vector<int32_t> owner(m + 1, -1);
-  partition_offset_.assign(partitions + 1, m + 1);
-  for (int64_t b = 0; b < partitions; ++b) {
-    for (const int32_t v : touched[b]) {
-      if (owner[v] < 0)
-        owner[v] = static_cast<int32_t>(b);
-      else
-        partition_vertices_[b].push_back(v);
-    }
-    partition_offset_[b + 1] = partition_offset_[b] + static_cast<int64_t>(partition_vertices_[b].size());
-  }
-  if (partition_offset_[partitions] >= std::numeric_limits<int32_t>::max())
-    throw std::length_error("permutohedral lattice: too many splat rows for int32 indices");
+  for (int64_t b = 1; b <= partitions; ++b) first_row[b] = std::max(first_row[b], first_row[b - 1]);
+  // Private rows are numbered per partition first (as -1 - index), then
+  // offset once every partition's count is known.
   corner_local_.resize(corners);
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    std::vector<int32_t> private_row(m + 1, -1);
+    std::vector<int32_t> private_index(m + 1, -1);
     for (int64_t b = first; b < last; ++b) {
-      const std::vector<int32_t>& shared = partition_vertices_[b];
-      for (std::size_t i = 0; i < shared.size(); ++i)
-        private_row[shared[i]] = static_cast<int32_t>(partition_offset_[b] + static_cast<int64_t>(i));
+      std::vector<int32_t>& shared = partition_vertices_[b];
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
         const int32_t v = corner_vertex_[c];
-        corner_local_[c] = owner[v] == b ? v : private_row[v];
+        if (v >= first_row[b]) {
+          corner_local_[c] = v;
+          continue;
+        }
+        if (private_index[v] < 0) private_index[v] = static_cast<int32_t>(shared.size()), shared.push_back(v);
+        corner_local_[c] = -1 - private_index[v];
       }
-      for (const int32_t v : shared) private_row[v] = -1;
+      for (const int32_t v : shared) private_index[v] = -1;
+    }
+  });
+  partition_offset_.assign(partitions + 1, m + 1);
+  for (int64_t b = 0; b < partitions; ++b)
+    partition_offset_[b + 1] = partition_offset_[b] + static_cast<int64_t>(partition_vertices_[b].size());
+  if (partition_offset_[partitions] >= std::numeric_limits<int32_t>::max())
+    throw std::length_error("permutohedral lattice: too many splat rows for int32 indices");
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int32_t offset = static_cast<int32_t>(partition_offset_[b]);
+      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
+        if (corner_local_[c] < 0) corner_local_[c] = offset - 1 - corner_local_[c];
     }
   });
 }
