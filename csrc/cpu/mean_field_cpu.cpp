@@ -64,9 +64,6 @@ struct TermBuffers {
 // compile-time constant so the rows live in registers; the kernels below are
 // instantiated for B = 1..8 (up to 64 labels) and dispatched at run time, and
 // wider label sets go through in a generic, memory-backed form (B = 0).
-// Everything called from a multiversioned entry point must inline into it, so
-// that each clone compiles it for its own instruction set.
-#define SEGPOST_INLINE __attribute__((always_inline)) inline
 
 template <int B>
 struct Row {

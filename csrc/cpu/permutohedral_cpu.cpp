@@ -199,39 +199,55 @@ int64_t chain_start(const int32_t* chain, int64_t i, int64_t n) {
 // zero. The old values of the previous and current vertex ride along in
 // registers, so every row is read once and written once. Rows wider than
 // kGroup blocks (the mean field's, with many labels) go through kGroup
-// blocks at a time.
+// blocks at a time. blur_group blurs one group of W blocks: W > 0 is a
+// compile-time constant, so that the rows riding along stay in registers
+// (0: `width` blocks, through memory).
+template <int W>
+SEGPOST_INLINE void blur_group(int64_t begin, int64_t end, int64_t width, int64_t stride, const int32_t* chain,
+                               float* column) {
+  constexpr int64_t kAhead = 12;  // rows prefetched ahead: chain order is random in memory
+  constexpr int kSize = W > 0 ? W : 8;
+  const int64_t n = W > 0 ? W : width;
+  Block lower[kSize], self[kSize];
+  for (int64_t i = begin; i < end;) {
+    float* row = column + static_cast<int64_t>(-chain[i]) * stride;
+    for (int64_t b = 0; b < n; ++b) lower[b] = Block{}, self[b] = load(row + 8 * b);
+    for (;;) {
+      const bool has_upper = ++i < end && chain[i] > 0;
+      if (!has_upper) {
+        for (int64_t b = 0; b < n; ++b) store(row + 8 * b, self[b] + 0.5f * (lower[b] + Block{}));
+        break;
+      }
+      float* upper_row = column + static_cast<int64_t>(chain[i]) * stride;
+      if (i + kAhead < end) {
+        const float* ahead = column + static_cast<int64_t>(std::abs(chain[i + kAhead])) * stride;
+        for (int64_t k = 0; k < 8 * n; k += 16) __builtin_prefetch(ahead + k, 1);
+        __builtin_prefetch(ahead + 8 * n - 1, 1);
+      }
+      for (int64_t b = 0; b < n; ++b) {
+        const Block upper = load(upper_row + 8 * b);
+        store(row + 8 * b, self[b] + 0.5f * (lower[b] + upper));
+        lower[b] = self[b];
+        self[b] = upper;
+      }
+      row = upper_row;
+    }
+  }
+}
+
 SEGPOST_MULTIVERSION
 void blur_chains(int64_t begin, int64_t end, int64_t blocks, const int32_t* chain, float* buffer) {
   constexpr int64_t kGroup = kMaxStackChannels / 8;
-  constexpr int64_t kAhead = 12;  // rows prefetched ahead: chain order is random in memory
-  Block lower[kGroup], self[kGroup];
   const int64_t stride = blocks * 8;
   for (int64_t first = 0; first < blocks; first += kGroup) {
     const int64_t width = std::min(kGroup, blocks - first);
     float* column = buffer + 8 * first;
-    for (int64_t i = begin; i < end;) {
-      float* row = column + static_cast<int64_t>(-chain[i]) * stride;
-      for (int64_t b = 0; b < width; ++b) lower[b] = Block{}, self[b] = load(row + 8 * b);
-      for (;;) {
-        const bool has_upper = ++i < end && chain[i] > 0;
-        if (!has_upper) {
-          for (int64_t b = 0; b < width; ++b) store(row + 8 * b, self[b] + 0.5f * (lower[b] + Block{}));
-          break;
-        }
-        float* upper_row = column + static_cast<int64_t>(chain[i]) * stride;
-        if (i + kAhead < end) {
-          const float* ahead = column + static_cast<int64_t>(std::abs(chain[i + kAhead])) * stride;
-          for (int64_t k = 0; k < 8 * width; k += 16) __builtin_prefetch(ahead + k, 1);
-          __builtin_prefetch(ahead + 8 * width - 1, 1);
-        }
-        for (int64_t b = 0; b < width; ++b) {
-          const Block upper = load(upper_row + 8 * b);
-          store(row + 8 * b, self[b] + 0.5f * (lower[b] + upper));
-          lower[b] = self[b];
-          self[b] = upper;
-        }
-        row = upper_row;
-      }
+    switch (width) {
+      case 1: blur_group<1>(begin, end, width, stride, chain, column); break;
+      case 2: blur_group<2>(begin, end, width, stride, chain, column); break;
+      case 3: blur_group<3>(begin, end, width, stride, chain, column); break;
+      case 4: blur_group<4>(begin, end, width, stride, chain, column); break;
+      default: blur_group<0>(begin, end, width, stride, chain, column); break;
     }
   }
 }

@@ -12,6 +12,10 @@
 #define SEGPOST_MULTIVERSION
 #endif
 
+// Everything called from a multiversioned entry point must inline into it, so
+// that each clone compiles it for its own instruction set.
+#define SEGPOST_INLINE __attribute__((always_inline)) inline
+
 namespace segpost {
 namespace simd {
 
