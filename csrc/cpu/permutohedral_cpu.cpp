@@ -326,10 +326,12 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // Per-axis minimum (exact whatever the chunking), to bring the features near zero.
   std::vector<double> origin(static_cast<std::size_t>(d) * num_chunks);
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
-    double* lo = origin.data() + chunk * d;
-    for (int i = 0; i < d; ++i) lo[i] = static_cast<double>(features[begin * d + i]);
+    // In a local array: the chunks' results share a cache line.
+    T lo[kMaxDim];
+    for (int i = 0; i < d; ++i) lo[i] = features[begin * d + i];
     for (int64_t p = begin; p < end; ++p)
-      for (int i = 0; i < d; ++i) lo[i] = std::min(lo[i], static_cast<double>(features[p * d + i]));
+      for (int i = 0; i < d; ++i) lo[i] = std::min(lo[i], features[p * d + i]);
+    for (int i = 0; i < d; ++i) origin[chunk * d + i] = static_cast<double>(lo[i]);
   });
   for (std::size_t chunk = 1; chunk < num_chunks; ++chunk)
     for (int i = 0; i < d; ++i) origin[i] = std::min(origin[i], origin[chunk * d + i]);
