@@ -41,13 +41,26 @@ constexpr int64_t kMaxStackChannels = 64;
 // slot. Being linear, lin() follows a key's moves: the d+1 vertices of a
 // simplex and a vertex's blur neighbours differ by fixed steps, so their
 // hashes are updated in O(1) instead of rehashing d coordinates.
+// C_i: splitmix64 of i + 1, made odd; computed at compile time, so the
+// per-point hashing only looks them up.
+constexpr uint64_t key_coefficient(int i) {
+  uint64_t z = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (z ^ (z >> 31)) | 1u;
+}
+struct KeyCoefficients {
+  uint64_t c[PermutohedralLattice::kMaxDim];
+};
+constexpr KeyCoefficients key_coefficients() {
+  KeyCoefficients t{};
+  for (int i = 0; i < PermutohedralLattice::kMaxDim; ++i) t.c[i] = key_coefficient(i);
+  return t;
+}
+constexpr KeyCoefficients kKeyCoefficients = key_coefficients();
+
 struct KeyHash {
-  static constexpr uint64_t coefficient(int i) {
-    uint64_t z = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1);  // splitmix64
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (z ^ (z >> 31)) | 1u;
-  }
+  static uint64_t coefficient(int i) { return kKeyCoefficients.c[i]; }
   static uint64_t linear(const int32_t* key, int d) {
     uint64_t h = 0;
     for (int i = 0; i < d; ++i) h += coefficient(i) * static_cast<uint64_t>(static_cast<int64_t>(key[i]));
