@@ -369,8 +369,15 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   corner_vertex_.resize(corners);
 
   std::atomic<bool> overflow{false};
+  // A vertex's upper neighbour along an axis is the key + 1, less d+1 on the
+  // axis's own coordinate (none for the implied last one): lin() moves by a
+  // constant, upper_step[axis]. From simplex vertex r - 1 to vertex r is
+  // such a step, along the axis of the coordinate ranked d + 1 - r.
   uint64_t coefficient_sum = 0;  // of KeyHash's coefficients: lin() of (1, .., 1)
   for (int i = 0; i < d; ++i) coefficient_sum += KeyHash::coefficient(i);
+  uint64_t upper_step[kMaxDim + 1];
+  for (int axis = 0; axis <= d; ++axis)
+    upper_step[axis] = coefficient_sum - (axis < d ? d1 * KeyHash::coefficient(axis) : 0);
 
   // Pass 1, parallel over point chunks (at most one per thread): simplex,
   // weights, and vertex keys hashed into a table per chunk (local ids in
@@ -409,16 +416,12 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
         continue;
       }
       // Vertex r's key is rem0 + r, less d+1 on the coordinates ranked
-      // above d - r: from one vertex to the next, lin() moves by the sum of
-      // the coefficients, less d+1 times that of the coordinate ranked d+1-r.
+      // above d - r: each vertex is the previous one's upper neighbour.
       int32_t by_rank[kMaxDim + 1];
       for (int i = 0; i <= d; ++i) by_rank[rank[i]] = i;
       uint64_t linear = KeyHash::linear(rem0, d);
       for (int r = 0; r <= d; ++r) {
-        if (r > 0) {
-          const int moved = by_rank[d + 1 - r];
-          linear += coefficient_sum - (moved < d ? d1 * KeyHash::coefficient(moved) : 0);
-        }
+        if (r > 0) linear += upper_step[by_rank[d + 1 - r]];
         vertex_key(rem0, rank, d, r, key);
         vertex[r] = table.insert(key, linear);
       }
@@ -465,11 +468,6 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // v = hi(u) (a lattice translation), so v is also recorded as u's upper
   // neighbour. The translation is one-to-one, so no two vertices write the
   // same slot.
-  // The lower neighbour's key is the key - 1, plus d+1 on the axis's own
-  // coordinate (none for the implied last one): lin() moves by a constant.
-  uint64_t lower_step[kMaxDim + 1];
-  for (int axis = 0; axis <= d; ++axis)
-    lower_step[axis] = (axis < d ? d1 * KeyHash::coefficient(axis) : 0) - coefficient_sum;
   PooledVector<int32_t> neighbour(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     int32_t lo[kMaxDim], hi[kMaxDim];
@@ -478,7 +476,7 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
       for (int axis = 0; axis <= d; ++axis) {
         neighbour_keys(key, d, axis, lo, hi);
         int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
-        const int32_t u = table.find(lo, table.linear(v) + lower_step[axis]);
+        const int32_t u = table.find(lo, table.linear(v) - upper_step[axis]);
         axis_rows[2 * v] = u + 1;
         if (u >= 0) axis_rows[2 * static_cast<int64_t>(u) + 1] = static_cast<int32_t>(v + 1);
       }
