@@ -119,7 +119,12 @@ class CRFParams:
 
 
 def _image_channels_last(image):
-    """(H, W, C) float32 in 0..255 units from numpy (H, W[, C]) or torch (C, H, W) / (H, W)."""
+    """(H, W, C) in 0..255 units from numpy (H, W[, C]) or torch (C, H, W) / (H, W).
+
+    uint8 images come back as they are (add_bilateral divides them into its
+    float32 features directly: the same values, without a float copy of the
+    image); any other dtype as float32.
+    """
     arr, was_torch = to_numpy(image, "image")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
@@ -137,7 +142,7 @@ def _image_channels_last(image):
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
         raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32)
+        return arr
     if arr.dtype.kind in "iu":
         info = np.iinfo(arr.dtype)
         return arr.astype(np.float32) * np.float32(255.0 / info.max)
