@@ -217,11 +217,13 @@ def test_arbitrary_features_and_torch_in_torch_out():
     assert crf.map(3).dtype == torch.int64
 
 
-def test_results_do_not_depend_on_thread_count():
+@pytest.mark.parametrize("shape", [(250, 300), (45, 100)])
+def test_results_do_not_depend_on_thread_count(shape):
     # 250 x 300 points: several splat partitions, whose bounds fall inside
-    # rows, and several 64 x 64 tiles per partition.
-    image = data.astronaut()[:250, :300]
-    unary = np.random.default_rng(0).normal(size=(6, 250, 300)).astype(np.float32)
+    # rows, and several 64 x 64 tiles per partition; 45 x 100: two small
+    # partitions, each part of one row of tiles.
+    image = data.astronaut()[: shape[0], : shape[1]]
+    unary = np.random.default_rng(0).normal(size=(6, *shape)).astype(np.float32)
     previous = segpost.get_num_threads()
     results = []
     try:

@@ -29,9 +29,11 @@ constexpr int64_t kPointGrain = 4096;
 constexpr int64_t kVertexGrain = 1024;
 // Splat partitions: points are cut into contiguous partitions of at least
 // kPartitionPoints points, at most kMaxPartitions of them: a function of the
-// number of points only, never of the thread count.
+// number of points only, never of the thread count. Each partition's update
+// runs on one thread, so partitions are small enough for images from 64x64
+// up to use every thread (at 16384 points, a 128x128 image ran on one).
 constexpr int64_t kMaxPartitions = 4;
-constexpr int64_t kPartitionPoints = 16384;
+constexpr int64_t kPartitionPoints = 2048;
 // Channels are processed in blocks padded to a multiple of 8 floats (one AVX
 // register) that fit on the stack.
 constexpr int64_t kMaxStackChannels = 64;
