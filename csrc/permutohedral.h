@@ -87,6 +87,10 @@ class PermutohedralLattice {
   // Blurs `buffer` (rows of blocks*8 floats) along every
   // lattice axis, in place.
   void blur(float* buffer, int64_t blocks, bool transpose) const;
+  // The same two steps for narrow rows of `width` floats (1, 2 or 4), as
+  // used for few labels: rows padded to 8 floats would move 2-8x the bytes.
+  void gather_partitions_narrow(float* buffer, int width) const;
+  void blur_narrow(float* buffer, int width) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }

@@ -217,13 +217,14 @@ def test_arbitrary_features_and_torch_in_torch_out():
     assert crf.map(3).dtype == torch.int64
 
 
-@pytest.mark.parametrize("shape", [(250, 300), (45, 100)])
-def test_results_do_not_depend_on_thread_count(shape):
+@pytest.mark.parametrize("shape, labels", [((250, 300), 6), ((45, 100), 6), ((120, 150), 2), ((120, 150), 3)])
+def test_results_do_not_depend_on_thread_count(shape, labels):
     # 250 x 300 points: several splat partitions, whose bounds fall inside
     # rows, and several 64 x 64 tiles per partition; 45 x 100: two small
-    # partitions, each part of one row of tiles.
+    # partitions, each part of one row of tiles; 2 and 3 labels: the narrow
+    # vertex rows of few labels.
     image = data.astronaut()[: shape[0], : shape[1]]
-    unary = np.random.default_rng(0).normal(size=(6, *shape)).astype(np.float32)
+    unary = np.random.default_rng(0).normal(size=(labels, *shape)).astype(np.float32)
     previous = segpost.get_num_threads()
     results = []
     try:

@@ -367,6 +367,153 @@ struct Kernels {
     default: Kernels<0>::method(__VA_ARGS__); break;             \
   }
 
+// Few labels (at most 4): the vertex rows hold W = 2 or 4 floats instead of
+// a padded block of 8, so that slicing, scattering and blurring move 2-4x
+// fewer bytes. The per-point arithmetic is Kernels<1>'s, on one block whose
+// lanes beyond W are zero in every row read (Q's pad lanes are 0).
+typedef float Half __attribute__((vector_size(16), aligned(4)));
+typedef float Quarter __attribute__((vector_size(8), aligned(4)));
+
+template <int W>
+struct Narrow {
+  using K = Kernels<1>;
+
+  SEGPOST_INLINE static Block load_row(const float* src) {
+    if constexpr (W == 4) {
+      Half v;
+      __builtin_memcpy(&v, src, sizeof(v));
+      return __builtin_shufflevector(v, Half{}, 0, 1, 2, 3, 4, 5, 6, 7);
+    } else {
+      // Through a double: one 8-byte load into a zeroed register (widening
+      // a 2-float vector went through the stack, a store-forwarding stall).
+      typedef double Wide __attribute__((vector_size(32)));
+      double pair;
+      __builtin_memcpy(&pair, src, sizeof(pair));
+      const Wide wide = {pair, 0.0, 0.0, 0.0};
+      Block out;
+      __builtin_memcpy(&out, &wide, sizeof(out));
+      return out;
+    }
+  }
+
+  // dst[0:W] += w * row[0:W].
+  SEGPOST_INLINE static void add_row(float* dst, float w, Block row) {
+    if constexpr (W == 4) {
+      Half v;
+      __builtin_memcpy(&v, dst, sizeof(v));
+      v += w * __builtin_shufflevector(row, row, 0, 1, 2, 3);
+      __builtin_memcpy(dst, &v, sizeof(v));
+    } else {
+      Quarter v;
+      __builtin_memcpy(&v, dst, sizeof(v));
+      v += w * __builtin_shufflevector(row, row, 0, 1);
+      __builtin_memcpy(dst, &v, sizeof(v));
+    }
+  }
+
+  // acc += (Potts) or -= compat of (the filtered signal at p), as Kernels::add_message.
+  template <int D1>
+  SEGPOST_INLINE static void add_message_fixed(const TermBuffers& t, int64_t p, Row<1>& msg, Row<1>& acc,
+                                               int64_t labels) {
+    const int d1 = D1 > 0 ? D1 : t.d1;
+    const float* post = t.term->post_scale;
+    const bool potts = t.term->kind == Compatibility::kPotts;
+    const float scale = (potts ? t.term->potts_weight : 1.0f) * (post ? t.alpha * post[p] : t.alpha);
+    const int32_t* vertex = t.lattice->corner_vertex() + p * d1;
+    const float* weight = t.lattice->corner_weight() + p * d1;
+    Block sum{};
+    for (int r = 0; r < d1; ++r) sum += (scale * weight[r]) * load_row(t.blurred + static_cast<int64_t>(vertex[r]) * W);
+    if (potts) {
+      acc[0] += sum;
+    } else {
+      msg[0] = sum;
+      K::subtract_compat(*t.term, msg, acc, labels);
+    }
+  }
+
+  SEGPOST_INLINE static void add_message(const TermBuffers& t, int64_t p, Row<1>& msg, Row<1>& acc, int64_t labels) {
+    switch (t.d1) {
+      case 3: return add_message_fixed<3>(t, p, msg, acc, labels);
+      case 6: return add_message_fixed<6>(t, p, msg, acc, labels);
+      default: return add_message_fixed<0>(t, p, msg, acc, labels);
+    }
+  }
+
+  template <int D1>
+  SEGPOST_INLINE static void scatter_fixed(const TermBuffers& t, int64_t p, Block row) {
+    const int d1 = D1 > 0 ? D1 : t.d1;
+    const float* pre = t.term->pre_scale;
+    const float scale = pre ? pre[p] : 1.0f;
+    const int32_t* vertex = t.lattice->corner_local() + p * d1;
+    const float* weight = t.lattice->corner_weight() + p * d1;
+    for (int r = 0; r < d1; ++r) add_row(t.target + static_cast<int64_t>(vertex[r]) * W, scale * weight[r], row);
+  }
+
+  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Block row) {
+    switch (t.d1) {
+      case 3: return scatter_fixed<3>(t, p, row);
+      case 6: return scatter_fixed<6>(t, p, row);
+      default: return scatter_fixed<0>(t, p, row);
+    }
+  }
+
+  SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary,
+                                          int64_t labels, const std::vector<TermBuffers>& terms) {
+    Row<1> row(1);
+    for (int64_t p = begin; p < end; ++p) {
+      K::load_q(row, p, q, unary, labels);
+      for (const TermBuffers& t : terms) scatter(t, p, row[0]);
+    }
+  }
+
+  // Kernels::update_rows with narrow rows: two points per step, each vertex
+  // row receiving point p's scatter before point p + 1's.
+  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                         const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
+                                         int64_t* labels_out) {
+    Row<1> acc(1), next(1), msg(1);
+    int64_t p = begin;
+    for (; p + 1 < end; p += 2) {
+      K::load_negated(acc, unary + p * 8, labels);
+      K::load_negated(next, unary + (p + 1) * 8, labels);
+      for (const TermBuffers& t : terms) {
+        add_message(t, p, msg, acc, labels);
+        add_message(t, p + 1, msg, next, labels);
+      }
+      K::softmax_pair(acc, next);
+      if (scatter_next)
+        for (const TermBuffers& t : terms) {
+          scatter(t, p, acc[0]);
+          scatter(t, p + 1, next[0]);
+        }
+      K::emit(acc, p, labels, q_out, labels_out);
+      K::emit(next, p + 1, labels, q_out, labels_out);
+    }
+    for (; p < end; ++p) {
+      K::load_negated(acc, unary + p * 8, labels);
+      for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
+      K::softmax(acc);
+      if (scatter_next)
+        for (const TermBuffers& t : terms) scatter(t, p, acc[0]);
+      K::emit(acc, p, labels, q_out, labels_out);
+    }
+  }
+};
+
+SEGPOST_MULTIVERSION
+void narrow_scatter_rows(int width, int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
+                         const std::vector<TermBuffers>& terms) {
+  if (width == 2) return Narrow<2>::scatter_rows(begin, end, q, unary, labels, terms);
+  Narrow<4>::scatter_rows(begin, end, q, unary, labels, terms);
+}
+
+SEGPOST_MULTIVERSION
+void narrow_update_rows(int width, int64_t begin, int64_t end, const float* unary, int64_t labels,
+                        const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
+  if (width == 2) return Narrow<2>::update_rows(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+  Narrow<4>::update_rows(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+}
+
 SEGPOST_MULTIVERSION
 void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                   const std::vector<TermBuffers>& terms) {
@@ -395,9 +542,15 @@ void emit_points(int64_t begin, int64_t end, const float* q_in, const float* una
   SEGPOST_DISPATCH_BLOCKS(blocks, emit_rows, begin, end, q_in, unary, labels, blocks, q_out, labels_out)
 }
 
-// Lays out the workspace: per term, two splat buffers.
-std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t labels, Workspace& workspace) {
-  const int64_t stride = padded_labels(labels);
+// Floats per vertex row: a narrow row of 2 or 4 for the mean field with few
+// labels (Narrow), else the padded label count.
+int64_t row_width(int64_t labels, bool narrow) {
+  if (narrow && labels <= 4) return labels <= 2 ? 2 : 4;
+  return padded_labels(labels);
+}
+
+// Lays out the workspace: per term, two splat buffers of rows of `stride` floats.
+std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t stride, Workspace& workspace) {
   workspace.resize(terms.size());
   std::vector<TermBuffers> out;
   for (std::size_t k = 0; k < terms.size(); ++k) {
@@ -414,8 +567,8 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
 }
 
 // Zeroes every term's splat target before a scatter.
-void zero_targets(std::vector<TermBuffers>& terms, int64_t labels) {
-  for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, padded_labels(labels));
+void zero_targets(std::vector<TermBuffers>& terms, int64_t stride) {
+  for (TermBuffers& t : terms) PermutohedralLattice::zero_rows(t.target, t.rows, stride);
 }
 
 // Runs fn(begin, end) over every splat partition's points, in
@@ -434,11 +587,15 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
 
 // Gathers each term's scatter target and blurs it in place: it becomes the
 // buffer sliced, and the buffer sliced last time becomes the next target.
-void gather_and_blur(std::vector<TermBuffers>& terms, int64_t labels) {
-  const int64_t blocks = (labels + 7) / 8;
+void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
   for (TermBuffers& t : terms) {
-    t.lattice->gather_partitions(t.target, blocks);
-    t.lattice->blur(t.target, blocks, false);
+    if (stride < 8) {
+      t.lattice->gather_partitions_narrow(t.target, static_cast<int>(stride));
+      t.lattice->blur_narrow(t.target, static_cast<int>(stride));
+    } else {
+      t.lattice->gather_partitions(t.target, stride / 8);
+      t.lattice->blur(t.target, stride / 8, false);
+    }
     t.blurred = t.target;
     t.target = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
   }
@@ -456,17 +613,27 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     });
     return;
   }
-  std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  zero_targets(buffers, num_labels);
+  const int64_t stride = row_width(num_labels, true);
+  const int width = static_cast<int>(stride);
+  std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
+  zero_targets(buffers, stride);
   for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    scatter_rows(begin, end, q_init, unary, num_labels, buffers);
+    if (stride < 8)
+      narrow_scatter_rows(width, begin, end, q_init, unary, num_labels, buffers);
+    else
+      scatter_rows(begin, end, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
-    gather_and_blur(buffers, num_labels);
+    gather_and_blur(buffers, stride);
     const bool last = it + 1 == iterations;
-    if (!last) zero_targets(buffers, num_labels);
+    if (!last) zero_targets(buffers, stride);
+    float* q = last ? q_out : nullptr;
+    int64_t* labels = last ? labels_out : nullptr;
     for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-      update_rows(begin, end, unary, num_labels, buffers, !last, last ? q_out : nullptr, last ? labels_out : nullptr);
+      if (stride < 8)
+        narrow_update_rows(width, begin, end, unary, num_labels, buffers, !last, q, labels);
+      else
+        update_rows(begin, end, unary, num_labels, buffers, !last, q, labels);
     });
   }
 }
@@ -477,12 +644,13 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
     std::fill(messages, messages + num_points * num_labels, 0.0f);
     return;
   }
-  std::vector<TermBuffers> buffers = prepare(terms, num_labels, workspace);
-  zero_targets(buffers, num_labels);
+  const int64_t stride = row_width(num_labels, false);
+  std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
+  zero_targets(buffers, stride);
   for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
     scatter_rows(begin, end, q, nullptr, num_labels, buffers);
   });
-  gather_and_blur(buffers, num_labels);
+  gather_and_blur(buffers, stride);
   parallel_for(num_points, kPointGrain,
                [&](int64_t begin, int64_t end) { message_rows(begin, end, num_labels, buffers, messages); });
 }

@@ -267,6 +267,41 @@ void blur_chains(int64_t begin, int64_t end, int64_t blocks, const int32_t* chai
   }
 }
 
+// blur_group for narrow rows of W floats (1, 2 or 4): the same arithmetic
+// per float, the riding values in scalars.
+template <int W>
+SEGPOST_INLINE void blur_narrow_group(int64_t begin, int64_t end, const int32_t* chain, float* buffer) {
+  float lower[W], self[W];
+  for (int64_t i = begin; i < end;) {
+    float* row = buffer + static_cast<int64_t>(-chain[i]) * W;
+    for (int k = 0; k < W; ++k) lower[k] = 0.0f, self[k] = row[k];
+    for (;;) {
+      const bool has_upper = ++i < end && chain[i] > 0;
+      if (!has_upper) {
+        for (int k = 0; k < W; ++k) row[k] = self[k] + 0.5f * (lower[k] + 0.0f);
+        break;
+      }
+      float* upper_row = buffer + static_cast<int64_t>(chain[i]) * W;
+      for (int k = 0; k < W; ++k) {
+        const float upper = upper_row[k];
+        row[k] = self[k] + 0.5f * (lower[k] + upper);
+        lower[k] = self[k];
+        self[k] = upper;
+      }
+      row = upper_row;
+    }
+  }
+}
+
+SEGPOST_MULTIVERSION
+void blur_narrow_chains(int64_t begin, int64_t end, int width, const int32_t* chain, float* buffer) {
+  switch (width) {
+    case 1: return blur_narrow_group<1>(begin, end, chain, buffer);
+    case 2: return blur_narrow_group<2>(begin, end, chain, buffer);
+    default: return blur_narrow_group<4>(begin, end, chain, buffer);
+  }
+}
+
 SEGPOST_MULTIVERSION
 void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks, float alpha,
                   const int32_t* corner_vertex, const float* corner_weight, const float* buffer,
@@ -615,26 +650,8 @@ void PermutohedralLattice::filter_ones(float* out) const {
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
         current[corner_local_[c]] += corner_weight_[c];
   });
-  for (int64_t b = 0; b < partitions; ++b) {
-    const int32_t* rows = partition_vertices_[b].data();
-    for (int64_t i = 0; i < partition_rows(b); ++i) current[rows[i]] += current[partition_offset_[b] + i];
-  }
-  for (int axis = 0; axis <= dim_; ++axis) {
-    for_chains(axis, [&](const int32_t* chain, int64_t begin, int64_t end) {
-      // blur_chains for one float per row.
-      for (int64_t i = begin; i < end;) {
-        int32_t v = -chain[i];
-        float lower = 0.0f, self = current[v];
-        for (;;) {
-          const bool has_upper = ++i < end && chain[i] > 0;
-          const float upper = has_upper ? current[chain[i]] : 0.0f;
-          current[v] = self + 0.5f * (lower + upper);
-          if (!has_upper) break;
-          lower = self, self = upper, v = chain[i];
-        }
-      }
-    });
-  }
+  gather_partitions_narrow(current.data(), 1);
+  blur_narrow(current.data(), 1);
   const float scale = alpha();
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -656,6 +673,26 @@ void PermutohedralLattice::gather_partitions(float* buffer, int64_t blocks) cons
     const float* part = buffer + partition_offset_[b] * blocks * 8;
     parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
       add_partition_rows(begin, end, blocks, rows, part, buffer);
+    });
+  }
+}
+
+void PermutohedralLattice::gather_partitions_narrow(float* buffer, int width) const {
+  // As gather_partitions, for rows of `width` floats.
+  for (int64_t b = 0; b < num_partitions(); ++b) {
+    const int32_t* rows = partition_vertices_[b].data();
+    const float* part = buffer + partition_offset_[b] * width;
+    parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        for (int k = 0; k < width; ++k) buffer[static_cast<int64_t>(rows[i]) * width + k] += part[i * width + k];
+    });
+  }
+}
+
+void PermutohedralLattice::blur_narrow(float* buffer, int width) const {
+  for (int axis = 0; axis <= dim_; ++axis) {
+    for_chains(axis, [&](const int32_t* chain, int64_t begin, int64_t end) {
+      blur_narrow_chains(begin, end, width, chain, buffer);
     });
   }
 }
