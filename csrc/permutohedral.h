@@ -79,18 +79,17 @@ class PermutohedralLattice {
   int64_t splat_rows() const { return partition_offset_.back(); }
   // Slice scale: 1 / (1 + 2^-d).
   float alpha() const;
-  // Adds the private rows of a splat buffer (splat_rows() rows of blocks*8
-  // floats) into their vertex rows, in partition order.
-  void gather_partitions(float* buffer, int64_t blocks) const;
+  // Adds the private rows of a splat buffer (splat_rows() rows of `width`
+  // floats: a multiple of 8, or 1, 2 or 4) into their vertex rows, in
+  // partition order.
+  void gather_partitions(float* buffer, int64_t width) const;
   // Zeroes `rows` rows of `stride` floats, in parallel.
   static void zero_rows(float* buffer, int64_t rows, int64_t stride);
-  // Blurs `buffer` (rows of blocks*8 floats) along every
-  // lattice axis, in place.
-  void blur(float* buffer, int64_t blocks, bool transpose) const;
-  // The same two steps for narrow rows of `width` floats (1, 2 or 4), as
-  // used for few labels: rows padded to 8 floats would move 2-8x the bytes.
-  void gather_partitions_narrow(float* buffer, int width) const;
-  void blur_narrow(float* buffer, int width) const;
+  // Blurs `buffer` (rows of `width` floats, as for gather_partitions) along
+  // every lattice axis, in place. Narrow rows serve few channels (the mean
+  // field with at most 4 labels, the normalisation's one): rows padded to
+  // 8 floats would move 2-8x the bytes.
+  void blur(float* buffer, int64_t width, bool transpose) const;
 
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }

@@ -257,13 +257,26 @@ struct Kernels {
     }
   }
 
+  // How the point loops below read and write vertex rows: Wide rows hold
+  // the B blocks of a point's row (Narrow, further down, fewer floats).
+  struct Wide {
+    SEGPOST_INLINE static void add_message(const TermBuffers& t, int64_t p, Row<B>& msg, Row<B>& acc,
+                                           int64_t labels) {
+      Kernels::add_message(t, p, msg, acc, labels);
+    }
+    SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row) {
+      Kernels::scatter(t, p, row, t.target);
+    }
+  };
+
   // Scatter the rows of q (or, with q null, of softmax(-unary)) into the splat targets.
+  template <class Rows = Wide>
   SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary,
                                           int64_t labels, int64_t blocks, const std::vector<TermBuffers>& terms) {
     Row<B> row(blocks);
     for (int64_t p = begin; p < end; ++p) {
       load_q(row, p, q, unary, labels);
-      for (const TermBuffers& t : terms) scatter(t, p, row, t.target);
+      for (const TermBuffers& t : terms) Rows::scatter(t, p, row);
     }
   }
 
@@ -291,6 +304,7 @@ struct Kernels {
     }
   }
 
+  template <class Rows = Wide>
   SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
                           int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
                           int64_t* labels_out) {
@@ -307,24 +321,24 @@ struct Kernels {
       load_negated(acc, unary + p * blocks * 8, labels);
       load_negated(next, unary + (p + 1) * blocks * 8, labels);
       for (const TermBuffers& t : terms) {
-        add_message(t, p, msg, acc, labels);
-        add_message(t, p + 1, msg, next, labels);
+        Rows::add_message(t, p, msg, acc, labels);
+        Rows::add_message(t, p + 1, msg, next, labels);
       }
       softmax_pair(acc, next);
       if (scatter_next)
         for (const TermBuffers& t : terms) {
-          scatter(t, p, acc, t.target);
-          scatter(t, p + 1, next, t.target);
+          Rows::scatter(t, p, acc);
+          Rows::scatter(t, p + 1, next);
         }
       emit(acc, p, labels, q_out, labels_out);
       emit(next, p + 1, labels, q_out, labels_out);
     }
     for (; p < end; ++p) {
       load_negated(acc, unary + p * blocks * 8, labels);
-      for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
+      for (const TermBuffers& t : terms) Rows::add_message(t, p, msg, acc, labels);
       softmax(acc);
       if (scatter_next)
-        for (const TermBuffers& t : terms) scatter(t, p, acc, t.target);
+        for (const TermBuffers& t : terms) Rows::scatter(t, p, acc);
       emit(acc, p, labels, q_out, labels_out);
     }
   }
@@ -369,8 +383,9 @@ struct Kernels {
 
 // Few labels (at most 4): the vertex rows hold W = 2 or 4 floats instead of
 // a padded block of 8, so that slicing, scattering and blurring move 2-4x
-// fewer bytes. The per-point arithmetic is Kernels<1>'s, on one block whose
-// lanes beyond W are zero in every row read (Q's pad lanes are 0).
+// fewer bytes. The point loops are Kernels<1>'s (with Narrow<W> as their
+// row access), on one block whose lanes beyond W are zero in every row read
+// (Q's pad lanes are 0).
 typedef float Half __attribute__((vector_size(16), aligned(4)));
 typedef float Quarter __attribute__((vector_size(8), aligned(4)));
 
@@ -449,53 +464,11 @@ struct Narrow {
     for (int r = 0; r < d1; ++r) add_row(t.target + static_cast<int64_t>(vertex[r]) * W, scale * weight[r], row);
   }
 
-  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Block row) {
+  SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<1>& row) {
     switch (t.d1) {
-      case 3: return scatter_fixed<3>(t, p, row);
-      case 6: return scatter_fixed<6>(t, p, row);
-      default: return scatter_fixed<0>(t, p, row);
-    }
-  }
-
-  SEGPOST_INLINE static void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary,
-                                          int64_t labels, const std::vector<TermBuffers>& terms) {
-    Row<1> row(1);
-    for (int64_t p = begin; p < end; ++p) {
-      K::load_q(row, p, q, unary, labels);
-      for (const TermBuffers& t : terms) scatter(t, p, row[0]);
-    }
-  }
-
-  // Kernels::update_rows with narrow rows: two points per step, each vertex
-  // row receiving point p's scatter before point p + 1's.
-  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                                         const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
-                                         int64_t* labels_out) {
-    Row<1> acc(1), next(1), msg(1);
-    int64_t p = begin;
-    for (; p + 1 < end; p += 2) {
-      K::load_negated(acc, unary + p * 8, labels);
-      K::load_negated(next, unary + (p + 1) * 8, labels);
-      for (const TermBuffers& t : terms) {
-        add_message(t, p, msg, acc, labels);
-        add_message(t, p + 1, msg, next, labels);
-      }
-      K::softmax_pair(acc, next);
-      if (scatter_next)
-        for (const TermBuffers& t : terms) {
-          scatter(t, p, acc[0]);
-          scatter(t, p + 1, next[0]);
-        }
-      K::emit(acc, p, labels, q_out, labels_out);
-      K::emit(next, p + 1, labels, q_out, labels_out);
-    }
-    for (; p < end; ++p) {
-      K::load_negated(acc, unary + p * 8, labels);
-      for (const TermBuffers& t : terms) add_message(t, p, msg, acc, labels);
-      K::softmax(acc);
-      if (scatter_next)
-        for (const TermBuffers& t : terms) scatter(t, p, acc[0]);
-      K::emit(acc, p, labels, q_out, labels_out);
+      case 3: return scatter_fixed<3>(t, p, row[0]);
+      case 6: return scatter_fixed<6>(t, p, row[0]);
+      default: return scatter_fixed<0>(t, p, row[0]);
     }
   }
 };
@@ -503,15 +476,16 @@ struct Narrow {
 SEGPOST_MULTIVERSION
 void narrow_scatter_rows(int width, int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                          const std::vector<TermBuffers>& terms) {
-  if (width == 2) return Narrow<2>::scatter_rows(begin, end, q, unary, labels, terms);
-  Narrow<4>::scatter_rows(begin, end, q, unary, labels, terms);
+  if (width == 2) return Kernels<1>::scatter_rows<Narrow<2>>(begin, end, q, unary, labels, 1, terms);
+  Kernels<1>::scatter_rows<Narrow<4>>(begin, end, q, unary, labels, 1, terms);
 }
 
 SEGPOST_MULTIVERSION
 void narrow_update_rows(int width, int64_t begin, int64_t end, const float* unary, int64_t labels,
                         const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
-  if (width == 2) return Narrow<2>::update_rows(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-  Narrow<4>::update_rows(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+  if (width == 2)
+    return Kernels<1>::update_rows<Narrow<2>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
+  Kernels<1>::update_rows<Narrow<4>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
 }
 
 SEGPOST_MULTIVERSION
@@ -589,13 +563,8 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
 // buffer sliced, and the buffer sliced last time becomes the next target.
 void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
   for (TermBuffers& t : terms) {
-    if (stride < 8) {
-      t.lattice->gather_partitions_narrow(t.target, static_cast<int>(stride));
-      t.lattice->blur_narrow(t.target, static_cast<int>(stride));
-    } else {
-      t.lattice->gather_partitions(t.target, stride / 8);
-      t.lattice->blur(t.target, stride / 8, false);
-    }
+    t.lattice->gather_partitions(t.target, stride);
+    t.lattice->blur(t.target, stride, false);
     t.blurred = t.target;
     t.target = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
   }

@@ -193,12 +193,17 @@ void splat_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
 
 // out[rows[i]] += part[i] for the local rows [begin, end) of one partition.
 SEGPOST_MULTIVERSION
-void add_partition_rows(int64_t begin, int64_t end, int64_t blocks, const int32_t* rows, const float* part, float* out) {
-  const int64_t stride = blocks * 8;
+void add_partition_rows(int64_t begin, int64_t end, int64_t width, const int32_t* rows, const float* part,
+                        float* out) {
+  if (width % 8 != 0) {  // narrow rows (1, 2 or 4 floats)
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t k = 0; k < width; ++k) out[static_cast<int64_t>(rows[i]) * width + k] += part[i * width + k];
+    return;
+  }
   for (int64_t i = begin; i < end; ++i) {
-    float* dst = out + static_cast<int64_t>(rows[i]) * stride;
-    const float* src = part + i * stride;
-    for (int64_t b = 0; b < blocks; ++b) store(dst + 8 * b, load(dst + 8 * b) + load(src + 8 * b));
+    float* dst = out + static_cast<int64_t>(rows[i]) * width;
+    const float* src = part + i * width;
+    for (int64_t b = 0; b < width; b += 8) store(dst + b, load(dst + b) + load(src + b));
   }
 }
 
@@ -626,8 +631,8 @@ void PermutohedralLattice::filter(const float* values, int64_t channels, float* 
       splat_points(partition_begin(b), partition_end(b), d1, c, blocks, corner_local_.data(), corner_weight_.data(),
                    values, pre_scale, current);
   });
-  gather_partitions(current, blocks);
-  blur(current, blocks, transpose);
+  gather_partitions(current, stride);
+  blur(current, stride, transpose);
   const float* result = current;
 
   // Slice: barycentric interpolation, scaled by the lattice's constant.
@@ -650,8 +655,8 @@ void PermutohedralLattice::filter_ones(float* out) const {
       for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
         current[corner_local_[c]] += corner_weight_[c];
   });
-  gather_partitions_narrow(current.data(), 1);
-  blur_narrow(current.data(), 1);
+  gather_partitions(current.data(), 1);
+  blur(current.data(), 1, false);
   const float scale = alpha();
   parallel_for(num_points_, kPointGrain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -664,35 +669,15 @@ void PermutohedralLattice::filter_ones(float* out) const {
 
 float PermutohedralLattice::alpha() const { return static_cast<float>(1.0 / (1.0 + std::pow(2.0, -dim_))); }
 
-void PermutohedralLattice::gather_partitions(float* buffer, int64_t blocks) const {
+void PermutohedralLattice::gather_partitions(float* buffer, int64_t width) const {
   // One partition at a time: within a partition the private rows belong to
   // distinct vertices, so they split across threads and every vertex still
   // sums its partitions in partition order.
   for (int64_t b = 0; b < num_partitions(); ++b) {
     const int32_t* rows = partition_vertices_[b].data();
-    const float* part = buffer + partition_offset_[b] * blocks * 8;
-    parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
-      add_partition_rows(begin, end, blocks, rows, part, buffer);
-    });
-  }
-}
-
-void PermutohedralLattice::gather_partitions_narrow(float* buffer, int width) const {
-  // As gather_partitions, for rows of `width` floats.
-  for (int64_t b = 0; b < num_partitions(); ++b) {
-    const int32_t* rows = partition_vertices_[b].data();
     const float* part = buffer + partition_offset_[b] * width;
     parallel_for(partition_rows(b), kVertexGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        for (int k = 0; k < width; ++k) buffer[static_cast<int64_t>(rows[i]) * width + k] += part[i * width + k];
-    });
-  }
-}
-
-void PermutohedralLattice::blur_narrow(float* buffer, int width) const {
-  for (int axis = 0; axis <= dim_; ++axis) {
-    for_chains(axis, [&](const int32_t* chain, int64_t begin, int64_t end) {
-      blur_narrow_chains(begin, end, width, chain, buffer);
+      add_partition_rows(begin, end, width, rows, part, buffer);
     });
   }
 }
@@ -715,11 +700,14 @@ void PermutohedralLattice::for_chains(int axis, const F& fn) const {
   });
 }
 
-void PermutohedralLattice::blur(float* buffer, int64_t blocks, bool transpose) const {
+void PermutohedralLattice::blur(float* buffer, int64_t width, bool transpose) const {
   // [1/2, 1, 1/2] along each lattice axis; reversed order is the adjoint.
   for (int step = 0; step <= dim_; ++step) {
     for_chains(transpose ? dim_ - step : step, [&](const int32_t* chain, int64_t begin, int64_t end) {
-      blur_chains(begin, end, blocks, chain, buffer);
+      if (width % 8 == 0)
+        blur_chains(begin, end, width / 8, chain, buffer);
+      else
+        blur_narrow_chains(begin, end, static_cast<int>(width), chain, buffer);
     });
   }
 }
