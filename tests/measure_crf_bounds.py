@@ -17,7 +17,7 @@ from skimage import data
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oracles import exact_mean_field  # noqa: E402
-from test_crf import _build  # noqa: E402
+from test_crf import _build, random_compat  # noqa: E402
 
 
 def draw_problem(rng, max_weight, photo):
@@ -25,13 +25,7 @@ def draw_problem(rng, max_weight, photo):
     labels = int(rng.integers(2, 5))
     unary = rng.normal(scale=rng.uniform(0.1, 2.0), size=(labels, h, w)).astype(np.float32)
     weight = max_weight if rng.random() < 0.5 else rng.uniform(0, max_weight)
-    kind = rng.choice(["potts", "diag", "matrix"])
-    if kind == "potts":
-        compat = float(weight)
-    elif kind == "diag":
-        compat = rng.uniform(-2 * weight / 3, 0, size=labels).astype(np.float32)
-    else:
-        compat = rng.uniform(0, 2 * weight / 3, size=(labels, labels)).astype(np.float32)
+    compat = random_compat(str(rng.choice(["potts", "diag", "matrix"])), float(weight), labels, rng)
     normalization = str(rng.choice(["symmetric", "before", "after"]))
     term = str(rng.choice(["gaussian", "bilateral", "both"]))
     y0, x0 = rng.integers(0, 401, size=2)

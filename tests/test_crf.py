@@ -43,6 +43,15 @@ def _grid_features(h, w, sxy):
     return np.stack([xx.ravel(), yy.ravel()], 1) / sxy
 
 
+def random_compat(kind, weight, labels, rng):
+    """A compatibility of `kind`: the Potts weight itself, else random entries up to 2/3 of it."""
+    if kind == "potts":
+        return weight
+    if kind == "diag":
+        return rng.uniform(-2 * weight / 3, 0, size=labels).astype(np.float32)
+    return rng.uniform(0, 2 * weight / 3, size=(labels, labels)).astype(np.float32)
+
+
 @st.composite
 def crf_problems(draw, max_weight=3.0):
     h, w = draw(st.integers(3, 12)), draw(st.integers(3, 12))
@@ -50,12 +59,8 @@ def crf_problems(draw, max_weight=3.0):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     unary = rng.normal(scale=draw(st.floats(0.1, 2.0)), size=(labels, h, w)).astype(np.float32)
     kind = draw(st.sampled_from(["potts", "diag", "matrix"]))
-    if kind == "potts":
-        compat = draw(st.floats(0.0, max_weight))
-    elif kind == "diag":
-        compat = rng.uniform(-2 * max_weight / 3, 0, size=labels).astype(np.float32)
-    else:
-        compat = rng.uniform(0, 2 * max_weight / 3, size=(labels, labels)).astype(np.float32)
+    weight = draw(st.floats(0.0, max_weight)) if kind == "potts" else max_weight
+    compat = random_compat(kind, weight, labels, rng)
     # "none" is the raw lattice sum, whose scale is the lattice's own, not the
     # exact Gaussian sum's: tested against pydensecrf instead.
     normalization = draw(st.sampled_from(["symmetric", "before", "after"]))
