@@ -207,7 +207,9 @@ def test_volumes_with_spacing_match_the_exact_crf():
     expected, _ = exact_mean_field(unary.reshape(3, -1), terms, 5)
     q = crf.inference(5)
     assert q.shape == (3, 4, 6, 5)
-    assert np.abs(q.reshape(3, -1) - expected).max() <= BOUNDS["bilateral"][2]
+    # A fixed case, so a bound of its own: measured 0.020, twice that allowed
+    # (the random crops' bound, 0.3, would hide a real error here).
+    assert np.abs(q.reshape(3, -1) - expected).max() <= 0.04
 
 
 def test_arbitrary_features_and_torch_in_torch_out():
