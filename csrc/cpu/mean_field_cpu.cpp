@@ -473,32 +473,25 @@ struct Narrow {
   }
 };
 
+// The point loops for vertex rows of `stride` floats: narrow (2 or 4) or
+// the padded label count.
 SEGPOST_MULTIVERSION
-void narrow_scatter_rows(int width, int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
-                         const std::vector<TermBuffers>& terms) {
-  if (width == 2) return Kernels<1>::scatter_rows<Narrow<2>>(begin, end, q, unary, labels, 1, terms);
-  Kernels<1>::scatter_rows<Narrow<4>>(begin, end, q, unary, labels, 1, terms);
-}
-
-SEGPOST_MULTIVERSION
-void narrow_update_rows(int width, int64_t begin, int64_t end, const float* unary, int64_t labels,
-                        const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
-  if (width == 2)
-    return Kernels<1>::update_rows<Narrow<2>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
-  Kernels<1>::update_rows<Narrow<4>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
-}
-
-SEGPOST_MULTIVERSION
-void scatter_rows(int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
+void scatter_rows(int64_t stride, int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                   const std::vector<TermBuffers>& terms) {
-  const int64_t blocks = (labels + 7) / 8;
+  if (stride == 2) return Kernels<1>::scatter_rows<Narrow<2>>(begin, end, q, unary, labels, 1, terms);
+  if (stride == 4) return Kernels<1>::scatter_rows<Narrow<4>>(begin, end, q, unary, labels, 1, terms);
+  const int64_t blocks = stride / 8;
   SEGPOST_DISPATCH_BLOCKS(blocks, scatter_rows, begin, end, q, unary, labels, blocks, terms)
 }
 
 SEGPOST_MULTIVERSION
-void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
+void update_rows(int64_t stride, int64_t begin, int64_t end, const float* unary, int64_t labels,
                  const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
-  const int64_t blocks = (labels + 7) / 8;
+  if (stride == 2)
+    return Kernels<1>::update_rows<Narrow<2>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
+  if (stride == 4)
+    return Kernels<1>::update_rows<Narrow<4>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
+  const int64_t blocks = stride / 8;
   SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, unary, labels, blocks, terms, scatter, q_out,
                           labels_out)
 }
@@ -583,14 +576,10 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     return;
   }
   const int64_t stride = row_width(num_labels, true);
-  const int width = static_cast<int>(stride);
   std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
   zero_targets(buffers, stride);
   for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    if (stride < 8)
-      narrow_scatter_rows(width, begin, end, q_init, unary, num_labels, buffers);
-    else
-      scatter_rows(begin, end, q_init, unary, num_labels, buffers);
+    scatter_rows(stride, begin, end, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
     gather_and_blur(buffers, stride);
@@ -599,10 +588,7 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     float* q = last ? q_out : nullptr;
     int64_t* labels = last ? labels_out : nullptr;
     for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-      if (stride < 8)
-        narrow_update_rows(width, begin, end, unary, num_labels, buffers, !last, q, labels);
-      else
-        update_rows(begin, end, unary, num_labels, buffers, !last, q, labels);
+      update_rows(stride, begin, end, unary, num_labels, buffers, !last, q, labels);
     });
   }
 }
@@ -617,7 +603,7 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
   std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
   zero_targets(buffers, stride);
   for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    scatter_rows(begin, end, q, nullptr, num_labels, buffers);
+    scatter_rows(stride, begin, end, q, nullptr, num_labels, buffers);
   });
   gather_and_blur(buffers, stride);
   parallel_for(num_points, kPointGrain,
