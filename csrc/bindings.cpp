@@ -289,6 +289,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_points", &PermutohedralLattice::num_points)
       .def_property_readonly("dim", &PermutohedralLattice::dim)
       .def_property_readonly("num_vertices", &PermutohedralLattice::num_vertices)
+      .def_property_readonly("exact_keys", &PermutohedralLattice::exact_keys)
       .def_property_readonly("nbytes", &PermutohedralLattice::nbytes)
       .def("filter_scratch_bytes", &PermutohedralLattice::filter_scratch_bytes,
            py::arg("channels"));

@@ -94,6 +94,10 @@ class PermutohedralLattice {
   int64_t num_points() const { return num_points_; }
   int dim() const { return dim_; }
   int64_t num_vertices() const { return num_vertices_; }
+  // Whether construction hashed exact packed keys (the keys' bounding box
+  // fits 62 bits) rather than comparing stored keys: the same lattice either
+  // way; exposed so that tests can see both paths taken.
+  bool exact_keys() const { return exact_keys_; }
   // Bytes held by the lattice (not counting the scratch of a filter call).
   std::size_t nbytes() const;
   // Scratch bytes one filter call allocates for `channels` channels.
@@ -110,6 +114,7 @@ class PermutohedralLattice {
   int64_t num_points_;
   int dim_;
   int64_t num_vertices_ = 0;
+  bool exact_keys_ = false;
   // (num_points, dim+1): shifted vertex index and barycentric weight of each
   // corner of the point's enclosing simplex.
   PooledVector<int32_t> corner_vertex_;

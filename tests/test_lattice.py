@@ -173,6 +173,26 @@ def test_identical_results_for_one_and_two_threads(data, n):
     np.testing.assert_array_equal(one, two)
 
 
+@given(point_sets(max_points=120), st.integers(3, 6), st.floats(1e6, 1e7))
+def test_packed_and_compared_keys_build_the_same_lattice(data, d, distance):
+    # Construction packs each vertex key into one exact 64-bit number when the
+    # keys' bounding box allows, and otherwise compares stored keys. A far-away
+    # point (no interaction) inflates the box past 62 bits: the other points'
+    # output must not change by a single bit. (It lies above the others, so
+    # their coordinates relative to the minimum are untouched.)
+    features, values = data
+    features = np.resize(features, (len(features), d))
+    near = PermutohedralLattice(features)
+    far_features = np.concatenate([features, np.full((1, d), distance)])
+    far = PermutohedralLattice(far_features)
+    assert near._lattice.exact_keys and not far._lattice.exact_keys
+    assert far.num_vertices == near.num_vertices + d + 1
+    far_values = np.concatenate([values, np.zeros((1, values.shape[1]))])
+    for normalize in (False, True):
+        np.testing.assert_array_equal(far.filter(far_values, normalize=normalize)[:-1],
+                                      near.filter(values, normalize=normalize))
+
+
 def test_exact_for_a_single_point_and_duplicates():
     lattice = PermutohedralLattice(np.full((5, 3), 0.7))
     assert lattice.num_vertices == 4  # one simplex, d + 1 vertices

@@ -39,33 +39,29 @@ constexpr int64_t kPartitionPoints = 2048;
 constexpr int64_t kMaxStackChannels = 64;
 
 // Keys are hashed in two steps: a linear form lin(key) = sum_i C_i key_i
-// (mod 2^64, C_i fixed odd constants), then mix_hash (simplex.h) for the
-// slot. Being linear, lin() follows a key's moves: the d+1 vertices of a
-// simplex and a vertex's blur neighbours differ by fixed steps, so their
-// hashes are updated in O(1) instead of rehashing d coordinates.
-// C_i: splitmix64 of i + 1, made odd; computed at compile time, so the
-// per-point hashing only looks them up.
+// (mod 2^64), then mix_hash (simplex.h) for the slot. Being linear, lin()
+// follows a key's moves: the d+1 vertices of a simplex and a vertex's blur
+// neighbours differ by fixed steps, so their hashes are updated in O(1)
+// instead of rehashing d coordinates.
+//
+// When the keys' bounding box (known from the features' ranges) has fewer
+// than 2^62 points, C_i are mixed-radix place values: lin() is then one-to-one
+// on the box, an exact packed key, and the table compares it alone, never
+// reading stored keys (a second cache miss per probe). Otherwise C_i are
+// fixed odd constants (splitmix64 of i + 1) and keys are compared in full.
 constexpr uint64_t key_coefficient(int i) {
   uint64_t z = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return (z ^ (z >> 31)) | 1u;
 }
-struct KeyCoefficients {
-  uint64_t c[PermutohedralLattice::kMaxDim];
-};
-constexpr KeyCoefficients key_coefficients() {
-  KeyCoefficients t{};
-  for (int i = 0; i < PermutohedralLattice::kMaxDim; ++i) t.c[i] = key_coefficient(i);
-  return t;
-}
-constexpr KeyCoefficients kKeyCoefficients = key_coefficients();
 
 struct KeyHash {
-  static uint64_t coefficient(int i) { return kKeyCoefficients.c[i]; }
-  static uint64_t linear(const int32_t* key, int d) {
+  uint64_t c[PermutohedralLattice::kMaxDim];
+  bool exact = false;  // lin() is one-to-one on every key the lattice meets
+  uint64_t linear(const int32_t* key, int d) const {
     uint64_t h = 0;
-    for (int i = 0; i < d; ++i) h += coefficient(i) * static_cast<uint64_t>(static_cast<int64_t>(key[i]));
+    for (int i = 0; i < d; ++i) h += c[i] * static_cast<uint64_t>(static_cast<int64_t>(key[i]));
     return h;
   }
   static uint64_t slot(uint64_t linear) { return mix_hash(linear); }
@@ -73,13 +69,16 @@ struct KeyHash {
 
 // Open-addressing hash table from d-dimensional integer keys (the last lattice
 // coordinate is implied by the zero sum) to dense ids in insertion order.
-// Callers pass each key's KeyHash::linear value along with it.
+// Callers pass each key's lin() value along with it, and the key itself
+// unless lin() is exact (then `key` may be null). A slot holds the id and
+// the lin() value: a probe reads a stored key (a second cache miss) only
+// when the lin() values agree, and with exact keys never.
 class KeyTable {
  public:
-  KeyTable(int key_size, int64_t expected) : key_size_(key_size) {
+  KeyTable(int key_size, bool exact, int64_t expected) : key_size_(key_size), exact_(exact) {
     std::size_t capacity = 256;
     while (capacity < static_cast<std::size_t>(expected) * 2) capacity <<= 1;
-    slots_.assign(capacity, -1);
+    slots_.assign(capacity, Slot{0, -1});
     mask_ = capacity - 1;
   }
 
@@ -87,33 +86,33 @@ class KeyTable {
 
   int32_t insert(const int32_t* key, uint64_t linear) {
     if (static_cast<std::size_t>(size_ + 1) * 2 > slots_.size()) grow();
-    std::size_t slot = KeyHash::slot(linear) & mask_;
-    for (;;) {
-      const int32_t id = slots_[slot];
-      if (id < 0) {
+    for (std::size_t slot = KeyHash::slot(linear) & mask_;; slot = (slot + 1) & mask_) {
+      Slot& entry = slots_[slot];
+      if (entry.id < 0) {
         if (size_ >= std::numeric_limits<int32_t>::max() - 1)
           throw std::length_error("permutohedral lattice: too many vertices for int32 indices");
-        slots_[slot] = static_cast<int32_t>(size_);
-        keys_.insert(keys_.end(), key, key + key_size_);
+        entry = Slot{linear, static_cast<int32_t>(size_)};
+        if (!exact_) keys_.insert(keys_.end(), key, key + key_size_);
         linears_.push_back(linear);
         return static_cast<int32_t>(size_++);
       }
-      if (equal(id, key)) return id;
-      slot = (slot + 1) & mask_;
+      if (entry.linear == linear && (exact_ || equal(entry.id, key))) return entry.id;
     }
   }
+
+  // Prefetches the slot where find(key, linear) starts.
+  void prefetch(uint64_t linear) const { __builtin_prefetch(slots_.data() + (KeyHash::slot(linear) & mask_)); }
 
   int32_t find(const int32_t* key, uint64_t linear) const {
-    std::size_t slot = KeyHash::slot(linear) & mask_;
-    for (;;) {
-      const int32_t id = slots_[slot];
-      if (id < 0) return -1;
-      if (equal(id, key)) return id;
-      slot = (slot + 1) & mask_;
+    for (std::size_t slot = KeyHash::slot(linear) & mask_;; slot = (slot + 1) & mask_) {
+      const Slot& entry = slots_[slot];
+      if (entry.id < 0) return -1;
+      if (entry.linear == linear && (exact_ || equal(entry.id, key))) return entry.id;
     }
   }
 
-  const int32_t* key(int64_t id) const { return keys_.data() + id * key_size_; }
+  // Stored key of an id: only when lin() is not exact (else null).
+  const int32_t* key(int64_t id) const { return exact_ ? nullptr : keys_.data() + id * key_size_; }
   uint64_t linear(int64_t id) const { return linears_[id]; }
 
   // Makes room for `count` keys in all, so that inserting them never regrows.
@@ -122,6 +121,11 @@ class KeyTable {
   }
 
  private:
+  struct Slot {
+    uint64_t linear;
+    int32_t id;  // -1: empty
+  };
+
   bool equal(int32_t id, const int32_t* key) const {
     const int32_t* stored = keys_.data() + static_cast<int64_t>(id) * key_size_;
     for (int i = 0; i < key_size_; ++i)
@@ -130,24 +134,53 @@ class KeyTable {
   }
 
   void grow() {
-    PooledVector<int32_t> bigger(slots_.size() * 2, -1);
+    PooledVector<Slot> bigger(slots_.size() * 2, Slot{0, -1});
     const std::size_t mask = bigger.size() - 1;
     for (int64_t id = 0; id < size_; ++id) {
       std::size_t slot = KeyHash::slot(linears_[id]) & mask;
-      while (bigger[slot] >= 0) slot = (slot + 1) & mask;
-      bigger[slot] = static_cast<int32_t>(id);
+      while (bigger[slot].id >= 0) slot = (slot + 1) & mask;
+      bigger[slot] = Slot{linears_[id], static_cast<int32_t>(id)};
     }
     slots_.swap(bigger);
     mask_ = mask;
   }
 
   int key_size_;
+  bool exact_;
   int64_t size_ = 0;
   std::size_t mask_ = 0;
-  PooledVector<int32_t> slots_;
+  PooledVector<Slot> slots_;
   PooledVector<int32_t> keys_;
   PooledVector<uint64_t> linears_;
 };
+
+// The key hash for a lattice whose d features, shifted to `origin` and
+// scaled, span [0, extent_i]: exact (mixed-radix) when the keys' bounding box
+// allows. Elevated coordinate j >= 1 is sum_{i >= j} x_i - j x_{j-1}, and
+// coordinate 0 is sum_i x_i; vertex keys lie within 2(d+1) of it and blur
+// neighbours d further, inside the margin below.
+KeyHash key_hash(const std::vector<double>& extent, int d, double* key_low, double* key_high) {
+  KeyHash hash;
+  for (int i = 0; i < d; ++i) hash.c[i] = key_coefficient(i);
+  const double margin = 4.0 * (d + 1) + 2.0;
+  constexpr uint64_t kLimit = uint64_t{1} << 62;
+  uint64_t place = 1;  // product of the ranges so far, below kLimit
+  uint64_t radix[PermutohedralLattice::kMaxDim];
+  for (int j = 0; j < d; ++j) {
+    double lo = 0.0, hi = 0.0;
+    for (int i = j; i < d; ++i) hi += extent[i];
+    if (j > 0) lo = -j * extent[j - 1];
+    key_low[j] = std::floor(lo - margin);
+    key_high[j] = std::ceil(hi + margin);
+    const double range = key_high[j] - key_low[j] + 1.0;
+    if (!(range < 1.0e18) || static_cast<uint64_t>(range) > kLimit / place) return hash;
+    radix[j] = place;
+    place *= static_cast<uint64_t>(range);
+  }
+  for (int j = 0; j < d; ++j) hash.c[j] = radix[j];
+  hash.exact = true;
+  return hash;
+}
 
 // ---------------------------------------------------------------- construction
 
@@ -378,18 +411,25 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   const std::vector<Range> chunks = split_range(num_points, kPointGrain);
   const std::size_t num_chunks = chunks.size();
 
-  // Per-axis minimum (exact whatever the chunking), to bring the features near zero.
-  std::vector<double> origin(static_cast<std::size_t>(d) * num_chunks);
+  // Per-axis minimum and maximum (exact whatever the chunking): the minimum
+  // brings the features near zero, the span bounds the keys (key_hash).
+  std::vector<double> origin(static_cast<std::size_t>(d) * num_chunks), top(origin.size());
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
-    // In a local array: the chunks' results share a cache line.
-    T lo[kMaxDim];
-    for (int i = 0; i < d; ++i) lo[i] = features[begin * d + i];
+    // In local arrays: the chunks' results share a cache line.
+    T lo[kMaxDim], hi[kMaxDim];
+    for (int i = 0; i < d; ++i) lo[i] = hi[i] = features[begin * d + i];
     for (int64_t p = begin; p < end; ++p)
-      for (int i = 0; i < d; ++i) lo[i] = std::min(lo[i], features[p * d + i]);
-    for (int i = 0; i < d; ++i) origin[chunk * d + i] = static_cast<double>(lo[i]);
+      for (int i = 0; i < d; ++i) {
+        lo[i] = std::min(lo[i], features[p * d + i]);
+        hi[i] = std::max(hi[i], features[p * d + i]);
+      }
+    for (int i = 0; i < d; ++i) origin[chunk * d + i] = static_cast<double>(lo[i]), top[chunk * d + i] = hi[i];
   });
   for (std::size_t chunk = 1; chunk < num_chunks; ++chunk)
-    for (int i = 0; i < d; ++i) origin[i] = std::min(origin[i], origin[chunk * d + i]);
+    for (int i = 0; i < d; ++i) {
+      origin[i] = std::min(origin[i], origin[chunk * d + i]);
+      top[i] = std::max(top[i], top[chunk * d + i]);
+    }
 
   // Scaling that makes the lattice blur a unit-variance Gaussian.
   std::vector<double> scale(d);
@@ -415,65 +455,115 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // axis's own coordinate (none for the implied last one): lin() moves by a
   // constant, upper_step[axis]. From simplex vertex r - 1 to vertex r is
   // such a step, along the axis of the coordinate ranked d + 1 - r.
-  uint64_t coefficient_sum = 0;  // of KeyHash's coefficients: lin() of (1, .., 1)
-  for (int i = 0; i < d; ++i) coefficient_sum += KeyHash::coefficient(i);
+  std::vector<double> extent(d);
+  for (int i = 0; i < d; ++i) extent[i] = (top[i] - origin[i]) * scale[i];
+  double key_low[kMaxDim], key_high[kMaxDim];
+  const KeyHash hash = key_hash(extent, d, key_low, key_high);
+  exact_keys_ = hash.exact;
+  uint64_t coefficient_sum = 0;  // lin() of (1, .., 1)
+  for (int i = 0; i < d; ++i) coefficient_sum += hash.c[i];
   uint64_t upper_step[kMaxDim + 1];
-  for (int axis = 0; axis <= d; ++axis)
-    upper_step[axis] = coefficient_sum - (axis < d ? d1 * KeyHash::coefficient(axis) : 0);
+  for (int axis = 0; axis <= d; ++axis) upper_step[axis] = coefficient_sum - (axis < d ? d1 * hash.c[axis] : 0);
+  // Exact keys rely on the bounds: a simplex outside them is a bug, not a result.
+  std::atomic<bool> outside{false};
 
   // Pass 1, parallel over point chunks (at most one per thread): simplex,
   // weights, and vertex keys hashed into a table per chunk (local ids in
-  // corner_vertex_ for now).
+  // corner_vertex_ for now). Pipelined: a point's simplex is found and the
+  // table slots of its vertices prefetched kLag points before they are
+  // inserted, so that the slots' cache misses overlap with other work.
   std::vector<std::unique_ptr<KeyTable>> tables(num_chunks);
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
-    tables[chunk] = std::make_unique<KeyTable>(d, (end - begin) * d1 / 4 + 64);
+    tables[chunk] = std::make_unique<KeyTable>(d, hash.exact, (end - begin) * d1 / 4 + 64);
     KeyTable& table = *tables[chunk];
+    constexpr int64_t kLag = 4;
+    enum Kind { kSkipped, kSameAsPrevious, kHashed };
+    struct Pending {
+      int64_t point;
+      Kind kind;
+      uint64_t linear[kMaxDim + 1];
+      int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];  // the keys, when lin() is not exact
+    };
+    Pending pending[kLag];
     double position[kMaxDim];
     double bary[kMaxDim + 2];
     int32_t rem0[kMaxDim + 1], rank[kMaxDim + 1];
     int32_t previous_rem0[kMaxDim + 1], previous_rank[kMaxDim + 1];
-    int32_t key[kMaxDim];
     bool have_previous = false;
-    const int32_t* previous_vertex = nullptr;
-    for (int64_t i = begin; i < end; ++i) {
+
+    // Simplex and weights of point i; its vertices' lin() values, slots prefetched.
+    auto locate = [&](int64_t i, Pending& e) {
       const int64_t p = visit ? visit[i] : i;
+      e.point = p;
       const T* f = features + p * d;
-      for (int i = 0; i < d; ++i) position[i] = (static_cast<double>(f[i]) - origin[i]) * scale[i];
+      for (int k = 0; k < d; ++k) position[k] = (static_cast<double>(f[k]) - origin[k]) * scale[k];
       float* weight = corner_weight_.data() + p * d1;
-      int32_t* vertex = corner_vertex_.data() + p * d1;
       if (!find_simplex(position, d, rem0, rank, bary)) {  // reported after the loop
         overflow.store(true);
+        int32_t* vertex = corner_vertex_.data() + p * d1;
         for (int r = 0; r <= d; ++r) weight[r] = 0.0f, vertex[r] = 0;
         have_previous = false;
-        continue;
+        e.kind = kSkipped;
+        return;
       }
       for (int r = 0; r <= d; ++r) weight[r] = static_cast<float>(bary[r]);
       // Neighbouring points (pixels in raster order) often share a simplex:
       // then the vertex ids are the previous point's, with no hashing.
       bool same = have_previous;
-      for (int i = 0; same && i <= d; ++i) same = rem0[i] == previous_rem0[i] && rank[i] == previous_rank[i];
+      for (int k = 0; same && k <= d; ++k) same = rem0[k] == previous_rem0[k] && rank[k] == previous_rank[k];
       if (same) {
-        for (int r = 0; r <= d; ++r) vertex[r] = previous_vertex[r];
-        previous_vertex = vertex;
-        continue;
+        e.kind = kSameAsPrevious;
+        return;
       }
+      e.kind = kHashed;
       // Vertex r's key is rem0 + r, less d+1 on the coordinates ranked
       // above d - r: each vertex is the previous one's upper neighbour.
       int32_t by_rank[kMaxDim + 1];
-      for (int i = 0; i <= d; ++i) by_rank[rank[i]] = i;
-      uint64_t linear = KeyHash::linear(rem0, d);
+      for (int k = 0; k <= d; ++k) by_rank[rank[k]] = k;
+      uint64_t linear = hash.linear(rem0, d);
       for (int r = 0; r <= d; ++r) {
         if (r > 0) linear += upper_step[by_rank[d + 1 - r]];
-        vertex_key(rem0, rank, d, r, key);
-        vertex[r] = table.insert(key, linear);
+        e.linear[r] = linear;
+        table.prefetch(linear);
+      }
+      if (hash.exact) {
+        bool inside = true;  // vertices within d+1 of rem0, their neighbours 2(d+1)
+        for (int k = 0; k < d; ++k) inside &= rem0[k] - 2 * d1 >= key_low[k] && rem0[k] + 2 * d1 <= key_high[k];
+        if (!inside) outside.store(true);
+      } else {
+        for (int k = 0; k <= d; ++k) e.rem0[k] = rem0[k], e.rank[k] = rank[k];
       }
       for (int k = 0; k <= d; ++k) previous_rem0[k] = rem0[k], previous_rank[k] = rank[k];
-      previous_vertex = vertex;
       have_previous = true;
+    };
+
+    // Vertex ids of a located point, in point order.
+    const int32_t* previous_vertex = nullptr;
+    auto insert = [&](const Pending& e) {
+      int32_t* vertex = corner_vertex_.data() + e.point * d1;
+      if (e.kind == kSkipped) return;
+      if (e.kind == kSameAsPrevious) {
+        for (int r = 0; r <= d; ++r) vertex[r] = previous_vertex[r];
+      } else if (hash.exact) {
+        for (int r = 0; r <= d; ++r) vertex[r] = table.insert(nullptr, e.linear[r]);
+      } else {
+        int32_t key[kMaxDim];
+        for (int r = 0; r <= d; ++r) {
+          vertex_key(e.rem0, e.rank, d, r, key);
+          vertex[r] = table.insert(key, e.linear[r]);
+        }
+      }
+      previous_vertex = vertex;
+    };
+
+    for (int64_t i = begin; i < end + kLag; ++i) {
+      if (i - kLag >= begin) insert(pending[(i - kLag) % kLag]);
+      if (i < end) locate(i, pending[i % kLag]);
     }
   });
   if (overflow.load())
     throw std::overflow_error("permutohedral lattice: features span too large a range for int32 lattice keys");
+  if (outside.load()) throw std::logic_error("permutohedral lattice: a vertex key fell outside its bounds (a bug)");
 
   // Merge the chunk tables into the first in chunk order. Each chunk lists
   // its keys in order of first occurrence, so the global ids equal those of
@@ -512,11 +602,16 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // same slot.
   PooledVector<int32_t> neighbour(static_cast<std::size_t>(d1) * m * 2, 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
+    // The lookups ahead are known: their slots (a cache miss each, the
+    // table being larger than the cache) are prefetched kAhead vertices early.
+    constexpr int64_t kAhead = 8;
     int32_t lo[kMaxDim], hi[kMaxDim];
     for (int64_t v = begin; v < end; ++v) {
-      const int32_t* key = table.key(v);
+      if (v + kAhead < end)
+        for (int axis = 0; axis <= d; ++axis) table.prefetch(table.linear(v + kAhead) - upper_step[axis]);
+      const int32_t* key = table.key(v);  // null with exact keys: lin() alone
       for (int axis = 0; axis <= d; ++axis) {
-        neighbour_keys(key, d, axis, lo, hi);
+        if (key) neighbour_keys(key, d, axis, lo, hi);
         int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
         const int32_t u = table.find(lo, table.linear(v) - upper_step[axis]);
         axis_rows[2 * v] = u + 1;
