@@ -185,12 +185,25 @@ KeyHash key_hash(const std::vector<double>& extent, int d, double* key_low, doub
 // ---------------------------------------------------------------- construction
 
 // Enclosing simplex of one point (the arithmetic lives in simplex.h, shared
-// with the CUDA kernels); compiled per instruction set.
+// with the CUDA kernels); compiled per instruction set. D > 0 fixes the
+// dimension at compile time, so that the loops (the ranking's d^2 / 2
+// comparisons above all) unroll: the images' smoothness (2) and appearance
+// (5) kernels.
+template <int D>
+SEGPOST_INLINE bool find_simplex_fixed(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
+  const int dim = D > 0 ? D : d;
+  double elevated[PermutohedralLattice::kMaxDim + 1];
+  elevate(position, dim, elevated);
+  return enclosing_simplex(elevated, dim, rem0, rank, bary);
+}
+
 SEGPOST_MULTIVERSION
 bool find_simplex(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
-  double elevated[PermutohedralLattice::kMaxDim + 1];
-  elevate(position, d, elevated);
-  return enclosing_simplex(elevated, d, rem0, rank, bary);
+  switch (d) {
+    case 2: return find_simplex_fixed<2>(position, d, rem0, rank, bary);
+    case 5: return find_simplex_fixed<5>(position, d, rem0, rank, bary);
+    default: return find_simplex_fixed<0>(position, d, rem0, rank, bary);
+  }
 }
 
 // ---------------------------------------------------------------- filter kernels
@@ -600,7 +613,10 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // v = hi(u) (a lattice translation), so v is also recorded as u's upper
   // neighbour. The translation is one-to-one, so no two vertices write the
   // same slot.
-  PooledVector<int32_t> neighbour(static_cast<std::size_t>(d1) * m * 2, 0);
+  // Per axis, each vertex's lower and upper neighbour (id + 1, 0 for none),
+  // in separate arrays: the chain walk below reads `upper` in random order,
+  // and alone it is half the bytes to keep in cache.
+  PooledVector<int32_t> lower(static_cast<std::size_t>(d1) * m, 0), upper(lower.size(), 0);
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     // The lookups ahead are known: their slots (a cache miss each, the
     // table being larger than the cache) are prefetched kAhead vertices early.
@@ -612,10 +628,10 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
       const int32_t* key = table.key(v);  // null with exact keys: lin() alone
       for (int axis = 0; axis <= d; ++axis) {
         if (key) neighbour_keys(key, d, axis, lo, hi);
-        int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
+        const std::size_t offset = static_cast<std::size_t>(axis) * m;
         const int32_t u = table.find(lo, table.linear(v) - upper_step[axis]);
-        axis_rows[2 * v] = u + 1;
-        if (u >= 0) axis_rows[2 * static_cast<int64_t>(u) + 1] = static_cast<int32_t>(v + 1);
+        lower[offset + v] = u + 1;
+        if (u >= 0) upper[offset + u] = static_cast<int32_t>(v + 1);
       }
     }
   });
@@ -627,12 +643,13 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   blur_chain_.resize(static_cast<std::size_t>(d1) * m);
   parallel_for(d1, 1, [&](int64_t first, int64_t last) {
     for (int64_t axis = first; axis < last; ++axis) {
-      const int32_t* axis_rows = neighbour.data() + static_cast<std::size_t>(axis) * m * 2;
+      const int32_t* axis_lower = lower.data() + static_cast<std::size_t>(axis) * m;
+      const int32_t* axis_upper = upper.data() + static_cast<std::size_t>(axis) * m;
       int32_t* chain = blur_chain_.data() + static_cast<std::size_t>(axis) * m;
       for (int64_t v = 0; v < m; ++v) {
-        if (axis_rows[2 * v] != 0) continue;
+        if (axis_lower[v] != 0) continue;
         *chain++ = -static_cast<int32_t>(v + 1);
-        for (int32_t u = axis_rows[2 * v + 1]; u != 0; u = axis_rows[2 * static_cast<int64_t>(u - 1) + 1]) *chain++ = u;
+        for (int32_t u = axis_upper[v]; u != 0; u = axis_upper[u - 1]) *chain++ = u;
       }
     }
   });
