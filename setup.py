@@ -29,6 +29,8 @@ def get_extensions():
             "segpost._C",
             sources,
             include_dirs=["csrc"],
+            # Headers too: an edited header alone must trigger a rebuild.
+            depends=sorted(glob("csrc/*.h") + glob("csrc/cpu/*.h")),
             cxx_std=17,
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,

@@ -665,7 +665,8 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       int32_t top = 0;
-      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
+      const std::size_t first_corner = partition_begin(b) * d1, end_corner = partition_end(b) * d1;
+      for (std::size_t c = first_corner; c < end_corner; ++c)
         top = std::max(top, corner_vertex_[c]);
       first_row[b + 1] = top + 1;
     }
@@ -678,9 +679,13 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
     std::vector<int32_t> private_index(m + 1, -1);
     for (int64_t b = first; b < last; ++b) {
       std::vector<int32_t>& shared = partition_vertices_[b];
-      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c) {
+      // Bounds in locals: the stores below could alias them, and reloading
+      // partition_end costs an integer division per corner.
+      const int32_t owned = first_row[b];
+      const std::size_t first_corner = partition_begin(b) * d1, end_corner = partition_end(b) * d1;
+      for (std::size_t c = first_corner; c < end_corner; ++c) {
         const int32_t v = corner_vertex_[c];
-        if (v >= first_row[b]) {
+        if (v >= owned) {
           corner_local_[c] = v;
           continue;
         }
@@ -698,7 +703,8 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const int32_t offset = static_cast<int32_t>(partition_offset_[b]);
-      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
+      const std::size_t first_corner = partition_begin(b) * d1, end_corner = partition_end(b) * d1;
+      for (std::size_t c = first_corner; c < end_corner; ++c)
         if (corner_local_[c] < 0) corner_local_[c] = offset - 1 - corner_local_[c];
     }
   });
@@ -763,9 +769,10 @@ void PermutohedralLattice::filter_ones(float* out) const {
   // gathered in partition order, as for wide rows.
   std::vector<float> current(splat_rows(), 0.0f);
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b)
-      for (std::size_t c = partition_begin(b) * d1; c < static_cast<std::size_t>(partition_end(b)) * d1; ++c)
-        current[corner_local_[c]] += corner_weight_[c];
+    for (int64_t b = first; b < last; ++b) {
+      const std::size_t first_corner = partition_begin(b) * d1, end_corner = partition_end(b) * d1;
+      for (std::size_t c = first_corner; c < end_corner; ++c) current[corner_local_[c]] += corner_weight_[c];
+    }
   });
   gather_partitions(current.data(), 1);
   blur(current.data(), 1, false);
