@@ -247,6 +247,36 @@ def test_results_do_not_depend_on_thread_count(shape, labels):
         np.testing.assert_array_equal(other, results[0])
 
 
+@given(
+    st.integers(2, 34), st.sampled_from(["symmetric", "none", "before", "after"]), st.booleans(),
+    st.integers(1, 4), st.integers(0, 2**32 - 1),
+)
+def test_two_potts_terms_fast_path_equals_the_generic_loop(labels, normalization, bilateral_first, iterations, seed):
+    # Two Potts terms of simplex sizes 3 and 6 (crf_refine's model) run a
+    # dedicated update loop (5 to 32 labels). A third term of weight zero
+    # adds exactly 0 to every message but sends the model through the generic
+    # loop: the results must be bit-identical, for every block count, both term
+    # orders and with or without normalisation scales.
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(3, 40)), int(rng.integers(3, 90))
+    y0, x0 = rng.integers(0, 400, size=2)
+    image = data.astronaut()[y0 : y0 + h, x0 : x0 + w]
+    unary = rng.normal(scale=2.0, size=(labels, h, w)).astype(np.float32)
+
+    def add_terms(crf):
+        adders = [lambda: crf.add_gaussian(3, compat=3.0, normalization=normalization),
+                  lambda: crf.add_bilateral(image, 20, 13, compat=5.0, normalization=normalization)]
+        for add in adders[::-1] if bilateral_first else adders:
+            add()
+
+    fast, generic = DenseCRF(unary), DenseCRF(unary)
+    add_terms(fast)
+    add_terms(generic)
+    generic.add_gaussian(1, compat=0.0)
+    np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
+    np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
+
+
 def test_grid_sweep_order_only_rounds_differently():
     # An image-shaped unary is swept tile by tile, a flat one point by point:
     # the same sums in another order.

@@ -60,6 +60,50 @@ struct TermBuffers {
   float* target = nullptr;     // the splat buffer of the next scatter
 };
 
+// A Potts term's pointers and constants, read once per partition instead of
+// through the term and lattice at every point (update_rows_potts2).
+struct PottsView {
+  const int32_t* vertex;  // corner rows of the blurred buffer (slice)
+  const int32_t* local;   // corner rows of the splat buffer (scatter)
+  const float* weight;
+  const float* pre;
+  const float* post;
+  const float* blurred;
+  float* target;
+  float alpha, potts_weight;
+
+  explicit PottsView(const TermBuffers& t)
+      : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
+        pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred), target(t.target), alpha(t.alpha),
+        potts_weight(t.term->potts_weight) {}
+
+  // acc += potts_weight * (the filtered signal at p), as slice_potts_fixed.
+  template <int D1, int B, class Row>
+  SEGPOST_INLINE void slice(int64_t p, Row& acc) const {
+    const float scale = potts_weight * (post ? alpha * post[p] : alpha);
+    const int32_t* v = vertex + p * D1;
+    const float* w = weight + p * D1;
+    for (int r = 0; r < D1; ++r) {
+      const float wr = scale * w[r];
+      const float* src = blurred + static_cast<int64_t>(v[r]) * (B * 8);
+      for (int b = 0; b < B; ++b) acc[b] += wr * simd::load(src + 8 * b);
+    }
+  }
+
+  // Scatter row (times pre[p]) of point p, as scatter_fixed.
+  template <int D1, int B, class Row>
+  SEGPOST_INLINE void scatter(int64_t p, Row& row) const {
+    const float scale = pre ? pre[p] : 1.0f;
+    const int32_t* v = local + p * D1;
+    const float* w = weight + p * D1;
+    for (int r = 0; r < D1; ++r) {
+      const float wr = scale * w[r];
+      float* dst = target + static_cast<int64_t>(v[r]) * (B * 8);
+      for (int b = 0; b < B; ++b) simd::store(dst + 8 * b, simd::load(dst + 8 * b) + wr * row[b]);
+    }
+  }
+};
+
 // Accumulator rows of B blocks of 8 labels (labels padded with zeros). B is a
 // compile-time constant so the rows live in registers; the kernels below are
 // instantiated for B = 1..8 (up to 64 labels) and dispatched at run time, and
@@ -343,6 +387,51 @@ struct Kernels {
     }
   }
 
+  // update_rows for the common model, crf_refine's: exactly two Potts terms
+  // whose simplex sizes D1a, D1b are compile-time constants. The same
+  // arithmetic in the same order as the generic loop (results bit-identical),
+  // with each term's pointers and constants hoisted out of the point loop:
+  // the generic loop reloads them through the term and lattice objects and
+  // branches on the term's kind and size at every point, a sizeable share
+  // of an update that is mostly instructions.
+  template <int D1a, int D1b>
+  SEGPOST_INLINE static void update_rows_potts2(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                                const PottsView& a, const PottsView& b, bool scatter_next,
+                                                float* q_out, int64_t* labels_out) {
+    Row<B> acc(B), next(B);
+    int64_t p = begin;
+    for (; p + 1 < end; p += 2) {
+      const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * B * 8);
+      for (int64_t k = 0; k < 2 * B * 32; k += 64) __builtin_prefetch(ahead + k);
+      load_negated(acc, unary + p * B * 8, labels);
+      load_negated(next, unary + (p + 1) * B * 8, labels);
+      a.template slice<D1a, B>(p, acc);
+      a.template slice<D1a, B>(p + 1, next);
+      b.template slice<D1b, B>(p, acc);
+      b.template slice<D1b, B>(p + 1, next);
+      softmax_pair(acc, next);
+      if (scatter_next) {
+        a.template scatter<D1a, B>(p, acc);
+        a.template scatter<D1a, B>(p + 1, next);
+        b.template scatter<D1b, B>(p, acc);
+        b.template scatter<D1b, B>(p + 1, next);
+      }
+      emit(acc, p, labels, q_out, labels_out);
+      emit(next, p + 1, labels, q_out, labels_out);
+    }
+    for (; p < end; ++p) {
+      load_negated(acc, unary + p * B * 8, labels);
+      a.template slice<D1a, B>(p, acc);
+      b.template slice<D1b, B>(p, acc);
+      softmax(acc);
+      if (scatter_next) {
+        a.template scatter<D1a, B>(p, acc);
+        b.template scatter<D1b, B>(p, acc);
+      }
+      emit(acc, p, labels, q_out, labels_out);
+    }
+  }
+
   SEGPOST_INLINE static void message_rows(int64_t begin, int64_t end, int64_t labels, int64_t blocks,
                            const std::vector<TermBuffers>& terms, float* out) {
     Row<B> acc(blocks), msg(blocks);
@@ -473,6 +562,36 @@ struct Narrow {
   }
 };
 
+// Runs Kernels<B>::update_rows_potts2 when the terms are crf_refine's kind
+// (two Potts terms of simplex sizes 3 or 6: images' smoothness and appearance
+// kernels); false otherwise.
+template <int B>
+SEGPOST_INLINE bool potts2_rows(int64_t begin, int64_t end, const float* unary, int64_t labels, const std::vector<TermBuffers>& terms,
+                 bool scatter, float* q_out, int64_t* labels_out) {
+  if (terms.size() != 2 || terms[0].term->kind != Compatibility::kPotts ||
+      terms[1].term->kind != Compatibility::kPotts)
+    return false;
+  const PottsView a(terms[0]), b(terms[1]);
+  const int sizes = terms[0].d1 * 10 + terms[1].d1;
+  switch (sizes) {
+    case 36: Kernels<B>::template update_rows_potts2<3, 6>(begin, end, unary, labels, a, b, scatter, q_out, labels_out); return true;
+    case 63: Kernels<B>::template update_rows_potts2<6, 3>(begin, end, unary, labels, a, b, scatter, q_out, labels_out); return true;
+    default: return false;
+  }
+}
+
+// Inlined into the multiversioned entry below, so compiled for its targets.
+SEGPOST_INLINE bool potts2_dispatch(int64_t blocks, int64_t begin, int64_t end, const float* unary, int64_t labels,
+                     const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
+  switch (blocks) {
+    case 1: return potts2_rows<1>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 2: return potts2_rows<2>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 3: return potts2_rows<3>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 4: return potts2_rows<4>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    default: return false;
+  }
+}
+
 // The point loops for vertex rows of `stride` floats: narrow (2 or 4) or
 // the padded label count.
 SEGPOST_MULTIVERSION
@@ -492,6 +611,7 @@ void update_rows(int64_t stride, int64_t begin, int64_t end, const float* unary,
   if (stride == 4)
     return Kernels<1>::update_rows<Narrow<4>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
   const int64_t blocks = stride / 8;
+  if (blocks <= 8 && potts2_dispatch(blocks, begin, end, unary, labels, terms, scatter, q_out, labels_out)) return;
   SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, unary, labels, blocks, terms, scatter, q_out,
                           labels_out)
 }
