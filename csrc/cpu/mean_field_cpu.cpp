@@ -61,8 +61,10 @@ struct TermBuffers {
 };
 
 // A Potts term's pointers and constants, read once per partition instead of
-// through the term and lattice at every point (update_rows_potts2).
-struct PottsView {
+// through the term and lattice at every point (update_rows_potts2). How a
+// point's rows are sliced and scattered is the row layout's: PottsWide below
+// (rows of B blocks), PottsNarrow further down (rows of 2 or 4 floats).
+struct PottsTerm {
   const int32_t* vertex;  // corner rows of the blurred buffer (slice)
   const int32_t* local;   // corner rows of the splat buffer (scatter)
   const float* weight;
@@ -72,13 +74,18 @@ struct PottsView {
   float* target;
   float alpha, potts_weight;
 
-  explicit PottsView(const TermBuffers& t)
+  explicit PottsTerm(const TermBuffers& t)
       : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
         pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred), target(t.target), alpha(t.alpha),
         potts_weight(t.term->potts_weight) {}
+};
 
-  // acc += potts_weight * (the filtered signal at p), as slice_potts_fixed.
-  template <int D1, int B, class Row>
+template <int B>
+struct PottsWide : PottsTerm {
+  using PottsTerm::PottsTerm;
+
+  // acc += potts_weight * (the filtered signal at p), as Kernels::slice_potts_fixed.
+  template <int D1, class Row>
   SEGPOST_INLINE void slice(int64_t p, Row& acc) const {
     const float scale = potts_weight * (post ? alpha * post[p] : alpha);
     const int32_t* v = vertex + p * D1;
@@ -90,8 +97,8 @@ struct PottsView {
     }
   }
 
-  // Scatter row (times pre[p]) of point p, as scatter_fixed.
-  template <int D1, int B, class Row>
+  // Scatter row (times pre[p]) of point p, as Kernels::scatter_fixed.
+  template <int D1, class Row>
   SEGPOST_INLINE void scatter(int64_t p, Row& row) const {
     const float scale = pre ? pre[p] : 1.0f;
     const int32_t* v = local + p * D1;
@@ -388,15 +395,16 @@ struct Kernels {
   }
 
   // update_rows for the common model, crf_refine's: exactly two Potts terms
-  // whose simplex sizes D1a, D1b are compile-time constants. The same
+  // whose simplex sizes D1a, D1b are compile-time constants, their rows laid
+  // out as View says (PottsWide<B> or PottsNarrow<W>). The same
   // arithmetic in the same order as the generic loop (results bit-identical),
   // with each term's pointers and constants hoisted out of the point loop:
   // the generic loop reloads them through the term and lattice objects and
   // branches on the term's kind and size at every point, a sizeable share
   // of an update that is mostly instructions.
-  template <int D1a, int D1b>
+  template <int D1a, int D1b, class View>
   SEGPOST_INLINE static void update_rows_potts2(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                                                const PottsView& a, const PottsView& b, bool scatter_next,
+                                                const View& a, const View& b, bool scatter_next,
                                                 float* q_out, int64_t* labels_out) {
     Row<B> acc(B), next(B);
     int64_t p = begin;
@@ -405,28 +413,28 @@ struct Kernels {
       for (int64_t k = 0; k < 2 * B * 32; k += 64) __builtin_prefetch(ahead + k);
       load_negated(acc, unary + p * B * 8, labels);
       load_negated(next, unary + (p + 1) * B * 8, labels);
-      a.template slice<D1a, B>(p, acc);
-      a.template slice<D1a, B>(p + 1, next);
-      b.template slice<D1b, B>(p, acc);
-      b.template slice<D1b, B>(p + 1, next);
+      a.template slice<D1a>(p, acc);
+      a.template slice<D1a>(p + 1, next);
+      b.template slice<D1b>(p, acc);
+      b.template slice<D1b>(p + 1, next);
       softmax_pair(acc, next);
       if (scatter_next) {
-        a.template scatter<D1a, B>(p, acc);
-        a.template scatter<D1a, B>(p + 1, next);
-        b.template scatter<D1b, B>(p, acc);
-        b.template scatter<D1b, B>(p + 1, next);
+        a.template scatter<D1a>(p, acc);
+        a.template scatter<D1a>(p + 1, next);
+        b.template scatter<D1b>(p, acc);
+        b.template scatter<D1b>(p + 1, next);
       }
       emit(acc, p, labels, q_out, labels_out);
       emit(next, p + 1, labels, q_out, labels_out);
     }
     for (; p < end; ++p) {
       load_negated(acc, unary + p * B * 8, labels);
-      a.template slice<D1a, B>(p, acc);
-      b.template slice<D1b, B>(p, acc);
+      a.template slice<D1a>(p, acc);
+      b.template slice<D1b>(p, acc);
       softmax(acc);
       if (scatter_next) {
-        a.template scatter<D1a, B>(p, acc);
-        b.template scatter<D1b, B>(p, acc);
+        a.template scatter<D1a>(p, acc);
+        b.template scatter<D1b>(p, acc);
       }
       emit(acc, p, labels, q_out, labels_out);
     }
@@ -562,32 +570,65 @@ struct Narrow {
   }
 };
 
-// Runs Kernels<B>::update_rows_potts2 when the terms are crf_refine's kind
-// (two Potts terms of simplex sizes 3 or 6: images' smoothness and appearance
-// kernels); false otherwise.
-template <int B>
-SEGPOST_INLINE bool potts2_rows(int64_t begin, int64_t end, const float* unary, int64_t labels, const std::vector<TermBuffers>& terms,
-                 bool scatter, float* q_out, int64_t* labels_out) {
+// PottsWide for narrow rows of W floats: the arithmetic of Narrow<W>.
+template <int W>
+struct PottsNarrow : PottsTerm {
+  using PottsTerm::PottsTerm;
+
+  // As Narrow::add_message_fixed for a Potts term.
+  template <int D1>
+  SEGPOST_INLINE void slice(int64_t p, Row<1>& acc) const {
+    const float scale = potts_weight * (post ? alpha * post[p] : alpha);
+    const int32_t* v = vertex + p * D1;
+    const float* w = weight + p * D1;
+    Block sum{};
+    for (int r = 0; r < D1; ++r) sum += (scale * w[r]) * Narrow<W>::load_row(blurred + static_cast<int64_t>(v[r]) * W);
+    acc[0] += sum;
+  }
+
+  // As Narrow::scatter_fixed.
+  template <int D1>
+  SEGPOST_INLINE void scatter(int64_t p, Row<1>& row) const {
+    const float scale = pre ? pre[p] : 1.0f;
+    const int32_t* v = local + p * D1;
+    const float* w = weight + p * D1;
+    for (int r = 0; r < D1; ++r) Narrow<W>::add_row(target + static_cast<int64_t>(v[r]) * W, scale * w[r], row[0]);
+  }
+};
+
+// Runs Kernels<B>::update_rows_potts2 (with rows as View lays them out) when
+// the terms are crf_refine's kind: two Potts terms of simplex sizes 3 and 6
+// (images' smoothness and appearance kernels). False otherwise.
+template <int B, class View>
+SEGPOST_INLINE bool potts2_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                const std::vector<TermBuffers>& terms, bool scatter, float* q_out,
+                                int64_t* labels_out) {
   if (terms.size() != 2 || terms[0].term->kind != Compatibility::kPotts ||
       terms[1].term->kind != Compatibility::kPotts)
     return false;
-  const PottsView a(terms[0]), b(terms[1]);
-  const int sizes = terms[0].d1 * 10 + terms[1].d1;
-  switch (sizes) {
-    case 36: Kernels<B>::template update_rows_potts2<3, 6>(begin, end, unary, labels, a, b, scatter, q_out, labels_out); return true;
-    case 63: Kernels<B>::template update_rows_potts2<6, 3>(begin, end, unary, labels, a, b, scatter, q_out, labels_out); return true;
-    default: return false;
+  const View a(terms[0]), b(terms[1]);
+  if (terms[0].d1 == 3 && terms[1].d1 == 6) {
+    Kernels<B>::template update_rows_potts2<3, 6>(begin, end, unary, labels, a, b, scatter, q_out, labels_out);
+    return true;
   }
+  if (terms[0].d1 == 6 && terms[1].d1 == 3) {
+    Kernels<B>::template update_rows_potts2<6, 3>(begin, end, unary, labels, a, b, scatter, q_out, labels_out);
+    return true;
+  }
+  return false;
 }
 
 // Inlined into the multiversioned entry below, so compiled for its targets.
-SEGPOST_INLINE bool potts2_dispatch(int64_t blocks, int64_t begin, int64_t end, const float* unary, int64_t labels,
-                     const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
-  switch (blocks) {
-    case 1: return potts2_rows<1>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 2: return potts2_rows<2>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 3: return potts2_rows<3>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 4: return potts2_rows<4>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+SEGPOST_INLINE bool potts2_dispatch(int64_t stride, int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                    const std::vector<TermBuffers>& terms, bool scatter, float* q_out,
+                                    int64_t* labels_out) {
+  switch (stride) {
+    case 2: return potts2_rows<1, PottsNarrow<2>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 4: return potts2_rows<1, PottsNarrow<4>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 8: return potts2_rows<1, PottsWide<1>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 16: return potts2_rows<2, PottsWide<2>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 24: return potts2_rows<3, PottsWide<3>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 32: return potts2_rows<4, PottsWide<4>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
     default: return false;
   }
 }
@@ -606,12 +647,12 @@ void scatter_rows(int64_t stride, int64_t begin, int64_t end, const float* q, co
 SEGPOST_MULTIVERSION
 void update_rows(int64_t stride, int64_t begin, int64_t end, const float* unary, int64_t labels,
                  const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
+  if (potts2_dispatch(stride, begin, end, unary, labels, terms, scatter, q_out, labels_out)) return;
   if (stride == 2)
     return Kernels<1>::update_rows<Narrow<2>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
   if (stride == 4)
     return Kernels<1>::update_rows<Narrow<4>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
   const int64_t blocks = stride / 8;
-  if (blocks <= 8 && potts2_dispatch(blocks, begin, end, unary, labels, terms, scatter, q_out, labels_out)) return;
   SEGPOST_DISPATCH_BLOCKS(blocks, update_rows, begin, end, unary, labels, blocks, terms, scatter, q_out,
                           labels_out)
 }
