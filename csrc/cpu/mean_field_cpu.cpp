@@ -355,15 +355,19 @@ struct Kernels {
     }
   }
 
-  template <class Rows = Wide>
-  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                          int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next, float* q_out,
-                          int64_t* labels_out) {
-    Row<B> acc(blocks), next(blocks), msg(blocks);
+  // The update's point loop: acc = -unary row, minus every term's message,
+  // softmax, scatter into the next splat buffers, emit. Terms (GenericTerms
+  // or TwoPottsTerms below) adds the messages and scatters, two points at a
+  // time and term by term: each vertex row still receives point p's scatter
+  // before point p + 1's, so the sums, hence the results, are those of one
+  // point at a time. Two points per step let their softmax chains overlap
+  // (softmax_pair).
+  template <class Terms>
+  SEGPOST_INLINE static void update_loop(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                         int64_t blocks, Terms& terms, bool scatter_next, float* q_out,
+                                         int64_t* labels_out) {
+    Row<B> acc(blocks), next(blocks);
     int64_t p = begin;
-    // Two points per step, so that their softmax chains overlap (softmax_pair).
-    // Each vertex row still receives point p's scatter before point p + 1's:
-    // the sums, hence the results, are those of one point at a time.
     for (; p + 1 < end; p += 2) {
       // The unary is streamed in runs of a tile's row: prefetch ahead, as
       // the hardware prefetcher loses the stream at every run.
@@ -371,73 +375,94 @@ struct Kernels {
       for (int64_t k = 0; k < 2 * blocks * 32; k += 64) __builtin_prefetch(ahead + k);
       load_negated(acc, unary + p * blocks * 8, labels);
       load_negated(next, unary + (p + 1) * blocks * 8, labels);
-      for (const TermBuffers& t : terms) {
-        Rows::add_message(t, p, msg, acc, labels);
-        Rows::add_message(t, p + 1, msg, next, labels);
-      }
+      terms.add_messages(p, acc, next);
       softmax_pair(acc, next);
-      if (scatter_next)
-        for (const TermBuffers& t : terms) {
-          Rows::scatter(t, p, acc);
-          Rows::scatter(t, p + 1, next);
-        }
+      if (scatter_next) terms.scatter(p, acc, next);
       emit(acc, p, labels, q_out, labels_out);
       emit(next, p + 1, labels, q_out, labels_out);
     }
     for (; p < end; ++p) {
       load_negated(acc, unary + p * blocks * 8, labels);
-      for (const TermBuffers& t : terms) Rows::add_message(t, p, msg, acc, labels);
+      terms.add_message(p, acc);
       softmax(acc);
-      if (scatter_next)
-        for (const TermBuffers& t : terms) Rows::scatter(t, p, acc);
+      if (scatter_next) terms.scatter_one(p, acc);
       emit(acc, p, labels, q_out, labels_out);
     }
   }
 
-  // update_rows for the common model, crf_refine's: exactly two Potts terms
-  // whose simplex sizes D1a, D1b are compile-time constants, their rows laid
-  // out as View says (PottsWide<B> or PottsNarrow<W>). The same
-  // arithmetic in the same order as the generic loop (results bit-identical),
-  // with each term's pointers and constants hoisted out of the point loop:
-  // the generic loop reloads them through the term and lattice objects and
-  // branches on the term's kind and size at every point, a sizeable share
-  // of an update that is mostly instructions.
+  // Any terms, through the Rows access (Wide, or Narrow further down).
+  template <class Rows>
+  struct GenericTerms {
+    const std::vector<TermBuffers>& terms;
+    int64_t labels;
+    Row<B> msg;
+    SEGPOST_INLINE void add_messages(int64_t p, Row<B>& acc, Row<B>& next) {
+      for (const TermBuffers& t : terms) {
+        Rows::add_message(t, p, msg, acc, labels);
+        Rows::add_message(t, p + 1, msg, next, labels);
+      }
+    }
+    SEGPOST_INLINE void add_message(int64_t p, Row<B>& acc) {
+      for (const TermBuffers& t : terms) Rows::add_message(t, p, msg, acc, labels);
+    }
+    SEGPOST_INLINE void scatter(int64_t p, Row<B>& acc, Row<B>& next) {
+      for (const TermBuffers& t : terms) {
+        Rows::scatter(t, p, acc);
+        Rows::scatter(t, p + 1, next);
+      }
+    }
+    SEGPOST_INLINE void scatter_one(int64_t p, Row<B>& acc) {
+      for (const TermBuffers& t : terms) Rows::scatter(t, p, acc);
+    }
+  };
+
+  template <class Rows = Wide>
+  SEGPOST_INLINE static void update_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                         int64_t blocks, const std::vector<TermBuffers>& terms, bool scatter_next,
+                                         float* q_out, int64_t* labels_out) {
+    GenericTerms<Rows> generic{terms, labels, Row<B>(blocks)};
+    update_loop(begin, end, unary, labels, blocks, generic, scatter_next, q_out, labels_out);
+  }
+
+  // crf_refine's model: exactly two Potts terms whose simplex sizes D1a, D1b
+  // are compile-time constants, their rows laid out as View says
+  // (PottsWide<B> or PottsNarrow<W>). The generic terms' arithmetic in their
+  // order (results bit-identical), with each term's pointers and constants
+  // read once (View) instead of through the term and lattice objects, and
+  // no branch on a term's kind or size, at every point: a sizeable share of
+  // an update that is mostly instructions.
   template <int D1a, int D1b, class View>
-  SEGPOST_INLINE static void update_rows_potts2(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                                                const View& a, const View& b, bool scatter_next,
-                                                float* q_out, int64_t* labels_out) {
-    Row<B> acc(B), next(B);
-    int64_t p = begin;
-    for (; p + 1 < end; p += 2) {
-      const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * B * 8);
-      for (int64_t k = 0; k < 2 * B * 32; k += 64) __builtin_prefetch(ahead + k);
-      load_negated(acc, unary + p * B * 8, labels);
-      load_negated(next, unary + (p + 1) * B * 8, labels);
+  struct TwoPottsTerms {
+    const View& a;
+    const View& b;
+    SEGPOST_INLINE void add_messages(int64_t p, Row<B>& acc, Row<B>& next) const {
       a.template slice<D1a>(p, acc);
       a.template slice<D1a>(p + 1, next);
       b.template slice<D1b>(p, acc);
       b.template slice<D1b>(p + 1, next);
-      softmax_pair(acc, next);
-      if (scatter_next) {
-        a.template scatter<D1a>(p, acc);
-        a.template scatter<D1a>(p + 1, next);
-        b.template scatter<D1b>(p, acc);
-        b.template scatter<D1b>(p + 1, next);
-      }
-      emit(acc, p, labels, q_out, labels_out);
-      emit(next, p + 1, labels, q_out, labels_out);
     }
-    for (; p < end; ++p) {
-      load_negated(acc, unary + p * B * 8, labels);
+    SEGPOST_INLINE void add_message(int64_t p, Row<B>& acc) const {
       a.template slice<D1a>(p, acc);
       b.template slice<D1b>(p, acc);
-      softmax(acc);
-      if (scatter_next) {
-        a.template scatter<D1a>(p, acc);
-        b.template scatter<D1b>(p, acc);
-      }
-      emit(acc, p, labels, q_out, labels_out);
     }
+    SEGPOST_INLINE void scatter(int64_t p, Row<B>& acc, Row<B>& next) const {
+      a.template scatter<D1a>(p, acc);
+      a.template scatter<D1a>(p + 1, next);
+      b.template scatter<D1b>(p, acc);
+      b.template scatter<D1b>(p + 1, next);
+    }
+    SEGPOST_INLINE void scatter_one(int64_t p, Row<B>& acc) const {
+      a.template scatter<D1a>(p, acc);
+      b.template scatter<D1b>(p, acc);
+    }
+  };
+
+  template <int D1a, int D1b, class View>
+  SEGPOST_INLINE static void update_rows_potts2(int64_t begin, int64_t end, const float* unary, int64_t labels,
+                                                const View& a, const View& b, bool scatter_next,
+                                                float* q_out, int64_t* labels_out) {
+    TwoPottsTerms<D1a, D1b, View> two{a, b};
+    update_loop(begin, end, unary, labels, B, two, scatter_next, q_out, labels_out);
   }
 
   SEGPOST_INLINE static void message_rows(int64_t begin, int64_t end, int64_t labels, int64_t blocks,
