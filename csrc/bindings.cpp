@@ -134,10 +134,12 @@ class MeanFieldModel {
     term.lattice = lattice_obj;
     term.kind = static_cast<segpost::Compatibility>(kind);
     term.potts = potts;
+    // Held, not copied: the model reads them in place (the Python side
+    // passes read-only arrays, shared with the grid lattice cache).
     for (auto [src, dst] : {std::make_pair(&pre, &term.pre), std::make_pair(&post, &term.post)}) {
       if (!*src) continue;
       if ((*src)->ndim() != 1 || (*src)->shape(0) != n_) throw std::invalid_argument("scales must be (N,)");
-      dst->assign((*src)->data(), (*src)->data() + n_);
+      *dst = **src;
     }
     const int64_t padded = segpost::padded_labels(labels_);
     if (kind == 1) {
@@ -213,7 +215,8 @@ class MeanFieldModel {
     py::object lattice;
     segpost::Compatibility kind;
     float potts;
-    segpost::PooledVector<float> pre, post, compat;
+    std::optional<FloatArray> pre, post;
+    segpost::PooledVector<float> compat;
   };
 
   void check(const FloatArray& a, const char* name) const {
@@ -224,8 +227,8 @@ class MeanFieldModel {
   std::vector<segpost::PairwiseTerm> view() const {
     std::vector<segpost::PairwiseTerm> out;
     for (const Term& t : terms_) {
-      out.push_back({&t.lattice.cast<const PermutohedralLattice&>(), t.pre.empty() ? nullptr : t.pre.data(),
-                     t.post.empty() ? nullptr : t.post.data(), t.kind, t.potts,
+      out.push_back({&t.lattice.cast<const PermutohedralLattice&>(), t.pre ? t.pre->data() : nullptr,
+                     t.post ? t.post->data() : nullptr, t.kind, t.potts,
                      t.compat.empty() ? nullptr : t.compat.data()});
     }
     return out;

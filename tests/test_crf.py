@@ -362,6 +362,28 @@ def test_smoothness_lattices_are_reused_across_images_of_one_size():
     model._grid_lattices.clear()
 
 
+def test_cached_smoothness_normalisations_match_fresh_ones():
+    # The cached lattice also caches its normalisation scales, one set per
+    # normalisation: each must be the one a fresh lattice computes, whichever
+    # normalisation came first, and they are read-only (shared).
+    from segpost.crf import model
+
+    unary = np.random.default_rng(5).normal(size=(4, 30, 45)).astype(np.float32)
+    yy, xx = np.mgrid[0:30, 0:45]
+    positions = np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32) * np.float32(1 / 3)
+    model._grid_lattices.clear()
+    for normalization in ("symmetric", "before", "none", "after", "symmetric"):
+        cached = DenseCRF(unary)
+        cached.add_gaussian(3, compat=3, normalization=normalization)
+        fresh = DenseCRF(unary.reshape(4, -1))
+        fresh.add_pairwise(positions, compat=3, normalization=normalization)
+        np.testing.assert_array_equal(cached.inference(3).reshape(4, -1), fresh.inference(3))
+    (_, _, scales), = model._grid_lattices._entries.values()
+    assert set(scales) == {"symmetric", "before", "none", "after"}
+    assert all(not a.flags.writeable for pair in scales.values() for a in pair if a is not None)
+    model._grid_lattices.clear()
+
+
 @pytest.mark.parametrize("extra", [3, 11, 44, 129])
 @pytest.mark.parametrize("real_first", [True, False])
 def test_wide_label_sets_agree_with_the_labels_that_carry_mass(extra, real_first):

@@ -285,8 +285,14 @@ class DenseCRF:
         check_memory(self.num_points, self.num_labels, self._feature_dims + [ndim])
         # The lattice depends on the grid and bandwidths only: reuse it across images.
         key = (self.spatial_shape, tuple(np.float32(spacing / sigma).tolist()))
-        lattice, ones = _grid_lattices.get(key, lambda: self._lattice_and_ones(self._grid_positions(sigma, spacing)))
-        self._add_lattice(lattice, ones, ndim, kind, potts, compat_arr, kernel, normalization, "gaussian")
+        lattice, ones, scales = _grid_lattices.get(
+            key, lambda: (*self._lattice_and_ones(self._grid_positions(sigma, spacing)), {})
+        )
+        # Its normalisation scales are cached with it, per normalisation.
+        if normalization not in scales:
+            scales[normalization] = _normalization_scales(ones, normalization)
+        self._add_lattice(lattice, ones, ndim, kind, potts, compat_arr, kernel, normalization, "gaussian",
+                          scales=scales[normalization])
 
     def add_bilateral(
         self, image, sigma, sigma_color, compat=5.0, *, spacing=None, channel_axis=-1, kernel="diag",
@@ -370,8 +376,8 @@ class DenseCRF:
         ones.flags.writeable = False  # may be shared through the grid cache
         return lattice, ones
 
-    def _add_lattice(self, lattice, ones, dim, kind, potts, compat_arr, kernel, normalization, label):
-        pre, post = _normalization_scales(ones, normalization)
+    def _add_lattice(self, lattice, ones, dim, kind, potts, compat_arr, kernel, normalization, label, scales=None):
+        pre, post = _normalization_scales(ones, normalization) if scales is None else scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
@@ -457,6 +463,7 @@ def _normalization_scales(ones, normalization):
         np.sqrt(scale, out=scale)
     np.divide(1.0, scale, out=scale)
     scale = scale.astype(np.float32)
+    scale.flags.writeable = False  # may be shared through the grid cache, and the model reads it in place
     return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
 
 
