@@ -291,8 +291,8 @@ class DenseCRF:
         # Its normalisation scales are cached with it, per normalisation.
         if normalization not in scales:
             scales[normalization] = _normalization_scales(ones, normalization)
-        self._add_lattice(lattice, ones, ndim, kind, potts, compat_arr, kernel, normalization, "gaussian",
-                          scales=scales[normalization])
+        self._add_lattice(lattice, scales[normalization], ndim, kind, potts, compat_arr, kernel, normalization,
+                          "gaussian")
 
     def add_bilateral(
         self, image, sigma, sigma_color, compat=5.0, *, spacing=None, channel_axis=-1, kernel="diag",
@@ -368,7 +368,8 @@ class DenseCRF:
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
         check_memory(self.num_points, self.num_labels, self._feature_dims + [features.shape[1]])
         lattice, ones = self._lattice_and_ones(features)
-        self._add_lattice(lattice, ones, features.shape[1], kind, potts, compat_arr, kernel, normalization, label)
+        self._add_lattice(lattice, _normalization_scales(ones, normalization), features.shape[1], kind, potts,
+                          compat_arr, kernel, normalization, label)
 
     def _lattice_and_ones(self, features):
         lattice = PermutohedralLattice._for_grid(features, self._row_length)
@@ -376,8 +377,9 @@ class DenseCRF:
         ones.flags.writeable = False  # may be shared through the grid cache
         return lattice, ones
 
-    def _add_lattice(self, lattice, ones, dim, kind, potts, compat_arr, kernel, normalization, label, scales=None):
-        pre, post = _normalization_scales(ones, normalization) if scales is None else scales
+    def _add_lattice(self, lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label):
+        """Adds a term on `lattice` with its (pre, post) normalisation scales."""
+        pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
