@@ -70,6 +70,10 @@ class PermutohedralLattice {
   const int32_t* corner_vertex() const { return corner_vertex_.data(); }
   const int32_t* corner_local() const { return corner_local_.data(); }
   const float* corner_weight() const { return corner_weight_.data(); }
+  // (num_points): bit r (r < 8) set when the sweep in visiting order has not
+  // touched corner r's vertex for a while (its rows are likely out of the
+  // core's cache): which rows the mean field prefetches. A hint only.
+  const uint8_t* corner_fresh() const { return corner_fresh_.data(); }
   int64_t num_partitions() const { return static_cast<int64_t>(partition_vertices_.size()); }
   int64_t partition_begin(int64_t b) const { return num_points_ * b / num_partitions(); }
   int64_t partition_end(int64_t b) const { return num_points_ * (b + 1) / num_partitions(); }
@@ -121,6 +125,8 @@ class PermutohedralLattice {
   PooledVector<float> corner_weight_;
   // (num_points, dim+1): the corner's row in the splat buffer.
   PooledVector<int32_t> corner_local_;
+  // (num_points): corner_fresh().
+  PooledVector<uint8_t> corner_fresh_;
   // Per partition: the shifted vertex index of each private row, and the
   // first private row of each partition in the splat buffer (num_partitions
   // + 1 entries; the first is num_vertices + 1, the last splat_rows()).

@@ -27,6 +27,8 @@ using simd::Block;
 constexpr int64_t kPointGrain = 2048;
 // Unary rows prefetched ahead of the update.
 constexpr int64_t kUnaryAhead = 16;
+// Points ahead whose fresh vertex rows the update prefetches.
+constexpr int64_t kRowsAhead = 4;
 
 // Block b of a row of `labels` floats; the last, partial block is zero-padded.
 __attribute__((always_inline)) inline Block load_labels(const float* row, int64_t b, int64_t labels) {
@@ -43,6 +45,30 @@ __attribute__((always_inline)) inline void store_labels(float* row, int64_t b, i
   float tail[8];
   simd::store(tail, value);
   for (int64_t k = first; k < labels; ++k) row[k] = tail[k - first];
+}
+
+// Prefetches the vertex rows of point p's fresh corners (the lattice's
+// corner_fresh: rows the sweep has not touched for a while, likely out of
+// cache): the blurred row the update will slice and, unless target is null,
+// the splat row it will scatter into. Rows are row_floats long and start at
+// a multiple of their size or of 32 bytes. Vertex ids are data, so no
+// hardware prefetcher sees them coming; and with the tiles' locality only
+// about one corner in eight is fresh, so the prefetches cost little.
+template <int D1>
+SEGPOST_INLINE void prefetch_fresh_rows(const uint8_t* fresh, const int32_t* vertex, const int32_t* local, int d1,
+                                        int64_t p, const float* blurred, const float* target, int64_t row_floats) {
+  const int64_t n = D1 > 0 ? D1 : d1;
+  const int64_t bytes = row_floats * static_cast<int64_t>(sizeof(float));
+  for (unsigned mask = fresh[p]; mask; mask &= mask - 1) {
+    const int r = __builtin_ctz(mask);
+    const char* src = reinterpret_cast<const char*>(blurred + static_cast<int64_t>(vertex[p * n + r]) * row_floats);
+    for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(src + k);
+    if (bytes > 32) __builtin_prefetch(src + bytes - 1);
+    if (!target) continue;
+    const char* dst = reinterpret_cast<const char*>(target + static_cast<int64_t>(local[p * n + r]) * row_floats);
+    for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(dst + k, 1);
+    if (bytes > 32) __builtin_prefetch(dst + bytes - 1, 1);
+  }
 }
 
 // One pairwise term's lattice and buffers during a mean-field run.
@@ -68,6 +94,7 @@ struct PottsTerm {
   const int32_t* vertex;  // corner rows of the blurred buffer (slice)
   const int32_t* local;   // corner rows of the splat buffer (scatter)
   const float* weight;
+  const uint8_t* fresh;
   const float* pre;
   const float* post;
   const float* blurred;
@@ -76,7 +103,7 @@ struct PottsTerm {
 
   explicit PottsTerm(const TermBuffers& t)
       : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
-        pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred), target(t.target), alpha(t.alpha),
+        fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred), target(t.target), alpha(t.alpha),
         potts_weight(t.term->potts_weight) {}
 };
 
@@ -95,6 +122,11 @@ struct PottsWide : PottsTerm {
       const float* src = blurred + static_cast<int64_t>(v[r]) * (B * 8);
       for (int b = 0; b < B; ++b) acc[b] += wr * simd::load(src + 8 * b);
     }
+  }
+
+  template <int D1>
+  SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
+    prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, blurred, scatter ? target : nullptr, B * 8);
   }
 
   // Scatter row (times pre[p]) of point p, as Kernels::scatter_fixed.
@@ -318,6 +350,11 @@ struct Kernels {
     SEGPOST_INLINE static void scatter(const TermBuffers& t, int64_t p, Row<B>& row) {
       Kernels::scatter(t, p, row, t.target);
     }
+    SEGPOST_INLINE static void prefetch(const TermBuffers& t, int64_t p, bool scatter, int64_t blocks) {
+      const PermutohedralLattice& l = *t.lattice;
+      prefetch_fresh_rows<0>(l.corner_fresh(), l.corner_vertex(), l.corner_local(), t.d1, p, t.blurred,
+                             scatter ? t.target : nullptr, blocks * 8);
+    }
   };
 
   // Scatter the rows of q (or, with q null, of softmax(-unary)) into the splat targets.
@@ -373,6 +410,7 @@ struct Kernels {
       // the hardware prefetcher loses the stream at every run.
       const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * blocks * 8);
       for (int64_t k = 0; k < 2 * blocks * 32; k += 64) __builtin_prefetch(ahead + k);
+      if (p + kRowsAhead + 1 < end) terms.prefetch(p + kRowsAhead, scatter_next);
       load_negated(acc, unary + p * blocks * 8, labels);
       load_negated(next, unary + (p + 1) * blocks * 8, labels);
       terms.add_messages(p, acc, next);
@@ -414,6 +452,13 @@ struct Kernels {
     SEGPOST_INLINE void scatter_one(int64_t p, Row<B>& acc) {
       for (const TermBuffers& t : terms) Rows::scatter(t, p, acc);
     }
+    // The fresh rows of points p and p + 1.
+    SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
+      for (const TermBuffers& t : terms) {
+        Rows::prefetch(t, p, scatter, msg.blocks);
+        Rows::prefetch(t, p + 1, scatter, msg.blocks);
+      }
+    }
   };
 
   template <class Rows = Wide>
@@ -454,6 +499,12 @@ struct Kernels {
     SEGPOST_INLINE void scatter_one(int64_t p, Row<B>& acc) const {
       a.template scatter<D1a>(p, acc);
       b.template scatter<D1b>(p, acc);
+    }
+    SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
+      a.template prefetch<D1a>(p, scatter);
+      a.template prefetch<D1a>(p + 1, scatter);
+      b.template prefetch<D1b>(p, scatter);
+      b.template prefetch<D1b>(p + 1, scatter);
     }
   };
 
@@ -593,6 +644,12 @@ struct Narrow {
       default: return scatter_fixed<0>(t, p, row[0]);
     }
   }
+
+  SEGPOST_INLINE static void prefetch(const TermBuffers& t, int64_t p, bool scatter, int64_t) {
+    const PermutohedralLattice& l = *t.lattice;
+    prefetch_fresh_rows<0>(l.corner_fresh(), l.corner_vertex(), l.corner_local(), t.d1, p, t.blurred,
+                           scatter ? t.target : nullptr, W);
+  }
 };
 
 // PottsWide for narrow rows of W floats: the arithmetic of Narrow<W>.
@@ -618,6 +675,11 @@ struct PottsNarrow : PottsTerm {
     const int32_t* v = local + p * D1;
     const float* w = weight + p * D1;
     for (int r = 0; r < D1; ++r) Narrow<W>::add_row(target + static_cast<int64_t>(v[r]) * W, scale * w[r], row[0]);
+  }
+
+  template <int D1>
+  SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
+    prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, blurred, scatter ? target : nullptr, W);
   }
 };
 

@@ -36,7 +36,9 @@ def check_memory(num_points: int, num_labels: int, feature_dims) -> None:
     labels_padded = padded_labels(num_labels)
     per_label_arrays = 4 + 2 * len(feature_dims)  # unary, q, q copy, messages; filtered + scratch per term
     estimate = num_points * labels_padded * 4 * per_label_arrays
-    estimate += sum(num_points * (d + 1) * 8 + num_points * d * 8 for d in feature_dims)
+    # Per term: each corner's vertex, splat row and weight, a byte of prefetch
+    # hints per point, and the float64 features.
+    estimate += sum(num_points * ((d + 1) * 12 + 1) + num_points * d * 8 for d in feature_dims)
     limit = memory_limit_bytes()
     if estimate > limit:
         raise MemoryError(
