@@ -27,8 +27,9 @@ struct PairwiseTerm {
 };
 
 // Buffers for the filtered signal of every term, reused across calls (fresh
-// multi-megabyte buffers page-fault on every call).
-using Workspace = std::vector<PooledVector<float>>;
+// multi-megabyte buffers page-fault on every call). Not zero-filled when
+// they grow: the mean field zeroes each splat buffer before scattering.
+using Workspace = std::vector<ScratchVector<float>>;
 
 // Label rows are padded to whole blocks of 8 floats for the unary.
 inline int64_t padded_labels(int64_t labels) { return (labels + 7) / 8 * 8; }

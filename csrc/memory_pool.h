@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace segpost {
@@ -45,5 +46,30 @@ struct PoolAllocator {
 
 template <class T>
 using PooledVector = std::vector<T, PoolAllocator<T>>;
+
+// A PoolAllocator whose resize() leaves new elements uninitialised (no
+// zero fill): for scratch that is always written before it is read, where
+// filling tens of megabytes on one thread would cost milliseconds.
+template <class T>
+struct UninitializedPoolAllocator : PoolAllocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitializedPoolAllocator<U>;
+  };
+  UninitializedPoolAllocator() noexcept = default;
+  template <class U>
+  UninitializedPoolAllocator(const UninitializedPoolAllocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+template <class T>
+using ScratchVector = std::vector<T, UninitializedPoolAllocator<T>>;
 
 }  // namespace segpost

@@ -275,6 +275,10 @@ def test_two_potts_terms_fast_path_equals_the_generic_loop(labels, normalization
     generic.add_gaussian(1, compat=0.0)
     np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
     np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
+    # A step from a given Q: the first scatter reads Q instead of softmax(-U).
+    q = rng.random(size=unary.shape).astype(np.float32)
+    q /= q.sum(axis=0)
+    np.testing.assert_array_equal(fast.step(q), generic.step(q))
 
 
 def test_grid_sweep_order_only_rounds_differently():

@@ -49,8 +49,8 @@ __attribute__((always_inline)) inline void store_labels(float* row, int64_t b, i
 
 // Prefetches the vertex rows of point p's fresh corners (the lattice's
 // corner_fresh: rows the sweep has not touched for a while, likely out of
-// cache): the blurred row the update will slice and, unless target is null,
-// the splat row it will scatter into. Rows are row_floats long and start at
+// cache): unless null, the blurred row the update will slice and the splat
+// row it will scatter into. Rows are row_floats long and start at
 // a multiple of their size or of 32 bytes. Vertex ids are data, so no
 // hardware prefetcher sees them coming; and with the tiles' locality only
 // about one corner in eight is fresh, so the prefetches cost little.
@@ -61,9 +61,11 @@ SEGPOST_INLINE void prefetch_fresh_rows(const uint8_t* fresh, const int32_t* ver
   const int64_t bytes = row_floats * static_cast<int64_t>(sizeof(float));
   for (unsigned mask = fresh[p]; mask; mask &= mask - 1) {
     const int r = __builtin_ctz(mask);
-    const char* src = reinterpret_cast<const char*>(blurred + static_cast<int64_t>(vertex[p * n + r]) * row_floats);
-    for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(src + k);
-    if (bytes > 32) __builtin_prefetch(src + bytes - 1);
+    if (blurred) {
+      const char* src = reinterpret_cast<const char*>(blurred + static_cast<int64_t>(vertex[p * n + r]) * row_floats);
+      for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(src + k);
+      if (bytes > 32) __builtin_prefetch(src + bytes - 1);
+    }
     if (!target) continue;
     const char* dst = reinterpret_cast<const char*>(target + static_cast<int64_t>(local[p * n + r]) * row_floats);
     for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(dst + k, 1);
@@ -127,6 +129,10 @@ struct PottsWide : PottsTerm {
   template <int D1>
   SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
     prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, blurred, scatter ? target : nullptr, B * 8);
+  }
+  template <int D1>
+  SEGPOST_INLINE void prefetch_target(int64_t p) const {
+    prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, nullptr, target, B * 8);
   }
 
   // Scatter row (times pre[p]) of point p, as Kernels::scatter_fixed.
@@ -516,6 +522,41 @@ struct Kernels {
     update_loop(begin, end, unary, labels, B, two, scatter_next, q_out, labels_out);
   }
 
+  // scatter_rows for two Potts terms, two points at a time as in the update
+  // (each vertex row still receives p before p + 1, and softmax_pair is
+  // softmax's arithmetic): the unary and the fresh splat rows prefetched,
+  // and the two points' softmax chains overlapping.
+  template <int D1a, int D1b, class View>
+  SEGPOST_INLINE static void scatter_rows_potts2(int64_t begin, int64_t end, const float* q, const float* unary,
+                                                 int64_t labels, const View& a, const View& b) {
+    TwoPottsTerms<D1a, D1b, View> two{a, b};
+    Row<B> acc(B), next(B);
+    int64_t p = begin;
+    for (; p + 1 < end; p += 2) {
+      if (p + kRowsAhead + 1 < end) {
+        a.template prefetch_target<D1a>(p + kRowsAhead);
+        a.template prefetch_target<D1a>(p + kRowsAhead + 1);
+        b.template prefetch_target<D1b>(p + kRowsAhead);
+        b.template prefetch_target<D1b>(p + kRowsAhead + 1);
+      }
+      if (q) {
+        load_q(acc, p, q, unary, labels);
+        load_q(next, p + 1, q, unary, labels);
+      } else {
+        const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * B * 8);
+        for (int64_t k = 0; k < 2 * B * 32; k += 64) __builtin_prefetch(ahead + k);
+        load_negated(acc, unary + p * B * 8, labels);
+        load_negated(next, unary + (p + 1) * B * 8, labels);
+        softmax_pair(acc, next);
+      }
+      two.scatter(p, acc, next);
+    }
+    for (; p < end; ++p) {
+      load_q(acc, p, q, unary, labels);
+      two.scatter_one(p, acc);
+    }
+  }
+
   SEGPOST_INLINE static void message_rows(int64_t begin, int64_t end, int64_t labels, int64_t blocks,
                            const std::vector<TermBuffers>& terms, float* out) {
     Row<B> acc(blocks), msg(blocks);
@@ -681,50 +722,78 @@ struct PottsNarrow : PottsTerm {
   SEGPOST_INLINE void prefetch(int64_t p, bool scatter) const {
     prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, blurred, scatter ? target : nullptr, W);
   }
+  template <int D1>
+  SEGPOST_INLINE void prefetch_target(int64_t p) const {
+    prefetch_fresh_rows<D1>(fresh, vertex, local, D1, p, nullptr, target, W);
+  }
 };
 
-// Runs Kernels<B>::update_rows_potts2 (with rows as View lays them out) when
-// the terms are crf_refine's kind: two Potts terms of simplex sizes 3 and 6
-// (images' smoothness and appearance kernels). False otherwise.
-template <int B, class View>
-SEGPOST_INLINE bool potts2_rows(int64_t begin, int64_t end, const float* unary, int64_t labels,
-                                const std::vector<TermBuffers>& terms, bool scatter, float* q_out,
-                                int64_t* labels_out) {
+// Runs job.run<B, D1a, D1b>(a, b), with the two terms' rows as View lays
+// them out, when the terms are crf_refine's kind: two Potts terms of simplex
+// sizes 3 and 6 (images' smoothness and appearance kernels). False otherwise.
+template <int B, class View, class Job>
+SEGPOST_INLINE bool potts2_rows(const std::vector<TermBuffers>& terms, const Job& job) {
   if (terms.size() != 2 || terms[0].term->kind != Compatibility::kPotts ||
       terms[1].term->kind != Compatibility::kPotts)
     return false;
   const View a(terms[0]), b(terms[1]);
   if (terms[0].d1 == 3 && terms[1].d1 == 6) {
-    Kernels<B>::template update_rows_potts2<3, 6>(begin, end, unary, labels, a, b, scatter, q_out, labels_out);
+    job.template run<B, 3, 6>(a, b);
     return true;
   }
   if (terms[0].d1 == 6 && terms[1].d1 == 3) {
-    Kernels<B>::template update_rows_potts2<6, 3>(begin, end, unary, labels, a, b, scatter, q_out, labels_out);
+    job.template run<B, 6, 3>(a, b);
     return true;
   }
   return false;
 }
 
-// Inlined into the multiversioned entry below, so compiled for its targets.
-SEGPOST_INLINE bool potts2_dispatch(int64_t stride, int64_t begin, int64_t end, const float* unary, int64_t labels,
-                                    const std::vector<TermBuffers>& terms, bool scatter, float* q_out,
-                                    int64_t* labels_out) {
+// potts2_rows for vertex rows of `stride` floats. Inlined into the
+// multiversioned entries below, so compiled for their targets.
+template <class Job>
+SEGPOST_INLINE bool potts2_dispatch(int64_t stride, const std::vector<TermBuffers>& terms, const Job& job) {
   switch (stride) {
-    case 2: return potts2_rows<1, PottsNarrow<2>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 4: return potts2_rows<1, PottsNarrow<4>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 8: return potts2_rows<1, PottsWide<1>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 16: return potts2_rows<2, PottsWide<2>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 24: return potts2_rows<3, PottsWide<3>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
-    case 32: return potts2_rows<4, PottsWide<4>>(begin, end, unary, labels, terms, scatter, q_out, labels_out);
+    case 2: return potts2_rows<1, PottsNarrow<2>>(terms, job);
+    case 4: return potts2_rows<1, PottsNarrow<4>>(terms, job);
+    case 8: return potts2_rows<1, PottsWide<1>>(terms, job);
+    case 16: return potts2_rows<2, PottsWide<2>>(terms, job);
+    case 24: return potts2_rows<3, PottsWide<3>>(terms, job);
+    case 32: return potts2_rows<4, PottsWide<4>>(terms, job);
     default: return false;
   }
 }
+
+// The two jobs: the update's point loop, and the first scatter.
+struct Potts2Update {
+  int64_t begin, end;
+  const float* unary;
+  int64_t labels;
+  bool scatter;
+  float* q_out;
+  int64_t* labels_out;
+  template <int B, int D1a, int D1b, class View>
+  SEGPOST_INLINE void run(const View& a, const View& b) const {
+    Kernels<B>::template update_rows_potts2<D1a, D1b>(begin, end, unary, labels, a, b, scatter, q_out, labels_out);
+  }
+};
+
+struct Potts2Scatter {
+  int64_t begin, end;
+  const float* q;
+  const float* unary;
+  int64_t labels;
+  template <int B, int D1a, int D1b, class View>
+  SEGPOST_INLINE void run(const View& a, const View& b) const {
+    Kernels<B>::template scatter_rows_potts2<D1a, D1b>(begin, end, q, unary, labels, a, b);
+  }
+};
 
 // The point loops for vertex rows of `stride` floats: narrow (2 or 4) or
 // the padded label count.
 SEGPOST_MULTIVERSION
 void scatter_rows(int64_t stride, int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                   const std::vector<TermBuffers>& terms) {
+  if (potts2_dispatch(stride, terms, Potts2Scatter{begin, end, q, unary, labels})) return;
   if (stride == 2) return Kernels<1>::scatter_rows<Narrow<2>>(begin, end, q, unary, labels, 1, terms);
   if (stride == 4) return Kernels<1>::scatter_rows<Narrow<4>>(begin, end, q, unary, labels, 1, terms);
   const int64_t blocks = stride / 8;
@@ -734,7 +803,7 @@ void scatter_rows(int64_t stride, int64_t begin, int64_t end, const float* q, co
 SEGPOST_MULTIVERSION
 void update_rows(int64_t stride, int64_t begin, int64_t end, const float* unary, int64_t labels,
                  const std::vector<TermBuffers>& terms, bool scatter, float* q_out, int64_t* labels_out) {
-  if (potts2_dispatch(stride, begin, end, unary, labels, terms, scatter, q_out, labels_out)) return;
+  if (potts2_dispatch(stride, terms, Potts2Update{begin, end, unary, labels, scatter, q_out, labels_out})) return;
   if (stride == 2)
     return Kernels<1>::update_rows<Narrow<2>>(begin, end, unary, labels, 1, terms, scatter, q_out, labels_out);
   if (stride == 4)
@@ -771,7 +840,7 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
   for (std::size_t k = 0; k < terms.size(); ++k) {
     const PermutohedralLattice* lattice = terms[k].lattice;
     const std::size_t floats = static_cast<std::size_t>(lattice->splat_rows()) * stride;
-    PooledVector<float>& memory = workspace[k];
+    ScratchVector<float>& memory = workspace[k];
     if (memory.size() < 2 * floats) memory.resize(2 * floats);
     TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {memory.data(), memory.data() + floats},
                   lattice->splat_rows()};
