@@ -105,8 +105,8 @@ struct PottsTerm {
 
   explicit PottsTerm(const TermBuffers& t)
       : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
-        fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred), target(t.target), alpha(t.alpha),
-        potts_weight(t.term->potts_weight) {}
+        fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred),
+        target(t.target), alpha(t.alpha), potts_weight(t.term->potts_weight) {}
 };
 
 template <int B>

@@ -863,7 +863,8 @@ std::size_t PermutohedralLattice::nbytes() const {
   std::size_t partition_bytes = 0;
   for (const auto& rows : partition_vertices_) partition_bytes += rows.size() * sizeof(int32_t);
   return corner_vertex_.size() * sizeof(int32_t) + corner_local_.size() * sizeof(int32_t) +
-         corner_weight_.size() * sizeof(float) + corner_fresh_.size() + blur_chain_.size() * sizeof(int32_t) + partition_bytes;
+         corner_weight_.size() * sizeof(float) + corner_fresh_.size() + blur_chain_.size() * sizeof(int32_t) +
+         partition_bytes;
 }
 
 std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
