@@ -186,6 +186,19 @@ struct Kernels {
     acc[last] = lane_mask(last, labels) ? acc[last] : simd::splat(kLowest);
   }
 
+  // load_negated of rows p and p + 1 (p + 1 < end), with the pair
+  // kUnaryAhead points on prefetched: the point loops stream the unary in
+  // runs of a tile's row, and the hardware prefetcher loses the stream at
+  // every run.
+  SEGPOST_INLINE static void load_negated_pair(Row<B>& acc, Row<B>& next, int64_t p, int64_t end, const float* unary,
+                                               int64_t labels) {
+    const int64_t stride = acc.blocks * 8;
+    const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * stride);
+    for (int64_t k = 0; k < 2 * stride * 4; k += 64) __builtin_prefetch(ahead + k);
+    load_negated(acc, unary + p * stride, labels);
+    load_negated(next, unary + (p + 1) * stride, labels);
+  }
+
   // msg = post[p] * alpha * sum_r w_r blurred[v_r]: the filtered signal at point p.
   // D1 > 0 fixes the simplex size at compile time (unrolled); 0 reads t.d1.
   template <int D1>
@@ -412,13 +425,8 @@ struct Kernels {
     Row<B> acc(blocks), next(blocks);
     int64_t p = begin;
     for (; p + 1 < end; p += 2) {
-      // The unary is streamed in runs of a tile's row: prefetch ahead, as
-      // the hardware prefetcher loses the stream at every run.
-      const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * blocks * 8);
-      for (int64_t k = 0; k < 2 * blocks * 32; k += 64) __builtin_prefetch(ahead + k);
       if (p + kRowsAhead + 1 < end) terms.prefetch(p + kRowsAhead, scatter_next);
-      load_negated(acc, unary + p * blocks * 8, labels);
-      load_negated(next, unary + (p + 1) * blocks * 8, labels);
+      load_negated_pair(acc, next, p, end, unary, labels);
       terms.add_messages(p, acc, next);
       softmax_pair(acc, next);
       if (scatter_next) terms.scatter(p, acc, next);
@@ -543,10 +551,7 @@ struct Kernels {
         load_q(acc, p, q, unary, labels);
         load_q(next, p + 1, q, unary, labels);
       } else {
-        const char* ahead = reinterpret_cast<const char*>(unary + std::min(p + kUnaryAhead, end - 2) * B * 8);
-        for (int64_t k = 0; k < 2 * B * 32; k += 64) __builtin_prefetch(ahead + k);
-        load_negated(acc, unary + p * B * 8, labels);
-        load_negated(next, unary + (p + 1) * B * 8, labels);
+        load_negated_pair(acc, next, p, end, unary, labels);
         softmax_pair(acc, next);
       }
       two.scatter(p, acc, next);
