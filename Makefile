@@ -1,31 +1,69 @@
 # The README's two commands: `make demo` and `make test`.
-# Both install what they need into the active Python environment
-# (use a virtualenv); torch is pinned to the local CPU wheel via constraints.txt.
+#
+# Both build segpost's wheel from this checkout and install it into the active
+# Python environment (use a virtualenv), as a user's `pip install .` would;
+# `make test` then runs the whole suite against that installed package from
+# outside the source tree, so a module missing from the wheel fails it.
+# torch is pinned to the local CPU wheel through constraints.txt.
+#
+#   make demo                 the demo on its embedded default
+#   make test                 the whole test suite (CI: `.ci/run`)
+#   make test WHEEL=f.whl     the same against a wheel built elsewhere (CI builds it from the sdist)
+#   make dev && make dev-test an editable install and an in-tree run, for quick edits
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
-CONSTRAINTS = constraints.txt
-# The stamp lives in the environment it describes: a new virtualenv reinstalls.
-STAMP := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')/.segpost-install-stamp
+CONSTRAINTS = $(CURDIR)/constraints.txt
+DIST = $(CURDIR)/dist
+# A wheel to test instead of building one from the checkout.
+WHEEL ?=
+# The stamps live in the environment they describe: a new virtualenv reinstalls.
+PREFIX := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')
+SOURCES := setup.py pyproject.toml MANIFEST.in LICENSE README.md constraints.txt \
+	$(shell find segpost csrc -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name py.typed \))
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test demo test dev dev-test bench clean
 
-$(STAMP): setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
-	$(PIP) install -c $(CONSTRAINTS) -e ".[test,viz]"
-	# pydensecrf (the reference the tests and benchmarks compare against) needs Cython < 3.
+# The wheel, built in place: setuptools' build/ keeps the compiled extension
+# until a C++ source or header changes.
+$(PREFIX)/.segpost-wheel-stamp: $(if $(WHEEL),$(WHEEL),$(SOURCES))
+	rm -rf $(DIST)
+	$(if $(WHEEL),mkdir -p $(DIST) && cp $(WHEEL) $(DIST)/,$(PIP) wheel --no-deps -w $(DIST) .)
+	$(PIP) install -c $(CONSTRAINTS) --force-reinstall --no-deps $(DIST)/segpost-*.whl
+	$(PIP) install -c $(CONSTRAINTS) "$$(ls $(DIST)/segpost-*.whl)[viz]"
+	touch $@
+
+# What the tests need besides segpost: the test extras, and pydensecrf (the
+# reference the tests and benchmarks compare against), which needs Cython < 3.
+$(PREFIX)/.segpost-test-stamp: pyproject.toml constraints.txt
+	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib
 	$(PIP) install -c $(CONSTRAINTS) "cython<3" numpy setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation pydensecrf2
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(PREFIX)/.segpost-wheel-stamp
 
+install-test: install $(PREFIX)/.segpost-test-stamp
+
+# PYTHONSAFEPATH=1 (python -P, inherited by the tests' subprocesses) leaves
+# the current folder off sys.path: `import segpost` finds the installed
+# package, never the source tree beside it.
 demo: install
-	$(PYTHON) -m segpost demo
+	PYTHONSAFEPATH=1 $(PYTHON) -m segpost demo
 
-test: install
+# The doctests run over the installed modules (--pyargs segpost), and a test
+# checks that the package under test is the installed one.
+test: install-test
+	SEGPOST_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests --pyargs segpost
+
+dev: $(PREFIX)/.segpost-test-stamp
+	$(PIP) install -c $(CONSTRAINTS) -e ".[test,viz]"
+	rm -f $(PREFIX)/.segpost-wheel-stamp
+
+dev-test:
 	$(PYTHON) -m pytest -q
 
 bench: install
-	$(PYTHON) benchmarks/bench_lattice.py
+	$(PYTHON) benchmarks/bench_crf.py
 
 clean:
-	rm -rf build *.egg-info segpost/*.so $(STAMP)
+	rm -rf build dist *.egg-info segpost/*.so $(PREFIX)/.segpost-wheel-stamp $(PREFIX)/.segpost-test-stamp

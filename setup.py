@@ -4,34 +4,52 @@ The CPU core, ``segpost._C``, is bound with pybind11 over plain buffers, so
 building and installing segpost never depends on the torch ABI. With
 ``SEGPOST_CUDA=1`` (and a CUDA-enabled torch with nvcc) the GPU kernels are
 built too, as ``segpost._C_cuda``.
+
+The translation units compile in parallel, one per core
+(``SEGPOST_BUILD_JOBS=N`` to choose); the mean field's point loops are split
+over several of them (``csrc/cpu/mean_field/``) so that both cores of a small
+machine share the longest compile.
 """
 import os
 import sys
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+
+# Longest compiles first (the mean field's update loop, then its other point
+# loops): the parallel build starts its jobs in this order.
+CPU_SOURCES = ["csrc/cpu/mean_field/update.cpp", "csrc/cpu/mean_field/*.cpp", "csrc/*.cpp", "csrc/cpu/*.cpp"]
+CPU_HEADERS = ["csrc/*.h", "csrc/cpu/*.h", "csrc/cpu/mean_field/*.h"]
+
+
+def _files(patterns):
+    # In the patterns' order, each file once.
+    return list(dict.fromkeys(path for pattern in patterns for path in sorted(glob(pattern))))
 
 
 def get_extensions():
-    sources = sorted(glob("csrc/*.cpp") + glob("csrc/cpu/*.cpp"))
     extra_compile_args = []
     extra_link_args = []
+    define_macros = []
     if sys.platform != "win32":
         # No memcpy/memset calls for the short per-row loops of the kernels.
         extra_compile_args += ["-O3", "-fno-math-errno", "-fno-tree-loop-distribute-patterns", "-Wno-psabi"]
         extra_link_args += ["-pthread"]
         if os.environ.get("SEGPOST_NATIVE", "0") == "1":
             # Opt-in only: a -march=native build does not run on older CPUs.
+            # It needs no second (baseline) clone of the hot loops.
             extra_compile_args += ["-march=native"]
+            define_macros += [("SEGPOST_NO_MULTIVERSION", "1")]
     extensions = [
         Pybind11Extension(
             "segpost._C",
-            sources,
+            _files(CPU_SOURCES),
             include_dirs=["csrc"],
             # Headers too: an edited header alone must trigger a rebuild.
-            depends=sorted(glob("csrc/*.h") + glob("csrc/cpu/*.h")),
+            depends=_files(CPU_HEADERS),
             cxx_std=17,
+            define_macros=define_macros,
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
         )
@@ -60,4 +78,6 @@ def get_cmdclass():
     return {"build_ext": build_ext}
 
 
+# One compile job per core unless SEGPOST_BUILD_JOBS says otherwise.
+ParallelCompile("SEGPOST_BUILD_JOBS", default=0).install()
 setup(ext_modules=get_extensions(), cmdclass=get_cmdclass())

@@ -15,8 +15,7 @@ from .upsample import (
     crop_to, deeplab_size, joint_bilateral_upsample, pad_to_multiple, resize_labels, resize_logits, upsample_argmax,
 )
 from . import metrics
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "CRFParams",

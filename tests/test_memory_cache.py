@@ -55,9 +55,9 @@ def test_bad_limits_raise(bad, error):
 
 def test_environment_variable_sets_the_limit():
     code = "import segpost; print(segpost._C.memory_cache_limit())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True,
                          env={"SEGPOST_MEMORY_CACHE_MB": "64", "PATH": ""})
     assert int(out.stdout) == 64 * 2**20
-    bad = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True,
+    bad = subprocess.run([sys.executable, "-P", "-W", "always", "-c", code], capture_output=True, text=True, check=True,
                          env={"SEGPOST_MEMORY_CACHE_MB": "lots", "PATH": ""})
     assert "SEGPOST_MEMORY_CACHE_MB" in bad.stderr and int(bad.stdout) == 2**30

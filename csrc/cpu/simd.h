@@ -5,8 +5,11 @@
 #include <cstdint>
 
 // Hot loops get an AVX2/FMA clone picked at load time; the default clone keeps
-// the extension portable to any x86-64 CPU.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__)
+// the extension portable to any x86-64 CPU. A -march=native build
+// (SEGPOST_NATIVE=1, which defines SEGPOST_NO_MULTIVERSION) compiles each
+// loop once, for the build machine.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(__clang__) && \
+    !defined(SEGPOST_NO_MULTIVERSION)
 #define SEGPOST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SEGPOST_MULTIVERSION
