@@ -17,15 +17,12 @@ from glob import glob
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
-# Longest compiles first (the mean field's update loop, then its other point
-# loops): the parallel build starts its jobs in this order.
-CPU_SOURCES = ["csrc/cpu/mean_field/update.cpp", "csrc/cpu/mean_field/*.cpp", "csrc/*.cpp", "csrc/cpu/*.cpp"]
+CPU_SOURCES = ["csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/cpu/mean_field/*.cpp"]
 CPU_HEADERS = ["csrc/*.h", "csrc/cpu/*.h", "csrc/cpu/mean_field/*.h"]
 
 
 def _files(patterns):
-    # In the patterns' order, each file once.
-    return list(dict.fromkeys(path for pattern in patterns for path in sorted(glob(pattern))))
+    return sorted(path for pattern in patterns for path in glob(pattern))
 
 
 def get_extensions():
