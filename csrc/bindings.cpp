@@ -17,6 +17,7 @@
 #include "memory_pool.h"
 #include "parallel.h"
 #include "permutohedral.h"
+#include "python_gil.h"
 #include "resize.h"
 
 namespace py = pybind11;
@@ -58,7 +59,7 @@ std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::arr
   if (d < 1 || d > PermutohedralLattice::kMaxDim)
     throw std::invalid_argument("features dimension d out of range: " + std::to_string(d));
   const T* data = features.data();
-  py::gil_scoped_release release;
+  segpost::ReleaseGil release;
   return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d), row_length);
 }
 
@@ -78,7 +79,7 @@ FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values,
   const float* post_ptr = post_scale ? post_scale->data() : nullptr;
   float* out_ptr = out.mutable_data();
   {
-    py::gil_scoped_release release;
+    segpost::ReleaseGil release;
     lattice.filter(in_ptr, channels, out_ptr, transpose, pre_ptr, post_ptr);
   }
   return out;
@@ -110,7 +111,7 @@ FloatArray resize_bilinear_points(const FloatArray& in, int64_t in_h, int64_t in
   FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(out_h * out_w), static_cast<py::ssize_t>(channels)});
   float* out_ptr = out.mutable_data();
   {
-    py::gil_scoped_release release;
+    segpost::ReleaseGil release;
     segpost::resize_bilinear_points(in.data(), in_w, channels, y_lo.data(), y_hi.data(), y_weight.data(), out_h,
                                     x_lo.data(), x_hi.data(), x_weight.data(), out_w, negate, out_ptr);
   }
@@ -181,7 +182,7 @@ class MeanFieldModel {
     int64_t* labels_ptr = labels ? labels->mutable_data() : nullptr;
     const auto terms = view();
     {
-      py::gil_scoped_release release;
+      segpost::ReleaseGil release;
       // The kernel reads whole blocks of 8 labels: pad an unpadded unary once.
       segpost::PooledVector<float> padded_unary;
       if (pad) {
@@ -190,7 +191,8 @@ class MeanFieldModel {
         u = padded_unary.data();
       }
       with_workspace([&](segpost::Workspace& w) {
-        segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w, row_length_);
+        segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w, row_length_,
+                            segpost::check_signals);  // Ctrl-C between iterations
       });
     }
     return py::make_tuple(q ? py::object(*q) : py::none(), labels ? py::object(*labels) : py::none());
@@ -203,7 +205,7 @@ class MeanFieldModel {
     float* out_ptr = out.mutable_data();
     const auto terms = view();
     {
-      py::gil_scoped_release release;
+      segpost::ReleaseGil release;
       with_workspace(
           [&](segpost::Workspace& w) { segpost::pairwise_messages(q_ptr, n_, labels_, terms, out_ptr, w, row_length_); });
     }
@@ -284,7 +286,7 @@ PYBIND11_MODULE(_C, m) {
              FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(lattice.num_points())});
              float* out_ptr = out.mutable_data();
              {
-               py::gil_scoped_release release;
+               segpost::ReleaseGil release;
                lattice.filter_ones(out_ptr);
              }
              return out;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "permutohedral.h"
@@ -41,9 +42,12 @@ inline int64_t padded_labels(int64_t labels) { return (labels + 7) / 8 * 8; }
 // their argmax to labels_out (either may be null); q_out may alias q_init.
 // row_length > 0 says the points are a grid with rows of that many points
 // (the last axis of an image or volume): the loops then go tile by tile.
+// between_iterations, if set, is called before every iteration; whatever it
+// throws (the binding's KeyboardInterrupt) ends the run there and reaches
+// the caller, with q_out and labels_out unspecified.
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
                 int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
-                int64_t row_length = 0);
+                int64_t row_length = 0, const std::function<void()>& between_iterations = {});
 
 // messages = sum_k compat_k(post_k * K_k(pre_k * q)), all (num_points, num_labels).
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,

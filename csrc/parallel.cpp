@@ -40,8 +40,13 @@ class Pool {
     if (!busy.owns_lock()) return false;
     while (workers_.size() + 1 < count) {
       const std::size_t index = workers_.size() + 1;
-      std::thread worker([this, index, seen = generation_.load()] { work(index, seen); });
-      worker.detach();  // never joined: the pool lives as long as the process
+      try {
+        workers_.reserve(workers_.size() + 1);
+        std::thread worker([this, index, seen = generation_.load()] { work(index, seen); });
+        worker.detach();  // never joined: the pool lives as long as the process
+      } catch (...) {
+        return false;  // no memory or threads left for a worker: the caller's fallback copes
+      }
       workers_.push_back(index);
     }
     task_ = task;

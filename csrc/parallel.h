@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -57,13 +58,17 @@ class FlushDenormals {
 
 // Runs task(i) for i in [0, count) on the worker pool, task(0) on the calling
 // thread, and returns when all are done. Each call runs under
-// FlushDenormals. Returns false, running nothing, when the pool is busy
-// (another thread's parallel loop, or a nested one): the caller then falls
-// back to threads of its own.
+// FlushDenormals; task must not throw. Returns false, running nothing, when
+// the pool is busy (another thread's parallel loop, or a nested one) or
+// cannot start its workers: the caller then falls back to threads of its own.
 bool run_on_pool(std::size_t count, void (*task)(void*, std::size_t), void* context);
 
 // Calls fn(chunk_index, begin, end) for every range, each on its own thread
-// (the first on the calling thread). fn must not throw.
+// (the first on the calling thread), and returns when all are done. An
+// exception thrown by fn (std::bad_alloc under an address-space limit, say)
+// is caught on the thread that threw it, where escaping would terminate the
+// process, and the first chunk's exception is rethrown here once every chunk
+// has finished: the caller sees it as if the loop had run on one thread.
 template <class F>
 void run_chunks(const std::vector<Range>& ranges, const F& fn) {
   if (ranges.empty()) return;
@@ -72,28 +77,41 @@ void run_chunks(const std::vector<Range>& ranges, const F& fn) {
     fn(std::size_t(0), ranges[0].begin, ranges[0].end);
     return;
   }
-  struct Context {
-    const std::vector<Range>* ranges;
-    const F* fn;
-  } context{&ranges, &fn};
-  auto task = [](void* c, std::size_t i) {
-    const auto* ctx = static_cast<const Context*>(c);
-    (*ctx->fn)(i, (*ctx->ranges)[i].begin, (*ctx->ranges)[i].end);
-  };
-  if (run_on_pool(ranges.size(), task, &context)) return;
-  // Pool busy: spawn threads for this call (tens of microseconds each).
-  std::vector<std::thread> workers;
-  workers.reserve(ranges.size() - 1);
-  for (std::size_t i = 1; i < ranges.size(); ++i)
-    workers.emplace_back([&fn, &ranges, i] {
-      FlushDenormals flush;
+  std::vector<std::exception_ptr> errors(ranges.size());
+  auto guarded = [&fn, &ranges, &errors](std::size_t i) {
+    try {
       fn(i, ranges[i].begin, ranges[i].end);
-    });
-  {
-    FlushDenormals flush;
-    fn(std::size_t(0), ranges[0].begin, ranges[0].end);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  struct Context {
+    const decltype(guarded)* run;
+  } context{&guarded};
+  auto task = [](void* c, std::size_t i) { (*static_cast<const Context*>(c)->run)(i); };
+  if (!run_on_pool(ranges.size(), task, &context)) {
+    // Pool busy: threads of this call's own (tens of microseconds each).
+    // A thread that cannot be started leaves its chunk to this thread.
+    std::vector<std::thread> workers;
+    std::vector<std::size_t> inline_chunks{0};
+    for (std::size_t i = 1; i < ranges.size(); ++i) {
+      try {
+        workers.emplace_back([&guarded, i] {
+          FlushDenormals flush;
+          guarded(i);
+        });
+      } catch (...) {
+        inline_chunks.push_back(i);
+      }
+    }
+    {
+      FlushDenormals flush;
+      for (std::size_t i : inline_chunks) guarded(i);
+    }
+    for (auto& w : workers) w.join();
   }
-  for (auto& w : workers) w.join();
+  for (const std::exception_ptr& error : errors)
+    if (error) std::rethrow_exception(error);
 }
 
 // Calls fn(begin, end) on disjoint chunks covering [0, n).

@@ -87,7 +87,7 @@ void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
 
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
                 int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
-                int64_t row_length) {
+                int64_t row_length, const std::function<void()>& between_iterations) {
   if (iterations <= 0 || terms.empty()) {  // no update, or none that changes softmax(-U)
     const float* source = iterations <= 0 ? q_init : nullptr;
     parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
@@ -102,6 +102,7 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     scatter_rows(stride, begin, end, q_init, unary, num_labels, buffers);
   });
   for (int it = 0; it < iterations; ++it) {
+    if (between_iterations) between_iterations();
     gather_and_blur(buffers, stride);
     const bool last = it + 1 == iterations;
     if (!last) zero_targets(buffers, stride);

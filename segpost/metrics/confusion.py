@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -118,6 +119,18 @@ def _pool(threads):
     if _POOL is None or _POOL._max_workers < threads:
         _POOL = ThreadPoolExecutor(threads, thread_name_prefix="segpost-metrics")
     return _POOL
+
+
+def _forget_pool_in_child():
+    # A fork()ed child (a DataLoader worker, multiprocessing's fork start
+    # method) has none of the parent's pool threads, but the executor believes
+    # they are idle and would queue work for them forever: start a fresh pool,
+    # as the C++ pool does (parallel.cpp).
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _numpy_confusion(pred, target, k, ignore):

@@ -1,0 +1,128 @@
+"""Reliability: no hang in forked children, no abort under memory limits or at
+interpreter exit, Ctrl-C stops a long CRF. Each runs in a subprocess, so that a
+crash or a hang fails the test instead of killing the test session."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, rlimits and signals as on Linux")
+
+
+def run_python(code, timeout=120):
+    """Runs code in a fresh interpreter (-P: the installed segpost); returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_confusion_matrix_in_a_forked_child_after_a_parallel_call():
+    # The parent's metrics thread pool does not exist in a fork()ed child
+    # (DataLoader workers, multiprocessing's fork start method).
+    result = run_python("""
+        import multiprocessing as mp
+        import numpy as np
+        import segpost
+
+        segpost.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        pred, target = rng.integers(0, 5, (2, 4_000_000), dtype=np.uint8)
+        expected = segpost.confusion_matrix(pred, target, 5)  # 4 Mpixel: scored on the thread pool
+
+        def child(queue):
+            queue.put(segpost.confusion_matrix(pred, target, 5))
+
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        process = ctx.Process(target=child, args=(queue,))
+        process.start()
+        got = queue.get(timeout=30)
+        process.join(timeout=60)
+        assert process.exitcode == 0, process.exitcode
+        assert np.array_equal(got, expected)
+        print("ok")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_memory_error_in_worker_threads_reaches_the_caller():
+    # Under an address-space limit (ulimit -v), allocations fail inside the
+    # pool's threads too: the caller must get MemoryError, never an abort.
+    code = """
+        import resource, sys
+        import numpy as np
+        import segpost
+
+        segpost.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        features = rng.uniform(0, 200, size=(400_000, 5))
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+        limit = used + int(sys.argv[1]) * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            lattice = segpost.PermutohedralLattice(features)
+            lattice.filter(np.ones((400_000, 8), np.float32))
+        except MemoryError:
+            print("MemoryError")
+        else:
+            print("ok")
+    """
+    outcomes = set()
+    for extra_mib in (40, 80, 120, 160, 200, 260, 330, 420):
+        result = subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code), str(extra_mib)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (extra_mib, result.returncode, result.stderr[-2000:])
+        outcomes.add(result.stdout.strip())
+    assert "MemoryError" in outcomes  # the limits do bite
+
+
+def test_daemon_thread_inside_a_crf_call_at_interpreter_exit():
+    # The main thread exits while a daemon thread is in the mean field: the
+    # process must exit normally (it aborted when the thread took the GIL back).
+    result = run_python("""
+        import threading, time
+        import numpy as np
+        import segpost
+
+        image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+        logits = np.random.default_rng(1).normal(size=(5, 32, 32)).astype(np.float32)
+        started = threading.Event()
+
+        def work():
+            started.set()
+            while True:
+                segpost.crf_refine(image, logits, iterations=20)
+
+        threading.Thread(target=work, daemon=True).start()
+        started.wait()
+        time.sleep(0.5)
+        print("main exits")
+    """)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+def test_ctrl_c_interrupts_a_long_crf_and_leaves_inputs_untouched():
+    result = run_python("""
+        import os, signal, threading, time
+        import numpy as np
+        import segpost
+
+        image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+        logits = np.random.default_rng(1).normal(size=(5, 16, 16)).astype(np.float32)
+        before = logits.copy()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            segpost.crf_refine(image, logits, iterations=1_000_000)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.perf_counter() - start:.1f} s")
+        assert np.array_equal(logits, before)
+        # The library still works afterwards.
+        assert segpost.crf_refine(image, logits).shape == (128, 128)
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("interrupted"), result.stdout
+    assert float(result.stdout.split()[2]) < 5
