@@ -16,12 +16,28 @@ import numpy as np
 __all__ = [
     "is_torch_tensor",
     "to_numpy",
+    "native_byte_order",
     "like_input",
     "check_float_dtype",
     "check_finite",
     "check_positive_number",
+    "check_bandwidth",
     "check_int",
+    "MIN_BANDWIDTH",
+    "FLOAT32_MAX",
+    "MAX_CRF_SCORE",
 ]
+
+# Features are divided by their bandwidths: below this, image-scale values
+# divided by a bandwidth overflow float32 or span more lattice cells than its
+# keys can count.
+MIN_BANDWIDTH = 1e-6
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Largest unary score or compatibility the CRF accepts: scores, messages
+# (compatibility x kernel sums over up to 2**31 points) and their sums stay
+# far inside float32's range, so no message overflows and no padding lane
+# (at -3e38) can win the softmax.
+MAX_CRF_SCORE = 1e15
 
 
 def is_torch_tensor(x) -> bool:
@@ -46,14 +62,24 @@ def to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
             raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
         return x.detach().resolve_conj().resolve_neg().numpy(), True
     if isinstance(x, np.ndarray):
-        return x, False
+        return native_byte_order(x), False
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and other non-arrays
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
     if arr.dtype == object:
         raise TypeError(f"{name} must be a numeric array, got {type(x).__name__} of objects")
-    return arr, False
+    return native_byte_order(arr), False
+
+
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """``arr``, or a copy in this machine's byte order when it is not (FITS, NetCDF, raw files).
+
+    The compiled kernels (Numba's included) only take native dtypes.
+    """
+    if not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
 
 
 def like_input(result: np.ndarray, was_torch: bool):
@@ -73,17 +99,29 @@ def check_float_dtype(arr: np.ndarray, name: str) -> None:
         )
 
 
-def check_finite(arr: np.ndarray, name: str) -> None:
+def check_finite(arr: np.ndarray, name: str, *, bound: float | None = None) -> None:
+    """ValueError unless every entry is finite and, with ``bound``, at most ``bound`` in magnitude.
+
+    ``bound=FLOAT32_MAX`` is for inputs computed on in float32 (a float64 value
+    beyond float32's range would turn infinite there); the CRF bounds its
+    scores tighter (``MAX_CRF_SCORE``).
+    """
     # A sum is NaN or infinite whenever an entry is: one pass and no temporary
     # for the common all-finite case; the exact check runs only if the sum is
     # not finite (an entry is, or the sum merely overflowed).
     if arr.dtype.kind in "fc":
         with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(arr.sum()):
-                return
-    if not np.isfinite(arr).all():
+            total_finite = np.isfinite(arr.sum())
+    else:
+        total_finite = True
+    if not total_finite and not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} must be finite, but {bad} of its {arr.size} entries are NaN or infinite")
+    if bound is not None and arr.size and (arr.dtype.kind == "f" and (arr.dtype.itemsize > 4 or bound < FLOAT32_MAX)):
+        largest = max(abs(float(arr.max())), abs(float(arr.min())))
+        if largest > bound:
+            what = "float32's range, in which segpost computes" if bound == FLOAT32_MAX else "what the CRF's float32 arithmetic resolves"
+            raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude, beyond {bound:.3g} ({what}); rescale {name}")
 
 
 def check_positive_number(value, name: str) -> float:
@@ -92,6 +130,16 @@ def check_positive_number(value, name: str) -> float:
     value = float(value)
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def check_bandwidth(value, name: str) -> float:
+    """A Gaussian bandwidth: a finite number >= MIN_BANDWIDTH, or a TypeError/ValueError naming it."""
+    value = check_positive_number(value, name)
+    if value < MIN_BANDWIDTH:
+        raise ValueError(
+            f"{name} must be at least {MIN_BANDWIDTH:g} (features are divided by it), got {value:g}"
+        )
     return value
 
 

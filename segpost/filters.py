@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_finite, check_positive_number, like_input, to_numpy
+from ._validation import FLOAT32_MAX, check_bandwidth, check_finite, like_input, to_numpy
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
 __all__ = ["bilateral_filter"]
@@ -59,8 +59,8 @@ def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis=-1):
     arr, was_torch = to_numpy(image, "image")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
-    sigma_spatial = check_positive_number(sigma_spatial, "sigma_spatial")
-    sigma_color = check_positive_number(sigma_color, "sigma_color")
+    sigma_spatial = check_bandwidth(sigma_spatial, "sigma_spatial")
+    sigma_color = check_bandwidth(sigma_color, "sigma_color")
     if arr.ndim == 2 or (arr.ndim == 3 and channel_axis is None and arr.shape[-1] == 1):
         channels_last = arr.reshape(arr.shape[0], arr.shape[1], 1)
         restore = lambda out: out.reshape(arr.shape)  # noqa: E731
@@ -80,8 +80,8 @@ def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis=-1):
         raise ValueError(f"image must not be empty, got shape {tuple(arr.shape)}")
     if c + 2 > MAX_LATTICE_DIM:
         raise ValueError(f"image has {c} channels; at most {MAX_LATTICE_DIM - 2} are supported")
+    check_finite(channels_last, "image", bound=FLOAT32_MAX)
     colors = channels_last.reshape(h * w, c).astype(np.float32)
-    check_finite(colors, "image")
 
     features = np.empty((h * w, 2 + c), np.float64)
     yy, xx = np.mgrid[0:h, 0:w]

@@ -14,7 +14,9 @@ import numbers
 
 import numpy as np
 
-from ._validation import check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy
+from ._validation import (
+    FLOAT32_MAX, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy,
+)
 
 __all__ = [
     "resize_logits", "resize_labels", "deeplab_size", "pad_to_multiple", "crop_to", "upsample_argmax",
@@ -46,6 +48,11 @@ def _source_coordinates(n_in: int, n_out: int, align_corners: bool):
     right = np.minimum(left + 1, n_in - 1)
     weight = (src - left).astype(np.float32)
     return left, right, weight
+
+
+# Below this total weight (in units of one coarse sample at zero distance)
+# the joint bilateral average is unsupported: bilinear upsampling stands in.
+_MIN_JOINT_WEIGHT = 1e-6
 
 
 def resize_logits(x, size, *, align_corners=False):
@@ -103,7 +110,7 @@ def resize_logits(x, size, *, align_corners=False):
         check_float_dtype(arr, "x")
         if arr.ndim not in (3, 4) or 0 in arr.shape:
             raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) array, got shape {tuple(arr.shape)}")
-        check_finite(arr, "x")
+        check_finite(arr, "x", bound=FLOAT32_MAX)
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     batched = t if t.ndim == 4 else t[None]
     out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
@@ -272,7 +279,7 @@ def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
         raise ValueError(f"logits must be a non-empty (C, h, w) array, got shape {tuple(arr.shape)}")
     block_rows = check_int(block_rows, "block_rows")
     h_out, w_out = _check_size(size)
-    check_finite(arr, "logits")
+    check_finite(arr, "logits", bound=FLOAT32_MAX)
     x = arr.astype(np.float32, copy=False)
     top, bottom, wy = _source_coordinates(x.shape[1], h_out, bool(align_corners))
     left, right, wx = _source_coordinates(x.shape[2], w_out, bool(align_corners))
@@ -315,27 +322,33 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     -------
     (C, H, W) float32, the scores' array type.
     """
-    from ._validation import check_positive_number
-    from .lattice import PermutohedralLattice
+    from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
     scores, was_torch = to_numpy(coarse_logits.detach().cpu() if is_torch_tensor(coarse_logits) else coarse_logits, "coarse_logits")
     check_float_dtype(scores, "coarse_logits")
     if scores.ndim != 3 or 0 in scores.shape:
         raise ValueError(f"coarse_logits must be a non-empty (C, h, w) array, got shape {tuple(scores.shape)}")
-    check_finite(scores, "coarse_logits")
+    check_finite(scores, "coarse_logits", bound=FLOAT32_MAX)
     guide, _ = to_numpy(guide_image, "guide_image")
     if guide.ndim == 2:
         guide = guide[..., None]
     if guide.ndim != 3 or 0 in guide.shape or guide.dtype.kind not in "biuf":
         raise ValueError(f"guide_image must be a non-empty (H, W) or (H, W, C) image, got shape {tuple(guide.shape)}")
-    sigma_spatial = check_positive_number(sigma_spatial, "sigma_spatial")
-    sigma_color = check_positive_number(sigma_color, "sigma_color")
+    sigma_spatial = check_bandwidth(sigma_spatial, "sigma_spatial")
+    sigma_color = check_bandwidth(sigma_color, "sigma_color")
     c, h, w = scores.shape
     height, width = guide.shape[:2]
     if h > height or w > width:
         raise ValueError(f"coarse_logits ({h}x{w}) are larger than the guide image ({height}x{width})")
+    if guide.dtype.kind not in "biuf":
+        raise TypeError(f"guide_image must have a real numeric dtype, got {guide.dtype}")
+    check_finite(guide, "guide_image", bound=FLOAT32_MAX)
+    if 2 + guide.shape[2] > MAX_LATTICE_DIM:
+        raise ValueError(
+            f"guide_image has {guide.shape[2]} channels: with the 2 positions that is more than the lattice's "
+            f"{MAX_LATTICE_DIM} feature dimensions; reduce the guide's channels (e.g. PCA)"
+        )
     colors = guide.astype(np.float32).reshape(height, width, -1)
-    check_finite(colors, "guide_image")
     # Positions of the coarse samples in full-resolution pixel coordinates.
     if align_corners:
         ys = np.arange(h) * ((height - 1) / max(h - 1, 1))
@@ -355,6 +368,18 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     values[height * width:, :c] = scores.reshape(c, -1).T
     values[height * width:, c] = 1.0
     filtered = PermutohedralLattice(features).filter(values)[: height * width]
-    weight = np.maximum(filtered[:, c:], 1e-30)
-    out = (filtered[:, :c] / weight).T.reshape(c, height, width)
-    return like_input(np.ascontiguousarray(out, dtype=np.float32), was_torch)
+    weight = filtered[:, c]
+    # A pixel with no coarse sample of its colour nearby has (almost) no
+    # weight: its ratio would be noise (0 or +-1e11 where the weight
+    # underflowed or came out slightly negative). It takes the bilinear
+    # upsampling instead; every other pixel is a weighted average, so it is
+    # kept within the coarse scores' range against rounding.
+    supported = weight > _MIN_JOINT_WEIGHT
+    out = np.zeros((height * width, c), np.float32)
+    np.divide(filtered[:, :c], weight[:, None], out=out, where=supported[:, None])
+    np.clip(out, scores.reshape(c, -1).min(axis=1), scores.reshape(c, -1).max(axis=1), out=out)
+    if not supported.all():
+        bilinear = resize_logits(np.asarray(scores, np.float32), (height, width), align_corners=align_corners)
+        out[~supported] = bilinear.reshape(c, -1).T[~supported]
+    out = out.T.reshape(c, height, width)
+    return like_input(np.ascontiguousarray(out), was_torch)

@@ -7,7 +7,10 @@ import os
 import numpy as np
 
 from .. import _C
-from .._validation import check_finite, check_float_dtype, check_int, like_input, to_numpy
+from .._validation import (
+    FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_float_dtype, check_int, environment_number,
+    like_input, to_numpy,
+)
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
 __all__ = ["DenseCRF", "KERNEL_TYPES", "NORMALIZATIONS"]
@@ -17,14 +20,21 @@ NORMALIZATIONS = ("none", "before", "after", "symmetric")
 _POTTS, _DIAGONAL, _MATRIX = 0, 1, 2
 
 
-def memory_limit_bytes() -> int:
-    """Largest working set a CRF may plan: ``SEGPOST_MAX_MEMORY_GB`` or 75% of physical memory."""
-    raw = os.environ.get("SEGPOST_MAX_MEMORY_GB")
-    if raw:
-        try:
-            return int(float(raw) * 2**30)
-        except ValueError:
-            pass
+def _gigabytes(raw: str) -> float:
+    gigabytes = float(raw)
+    if not gigabytes > 0:  # also refuses NaN
+        raise ValueError(raw)
+    return gigabytes
+
+
+def memory_limit_bytes() -> float:
+    """Largest working set a CRF may plan: ``SEGPOST_MAX_MEMORY_GB`` (``inf``: no limit) or 75% of physical memory.
+
+    A value that is not a positive number is ignored with a RuntimeWarning.
+    """
+    gigabytes = environment_number("SEGPOST_MAX_MEMORY_GB", _gigabytes, "a positive number of GiB, or inf")
+    if gigabytes is not None:
+        return gigabytes * 2**30
     try:
         return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
@@ -92,14 +102,14 @@ def _as_compat(compat, num_labels: int):
     """(kind, potts weight, array or None) from a number, an (L,) or an (L, L) array."""
     if isinstance(compat, numbers.Real) and not isinstance(compat, (bool, np.bool_)):
         w = float(compat)
-        if not np.isfinite(w):
-            raise ValueError(f"compat must be finite, got {w}")
+        if not abs(w) <= MAX_CRF_SCORE:  # also refuses NaN
+            raise ValueError(f"compat must be finite and at most {MAX_CRF_SCORE:g} in magnitude, got {w}")
         return _POTTS, w, None
     arr, _ = to_numpy(compat, "compat")
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"compat must be a number or a real array, got dtype {arr.dtype}")
+    check_finite(arr, "compat", bound=MAX_CRF_SCORE)
     arr = np.asarray(arr, np.float32)
-    check_finite(arr, "compat")
     if arr.shape == (num_labels,):
         return _DIAGONAL, 0.0, np.ascontiguousarray(arr)
     if arr.shape == (num_labels, num_labels):
@@ -121,6 +131,8 @@ def _per_axis(value, n, name):
     arr = np.atleast_1d(np.asarray(value, dtype=np.float64)) if not isinstance(value, (bool, np.bool_)) else None
     if arr is None or arr.ndim != 1 or arr.size not in (1, n) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"{name} must be a positive number or {n} positive numbers (one per axis), got {value!r}")
+    if np.any(arr < MIN_BANDWIDTH):
+        raise ValueError(f"{name} must be at least {MIN_BANDWIDTH:g} (features are divided by it), got {value!r}")
     return np.broadcast_to(arr, (n,)).astype(np.float64)
 
 
@@ -190,7 +202,7 @@ class DenseCRF:
         check_float_dtype(arr, "unary")
         if arr.ndim < 2 or 0 in arr.shape:
             raise ValueError(f"unary must be a non-empty (L, N) or (L, *spatial) array, got shape {tuple(arr.shape)}")
-        check_finite(arr, "unary")
+        check_finite(arr, "unary", bound=MAX_CRF_SCORE)
         self.num_labels = int(arr.shape[0])
         self.spatial_shape = tuple(int(s) for s in arr.shape[1:])
         self.num_points = int(np.prod(self.spatial_shape))
@@ -340,7 +352,7 @@ class DenseCRF:
         features = _C.pooled_empty(self.num_points, ndim + c)  # reused memory: no page faults
         self._grid_positions(*self._axis_bandwidths(sigma, spacing), out=features[:, :ndim])
         if colors.dtype.kind == "f":
-            check_finite(colors, "image")
+            check_finite(colors, "image", bound=FLOAT32_MAX)
         # One column at a time: numpy divides into a strided column several
         # times faster than into a block of columns.
         flat = colors.reshape(-1, c)
@@ -438,7 +450,7 @@ class DenseCRF:
         check_float_dtype(arr, "q")
         if arr.shape not in ((self.num_labels, self.num_points), (self.num_labels, *self.spatial_shape)):
             raise ValueError(f"q must be shaped like the unary {(self.num_labels, *self.spatial_shape)}, got {arr.shape}")
-        check_finite(arr, "q")
+        check_finite(arr, "q", bound=FLOAT32_MAX)
         return np.ascontiguousarray(arr.reshape(self.num_labels, -1).T, dtype=np.float32)
 
     def _from_points(self, q_points):
@@ -471,5 +483,13 @@ def _normalization_scales(ones, normalization):
     return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
 
 
+# The compiled mean field counts iterations in a C int. A long run stops at
+# Ctrl-C (KeyboardInterrupt between iterations).
+MAX_ITERATIONS = 2**31 - 1
+
+
 def _check_iterations(iterations):
-    return check_int(iterations, "iterations", minimum=0)
+    iterations = check_int(iterations, "iterations", minimum=0)
+    if iterations > MAX_ITERATIONS:
+        raise ValueError(f"iterations must be at most {MAX_ITERATIONS}, got {iterations}")
+    return iterations

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_finite, like_input, to_numpy
+from .._validation import FLOAT32_MAX, MAX_CRF_SCORE, check_finite, like_input, to_numpy
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
 
@@ -119,12 +119,7 @@ class CRFParams:
 
 
 def _image_channels_last(image):
-    """(H, W, C) in 0..255 units from numpy (H, W[, C]) or torch (C, H, W) / (H, W).
-
-    uint8 images come back as they are (add_bilateral divides them into its
-    float32 features directly: the same values, without a float copy of the
-    image); any other dtype as float32.
-    """
+    """(H, W, C) view of numpy (H, W[, C]) or torch (C, H, W) / (H, W), checked, not yet converted."""
     arr, was_torch = to_numpy(image, "image")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
@@ -141,22 +136,31 @@ def _image_channels_last(image):
     if c > 16:
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
         raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")
+    return arr
+
+
+def _image_intensities(arr):
+    """An (H, W, C) image in 0..255 units: uint8 as it is, any other dtype as one float32 copy.
+
+    uint8 images are not copied (add_bilateral divides them into its float32
+    features directly: the same values, without a float copy of the image).
+    """
     if arr.dtype == np.uint8:
         return arr
-    if arr.dtype.kind in "iu":
-        info = np.iinfo(arr.dtype)
-        return arr.astype(np.float32) * np.float32(255.0 / info.max)
-    if arr.dtype.kind == "b":
-        return arr.astype(np.float32) * np.float32(255.0)
+    if arr.dtype.kind == "f":
+        check_finite(arr, "image", bound=FLOAT32_MAX)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(
+                f"a floating-point image must hold intensities in [0, 1] (it is scaled to 0..255 so that bi_rgb "
+                f"keeps its meaning), got values in [{lo:.3g}, {hi:.3g}]; pass a uint8 image or divide by 255"
+            )
+        scale = 255.0
+    else:  # integers by their dtype's full range, booleans as 0 / 255
+        scale = 255.0 if arr.dtype.kind == "b" else 255.0 / np.iinfo(arr.dtype).max
     values = arr.astype(np.float32)
-    check_finite(values, "image")
-    lo, hi = float(values.min()), float(values.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"a floating-point image must hold intensities in [0, 1] (it is scaled to 0..255 so that bi_rgb keeps "
-            f"its meaning), got values in [{lo:.3g}, {hi:.3g}]; pass a uint8 image or divide by 255"
-        )
-    return values * np.float32(255.0)
+    np.multiply(values, np.float32(scale), out=values)
+    return values
 
 
 def _scores(logits, probs):
@@ -172,8 +176,22 @@ def _scores(logits, probs):
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
     if arr.shape[0] < 2:
         raise ValueError(f"{name} must have at least 2 classes along axis 0, got {arr.shape[0]}")
-    check_finite(arr, name)
+    check_finite(arr, name, bound=MAX_CRF_SCORE)
     return name, arr, was_torch
+
+
+def _scores_fit_image(h, w, height, width):
+    """Whether (h, w) scores can come from a (height, width) image by one output stride.
+
+    Either axis's size predicted from the other axis's scale is within one
+    cell (a stride's floor or ceiling, or DeepLab's (size - 1) / stride + 1),
+    or the two scales agree within _MAX_ASPECT_MISMATCH. Transposed scores of
+    a non-square image fail both.
+    """
+    ratio_y, ratio_x = height / h, width / w
+    if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= _MAX_ASPECT_MISMATCH:
+        return True
+    return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
@@ -246,24 +264,29 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
     name, scores, torch_scores = _scores(logits, probs)
-    colors = _image_channels_last(image)
-    height, width, channels = colors.shape
+    image_view = _image_channels_last(image)
+    height, width, channels = image_view.shape
     num_classes, h, w = scores.shape
     if h > height or w > width:
         raise ValueError(
             f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples: "
             f"resize the {name} or pass the full-resolution image"
         )
-    ratio_y, ratio_x = height / h, width / w
-    if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) > _MAX_ASPECT_MISMATCH:
+    if not _scores_fit_image(h, w, height, width):
+        ratio_y, ratio_x = height / h, width / w
         raise ValueError(
             f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image "
             f"(scale {ratio_y:.2f} vs {ratio_x:.2f}); is this the right image, or are the {name} transposed?"
         )
-    check_memory(height * width, num_classes, [2, 2 + channels])
+    check_memory(height * width, num_classes, [2, 2 + channels])  # before any image-sized copy
+    colors = _image_intensities(image_view)
 
-    if probs is not None and (scores.min() < -1e-6 or np.abs(scores.sum(axis=0) - 1).max() > 1e-3):
-        raise ValueError("probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead")
+    if probs is not None:
+        # Summed in float64: half-precision (AMP) probabilities round at 1e-3
+        # per entry, so they may be off by about C x their epsilon.
+        tolerance = max(1e-3, num_classes * float(np.finfo(scores.dtype).eps))
+        if scores.min() < -1e-6 or np.abs(scores.sum(axis=0, dtype=np.float64) - 1).max() > tolerance:
+            raise ValueError("probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead")
 
     # Point-major (H*W, C') scores straight from the resize: the layout the CRF
     # runs in, rows padded with zero classes to the kernel's width C' (a

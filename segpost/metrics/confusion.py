@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._threads import get_num_threads
-from .._validation import is_torch_tensor
+from .._validation import is_torch_tensor, native_byte_order
 
 __all__ = ["confusion_matrix", "ConfusionResult", "warmup"]
 
@@ -53,7 +53,7 @@ def _labels_from(x, name, torch_ok=True):
     arr = np.asarray(x)
     if arr.dtype == object:
         raise TypeError(f"{name} must be a numeric array, got objects")
-    return arr
+    return native_byte_order(arr)
 
 
 def _argmax_scores(pred, target_ndim, name="pred"):

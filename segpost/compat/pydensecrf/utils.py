@@ -54,6 +54,9 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
     """
     if not 0 < gt_prob < 1:
         raise ValueError(f"`gt_prob must be in (0,1), got {gt_prob}")
+    if isinstance(n_labels, bool) or not isinstance(n_labels, numbers.Integral) or n_labels < 2:
+        raise ValueError(f"n_labels must be an integer >= 2 (the rest of gt_prob is shared by the other labels), "
+                         f"got {n_labels!r}")
     labels = np.asarray(labels).ravel()
     if labels.dtype.kind not in "iub":
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
