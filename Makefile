@@ -10,6 +10,7 @@
 #   make test                 the whole test suite (CI: `.ci/run`)
 #   make test WHEEL=f.whl     the same against a wheel built elsewhere (CI builds it from the sdist)
 #   make dev && make dev-test an editable install and an in-tree run, for quick edits
+#   make sanitize             the whole suite on an ASan + UBSan build (then `make test` reinstalls the normal one)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 CONSTRAINTS = $(CURDIR)/constraints.txt
@@ -21,7 +22,7 @@ PREFIX := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')
 SOURCES := setup.py pyproject.toml MANIFEST.in LICENSE README.md constraints.txt \
 	$(shell find segpost csrc -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name py.typed \))
 
-.PHONY: install install-test demo test dev dev-test bench clean
+.PHONY: install install-test demo test dev dev-test sanitize bench clean
 
 # The wheel, built in place: setuptools' build/ keeps the compiled extension
 # until a C++ source or header changes.
@@ -35,7 +36,7 @@ $(PREFIX)/.segpost-wheel-stamp: $(if $(WHEEL),$(WHEEL),$(SOURCES))
 # What the tests need besides segpost: the test extras, and pydensecrf (the
 # reference the tests and benchmarks compare against), which needs Cython < 3.
 $(PREFIX)/.segpost-test-stamp: pyproject.toml constraints.txt
-	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib
+	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib build
 	$(PIP) install -c $(CONSTRAINTS) "cython<3" numpy setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation pydensecrf2
 	touch $@
@@ -62,8 +63,23 @@ dev: $(PREFIX)/.segpost-test-stamp
 dev-test:
 	$(PYTHON) -m pytest -q
 
+# An AddressSanitizer + UBSan wheel, built from the sdist in a folder of its
+# own (so no object of the normal build is reused), installed over the normal
+# one; the suite then runs with libasan preloaded into Python. Leak checking is
+# off: CPython and numba keep memory until exit by design.
+SANITIZE_DIST = $(CURDIR)/dist-sanitize
+sanitize: $(PREFIX)/.segpost-test-stamp
+	rm -rf $(SANITIZE_DIST) $(PREFIX)/.segpost-wheel-stamp
+	$(PYTHON) -m build --sdist --outdir $(SANITIZE_DIST) .
+	SEGPOST_SANITIZE=1 $(PIP) wheel --no-deps -w $(SANITIZE_DIST) $(SANITIZE_DIST)/segpost-*.tar.gz
+	$(PIP) install -c $(CONSTRAINTS) --force-reinstall --no-deps $(SANITIZE_DIST)/segpost-*.whl
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	SEGPOST_TEST_INSTALLED=1 SEGPOST_SANITIZED=1 PYTHONSAFEPATH=1 \
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests --pyargs segpost
+
 bench: install
 	$(PYTHON) benchmarks/bench_crf.py
 
 clean:
-	rm -rf build dist *.egg-info segpost/*.so $(PREFIX)/.segpost-wheel-stamp $(PREFIX)/.segpost-test-stamp
+	rm -rf build dist dist-sanitize *.egg-info segpost/*.so $(PREFIX)/.segpost-wheel-stamp $(PREFIX)/.segpost-test-stamp

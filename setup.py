@@ -5,7 +5,8 @@ building and installing segpost never depends on the torch ABI. With
 ``SEGPOST_CUDA=1`` (and a CUDA-enabled torch with nvcc) the GPU kernels are
 built too, as ``segpost._C_cuda``.
 
-The translation units compile in parallel, one per core
+``SEGPOST_SANITIZE=1`` builds with AddressSanitizer and UBSan (``make
+sanitize``). The translation units compile in parallel, one per core
 (``SEGPOST_BUILD_JOBS=N`` to choose); the mean field's point loops are split
 over several of them (``csrc/cpu/mean_field/``) so that both cores of a small
 machine share the longest compile.
@@ -33,7 +34,15 @@ def get_extensions():
         # No memcpy/memset calls for the short per-row loops of the kernels.
         extra_compile_args += ["-O3", "-fno-math-errno", "-fno-tree-loop-distribute-patterns", "-Wno-psabi"]
         extra_link_args += ["-pthread"]
-        if os.environ.get("SEGPOST_NATIVE", "0") == "1":
+        if os.environ.get("SEGPOST_SANITIZE", "0") == "1":
+            # `make sanitize`: AddressSanitizer + UndefinedBehaviorSanitizer at
+            # -O1 (after -O3: the last -O wins), one copy of each hot loop and
+            # the mean field's generic (reference) loops only.
+            sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+            extra_compile_args += ["-O1", "-g1"] + sanitize  # -g1: line tables, for the reports
+            extra_link_args += sanitize
+            define_macros += [("SEGPOST_NO_MULTIVERSION", "1"), ("SEGPOST_REFERENCE_ONLY", "1")]
+        elif os.environ.get("SEGPOST_NATIVE", "0") == "1":
             # Opt-in only: a -march=native build does not run on older CPUs.
             # It needs no second (baseline) clone of the hot loops.
             extra_compile_args += ["-march=native"]

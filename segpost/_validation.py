@@ -26,6 +26,7 @@ __all__ = [
     "MIN_BANDWIDTH",
     "FLOAT32_MAX",
     "MAX_CRF_SCORE",
+    "MAX_FILTER_VALUE",
 ]
 
 # Features are divided by their bandwidths: below this, image-scale values
@@ -38,6 +39,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # far inside float32's range, so no message overflows and no padding lane
 # (at -3e38) can win the softmax.
 MAX_CRF_SCORE = 1e15
+# Largest value a lattice filter accepts: a filter sums weighted values of up
+# to 2**31 points, which must stay inside float32's range.
+MAX_FILTER_VALUE = 1e25
 
 
 def is_torch_tensor(x) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
-from ._validation import FLOAT32_MAX, check_finite, check_float_dtype, like_input, to_numpy
+from ._validation import MAX_FILTER_VALUE, check_finite, check_float_dtype, like_input, to_numpy
 
 __all__ = ["PermutohedralLattice", "MAX_LATTICE_DIM"]
 
@@ -201,7 +201,7 @@ class PermutohedralLattice:
             raise ValueError("values must have at least one channel, got shape (N, 0)")
         if normalize and adjoint:
             raise ValueError("adjoint=True is defined for the unnormalised filter; use normalize=False")
-        check_finite(arr, "values", bound=FLOAT32_MAX)
+        check_finite(arr, "values", bound=MAX_FILTER_VALUE)
         matrix = np.ascontiguousarray(arr.reshape(n, -1), dtype=np.float32)
         post_scale = self._inverse_filtered_ones() if normalize else None
         out = self._lattice.filter(matrix, bool(adjoint), None, post_scale)

@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from ._validation import (
-    FLOAT32_MAX, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy,
+    FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy,
 )
 
 __all__ = [
@@ -328,7 +328,7 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     check_float_dtype(scores, "coarse_logits")
     if scores.ndim != 3 or 0 in scores.shape:
         raise ValueError(f"coarse_logits must be a non-empty (C, h, w) array, got shape {tuple(scores.shape)}")
-    check_finite(scores, "coarse_logits", bound=FLOAT32_MAX)
+    check_finite(scores, "coarse_logits", bound=MAX_FILTER_VALUE)
     guide, _ = to_numpy(guide_image, "guide_image")
     if guide.ndim == 2:
         guide = guide[..., None]

@@ -47,6 +47,7 @@ def test_confusion_matrix_in_a_forked_child_after_a_parallel_call():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+@pytest.mark.skipif(bool(os.environ.get("SEGPOST_SANITIZED")), reason="AddressSanitizer needs terabytes of address space")
 def test_memory_error_in_worker_threads_reaches_the_caller():
     # Under an address-space limit (ulimit -v), allocations fail inside the
     # pool's threads too: the caller must get MemoryError, never an abort.
@@ -126,3 +127,55 @@ def test_ctrl_c_interrupts_a_long_crf_and_leaves_inputs_untouched():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("interrupted"), result.stdout
     assert float(result.stdout.split()[2]) < 5
+
+
+def test_python_threads_and_fork_together():
+    # Four Python threads score and refine at once (each call must give the
+    # serial result) while the main thread forks children that do the same:
+    # a child must neither hang on locks a parent thread held at the fork nor
+    # differ from the serial answers.
+    result = run_python("""
+        import multiprocessing as mp
+        import threading
+        import numpy as np
+        import segpost
+
+        segpost.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        logits = [rng.normal(size=(4, 12, 16)).astype(np.float32) for _ in range(4)]
+        pred, target = rng.integers(0, 6, (2, 2_500_000), dtype=np.uint8)
+        refined = [segpost.crf_refine(image, x) for x in logits]
+        scored = segpost.confusion_matrix(pred, target, 6)
+        failures = []
+        stop = threading.Event()
+
+        def worker(i):
+            while not stop.is_set():
+                if not np.array_equal(segpost.crf_refine(image, logits[i]), refined[i]):
+                    failures.append(f"crf_refine in thread {i}")
+                if not np.array_equal(segpost.confusion_matrix(pred, target, 6), scored):
+                    failures.append(f"confusion_matrix in thread {i}")
+
+        def child(queue):
+            ok = all(np.array_equal(segpost.crf_refine(image, x), y) for x, y in zip(logits, refined))
+            queue.put(ok and np.array_equal(segpost.confusion_matrix(pred, target, 6), scored))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        ctx = mp.get_context("fork")
+        for _ in range(3):
+            queue = ctx.Queue()
+            process = ctx.Process(target=child, args=(queue,))
+            process.start()
+            assert queue.get(timeout=60), "a forked child gave different results"
+            process.join(timeout=30)
+            assert process.exitcode == 0, process.exitcode
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
+        print("ok")
+    """, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

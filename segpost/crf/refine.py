@@ -132,7 +132,7 @@ def _image_channels_last(image):
         raise ValueError(f"image must be {layout}, got shape {tuple(arr.shape)}")
     h, w, c = arr.shape
     if h == 0 or w == 0 or c == 0:
-        raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
+        raise ValueError(f"image must not be empty, got shape {tuple(arr.shape)}")
     if c > 16:
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
         raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")

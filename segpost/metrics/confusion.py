@@ -171,7 +171,9 @@ def _numpy_confusion(pred, target, k, ignore):
         matrix[v] = 0
         bad_pred[v] = 0
     invalid = int(hist[k].sum()) - ignored_outside + int(bad_pred.sum())
-    first_value = int(first_invalid(pred, target, k, np.array(ignore, np.int64))) if invalid else None
+    # (Ignore values beyond int64 match no label the kernel reads as int64.)
+    representable = np.array([v for v in ignore if -(2**63) <= v < 2**63], np.int64)
+    first_value = int(first_invalid(pred, target, k, representable)) if invalid else None
     return matrix, invalid, first_value
 
 

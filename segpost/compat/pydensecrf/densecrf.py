@@ -13,7 +13,8 @@ import numbers
 
 import numpy as np
 
-from ..._validation import check_int
+from ..._validation import MAX_CRF_SCORE, check_finite, check_int
+from ...crf.model import MAX_ITERATIONS
 from ...crf.model import DenseCRF as _DenseCRF
 
 __all__ = [
@@ -95,8 +96,7 @@ class DenseCRF:
         if f is not None:
             raise NotImplementedError("feature-based (learned logistic) unaries are not supported by segpost")
         _strict_array(u, "unary", np.float32, 2, (self._nlabel, self._nvar))
-        if not np.isfinite(u).all():
-            raise ValueError("unary must be finite (NaN or infinity found)")
+        check_finite(u, "unary", bound=MAX_CRF_SCORE)
         self._crf._replace_unary(u.T)
 
     def addPairwiseEnergy(self, f, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
@@ -164,4 +164,7 @@ def _pair(value, name):
 
 
 def _iterations(n):
-    return check_int(n, "niter", minimum=0)
+    n = check_int(n, "niter", minimum=0)
+    if n > MAX_ITERATIONS:
+        raise ValueError(f"niter must be at most {MAX_ITERATIONS}, got {n}")
+    return n
