@@ -12,6 +12,11 @@
 #define SEGPOST_HAVE_MMAP 1
 #endif
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define SEGPOST_HAVE_ATFORK 1
+#endif
+
 namespace segpost {
 
 namespace {
@@ -32,9 +37,18 @@ struct Pool {
 };
 
 // Leaked on purpose: buffers may be freed during interpreter shutdown, after
-// static destructors would have run.
+// static destructors would have run. fork() takes the mutex first and both
+// processes release it after: a child forked while another thread was
+// allocating (a DataLoader worker started mid-batch) would otherwise inherit
+// it locked forever, and find the lists half-updated.
 Pool& pool() {
-  static Pool* instance = new Pool();
+  static Pool* instance = [] {
+    Pool* p = new Pool();
+#ifdef SEGPOST_HAVE_ATFORK
+    pthread_atfork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); }, [] { pool().mutex.unlock(); });
+#endif
+    return p;
+  }();
   return *instance;
 }
 

@@ -46,7 +46,7 @@ def main(out_path, mode):
             result = {"first": first, "second": second, "local": local, "update_while_synced": update_while_synced,
                       "after_unsync_images": metrics.num_images}
         else:
-            metrics = SegMetrics(5, ignore_index=255, per_image=True)
+            metrics = SegMetrics(5, ignore_index=255, per_image=True, boundary=True)
             metrics.update(*rank_data(rank))
             result = metrics.sync().compute()
         with open(out_path, "w") as f:

@@ -75,3 +75,14 @@ def exact_mean_field(unary, terms, iterations):
     for _ in range(iterations):
         q = softmax(-unary - messages(q))
     return q, messages
+
+
+def sanitizer_environment():
+    """The variables a subprocess with an otherwise empty environment needs under `make sanitize`.
+
+    A sanitised segpost._C loads only into a process whose LD_PRELOAD puts the
+    sanitizer runtimes first.
+    """
+    import os
+
+    return {k: v for k, v in os.environ.items() if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}

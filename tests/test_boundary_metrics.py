@@ -32,11 +32,38 @@ def brute_distance_to(mask_from, targets):
     return d.min(axis=-1)
 
 
-def brute_inner_band(mask, width):
-    # distance from each mask pixel to the nearest non-mask pixel, the outside of the image included
-    padded = np.pad(mask, 1)
-    dist = brute_distance_to(padded, ~padded)[1:-1, 1:-1]
-    return mask & (dist <= width)
+def official_mask_to_boundary(mask, dilation):
+    """boundary-iou-api's ``mask_to_boundary`` (boundary_iou/utils/boundary_utils.py), transcribed.
+
+    The original pads with ``cv2.copyMakeBorder(..., BORDER_CONSTANT, value=0)``
+    and erodes with ``cv2.erode(new_mask, np.ones((3, 3)), iterations=dilation)``;
+    scipy's binary erosion with the same structure and iterations gives the
+    same pixels (OpenCV's default erosion border is the maximum, beyond the
+    zero ring that the padding adds, so border_value changes nothing here).
+    """
+    from scipy import ndimage
+
+    h, w = mask.shape
+    new_mask = np.pad(mask.astype(np.uint8), 1)
+    new_mask_erode = ndimage.binary_erosion(new_mask, structure=np.ones((3, 3)), iterations=dilation,
+                                            border_value=0).astype(np.uint8)
+    mask_erode = new_mask_erode[1:h + 1, 1:w + 1]
+    return mask.astype(np.uint8) - mask_erode
+
+
+def official_dilation(shape, dilation_ratio):
+    h, w = shape
+    return max(1, int(round(dilation_ratio * np.sqrt(h**2 + w**2))))
+
+
+def official_counts(pred, target, k, dilation, keep):
+    """Per class, the official bands' intersection and union (ignored pixels, keep False, dropped from both)."""
+    inter, union = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for c in range(k):
+        g = official_mask_to_boundary(target == c, dilation).astype(bool) & keep
+        p = official_mask_to_boundary(pred == c, dilation).astype(bool) & keep
+        inter[c], union[c] = np.count_nonzero(g & p), np.count_nonzero(g | p)
+    return inter, union
 
 
 @st.composite
@@ -58,19 +85,63 @@ def test_label_boundaries_match_brute_force(case):
     np.testing.assert_array_equal(label_boundaries(target), brute_boundaries(target))
 
 
-@given(maps(), st.integers(1, 4))
-def test_boundary_iou_matches_definition(case, width):
+@given(maps(), st.integers(1, 20))
+def test_boundary_iou_equals_the_official_code(case, width):
+    # width from 1 pixel to beyond the image (14 pixels at most): every band is then the whole mask
     pred, target, k = case
     per_class, mean, inter, union = boundary_iou(pred, target, k, width=width, return_counts=True)
-    for c in range(k):
-        g = brute_inner_band(target == c, width)
-        p = brute_inner_band(pred == c, width)
-        if (target == c).any() or (pred == c).any():
-            assert inter[c] == (g & p).sum() and union[c] == (g | p).sum()
-            assert per_class[c] == pytest.approx((g & p).sum() / (g | p).sum())
-        else:
-            assert math.isnan(per_class[c])
+    want_inter, want_union = official_counts(pred, target, k, width, np.ones(target.shape, bool))
+    np.testing.assert_array_equal(inter, want_inter)
+    np.testing.assert_array_equal(union, want_union)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(per_class, np.where(want_union > 0, want_inter / np.maximum(want_union, 1),
+                                                          np.nan))
     assert boundary_iou(target, target, k, width=width)[1] == 1.0
+
+
+@st.composite
+def scenes(draw):
+    """Odd-sized maps of random shapes: blobs, stripes, noise, classes on the border, an ignore label."""
+    h, w = draw(st.integers(1, 41)), draw(st.integers(1, 41))
+    k = draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["blocks", "stripes", "noise", "one", "disc"]))
+    if kind == "blocks":
+        s = int(rng.integers(1, 9))
+        target = np.kron(rng.integers(0, k, (h // s + 1, w // s + 1)), np.ones((s, s), int))[:h, :w]
+    elif kind == "stripes":
+        target = (np.add.outer(np.arange(h), np.arange(w)) // int(rng.integers(1, 7))) % k
+    elif kind == "noise":
+        target = rng.integers(0, k, (h, w))
+    elif kind == "one":
+        target = np.full((h, w), int(rng.integers(0, k)))
+    else:
+        yy, xx = np.mgrid[0:h, 0:w]
+        target = ((yy - rng.uniform(0, h)) ** 2 + (xx - rng.uniform(0, w)) ** 2 < rng.uniform(1, 400)).astype(int) % k
+    pred = np.where(rng.random((h, w)) < rng.uniform(0, 0.3), rng.integers(0, k, (h, w)), np.roll(target, 1, 1))
+    if draw(st.booleans()):
+        target = np.where(rng.random((h, w)) < 0.1, 255, target)
+    ratio = draw(st.sampled_from([0.001, 0.02, 0.05, 0.2, 1.0]))
+    return pred, target, k, ratio
+
+
+@given(scenes())
+def test_boundary_iou_equals_the_official_code_on_scenes(scene):
+    pred, target, k, ratio = scene
+    _, _, inter, union = boundary_iou(pred, target, k, dilation_ratio=ratio, ignore_index=255, return_counts=True)
+    want = official_counts(pred, target, k, official_dilation(target.shape, ratio), target != 255)
+    np.testing.assert_array_equal(inter, want[0])
+    np.testing.assert_array_equal(union, want[1])
+
+
+def test_boundary_iou_band_is_a_square_not_a_disc():
+    # (7, 7) lies diagonally off the corner (4, 4) of a class-0 block: Chebyshev distance 3,
+    # Euclidean 4.2. The official band of width 3 (an erosion by squares) holds it.
+    target = np.ones((20, 20), int)
+    target[:5, :5] = 0
+    _, _, inter, union = boundary_iou(target, target, 2, width=3, return_counts=True)
+    band = official_mask_to_boundary(target == 1, 3).astype(bool)
+    assert band[7, 7] and not band[8, 7] and union[1] == band.sum() == inter[1]
 
 
 @given(maps(), st.integers(0, 3))
@@ -128,3 +199,43 @@ def test_ignored_pixels_take_no_part():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@given(st.lists(scenes(), min_size=1, max_size=4))
+def test_seg_metrics_streams_boundary_iou(scenes_list):
+    # Dataset-level Boundary IoU: per-image band counts summed, as boundary_iou counts them.
+    from segpost import SegMetrics
+
+    k = max(s[2] for s in scenes_list)
+    metrics = SegMetrics(k, ignore_index=255, boundary=True, boundary_dilation_ratio=0.05)
+    inter, union = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    halves = [SegMetrics(k, ignore_index=255, boundary=True, boundary_dilation_ratio=0.05) for _ in range(2)]
+    for i, (pred, target, _, _) in enumerate(scenes_list):
+        metrics.update(pred, target)
+        halves[i % 2].update(pred, target)
+        counts = boundary_iou(pred, target, k, dilation_ratio=0.05, ignore_index=255, return_counts=True)
+        inter += counts[2]
+        union += counts[3]
+    result = metrics.compute()
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(result.boundary_iou, np.where(union > 0, inter / np.maximum(union, 1), np.nan))
+    merged = halves[0].merge(halves[1]).compute()
+    np.testing.assert_array_equal(merged.boundary_iou, result.boundary_iou)
+    restored = SegMetrics(k, ignore_index=255, boundary=True, boundary_dilation_ratio=0.05)
+    restored.load_state_dict(metrics.state_dict())
+    np.testing.assert_array_equal(restored.compute().boundary_iou, result.boundary_iou)
+    assert "BIoU" in result.table() and "BIoU" not in SegMetrics(k).compute().table()
+
+
+def test_seg_metrics_boundary_counts_each_image_of_a_batch():
+    from segpost import SegMetrics
+
+    rng = np.random.default_rng(0)
+    target = np.kron(rng.integers(0, 3, (3, 4, 4)), np.ones((1, 6, 6), int))
+    pred = np.roll(target, 2, axis=2)
+    batch, single = SegMetrics(3, boundary=True), SegMetrics(3, boundary=True)
+    batch.update(pred, target)
+    for p, t in zip(pred, target):
+        single.update(p, t)
+    np.testing.assert_array_equal(batch.boundary_union, single.boundary_union)
+    np.testing.assert_array_equal(batch.boundary_intersection, single.boundary_intersection)

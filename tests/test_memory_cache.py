@@ -7,6 +7,7 @@ import pytest
 from skimage import data
 
 import segpost
+from oracles import sanitizer_environment
 
 
 def _refine():
@@ -56,8 +57,8 @@ def test_bad_limits_raise(bad, error):
 def test_environment_variable_sets_the_limit():
     code = "import segpost; print(segpost._C.memory_cache_limit())"
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True,
-                         env={"SEGPOST_MEMORY_CACHE_MB": "64", "PATH": ""})
+                         env={"SEGPOST_MEMORY_CACHE_MB": "64", "PATH": "", **sanitizer_environment()})
     assert int(out.stdout) == 64 * 2**20
     bad = subprocess.run([sys.executable, "-P", "-W", "always", "-c", code], capture_output=True, text=True, check=True,
-                         env={"SEGPOST_MEMORY_CACHE_MB": "lots", "PATH": ""})
+                         env={"SEGPOST_MEMORY_CACHE_MB": "lots", "PATH": "", **sanitizer_environment()})
     assert "SEGPOST_MEMORY_CACHE_MB" in bad.stderr and int(bad.stdout) == 2**30

@@ -296,11 +296,11 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path):
         assert res["num_images"] == 5
 
 
-def _ranks_counted(*ranks):
+def _ranks_counted(*ranks, boundary=False):
     """One process's SegMetrics over the given ranks' data (the workers' metrics mode)."""
     from distributed_worker import rank_data
 
-    metrics = SegMetrics(5, ignore_index=255, per_image=True)
+    metrics = SegMetrics(5, ignore_index=255, per_image=True, boundary=boundary)
     for r in ranks:
         metrics.update(*rank_data(r))
     return metrics
@@ -310,11 +310,13 @@ def test_distributed_sync_with_two_gloo_processes(tmp_path):
     pytest.importorskip("torch")
     results = _run_two_ranks(tmp_path, "metrics")
     # Both ranks hold the sum; it equals one process counting everything.
-    expected = _ranks_counted(0, 1).compute()
+    expected = _ranks_counted(0, 1, boundary=True).compute()
     for res in results:
         assert np.array_equal(res["confusion"], expected.confusion.tolist())
         assert res["miou"] == pytest.approx(expected.miou)
         assert res["per_image_miou"] == pytest.approx(expected.per_image_miou)
+        assert res["boundary_iou"] == pytest.approx(expected.boundary_iou.tolist())  # band counts synced too
+        assert res["mboundary_iou"] == pytest.approx(expected.mboundary_iou)
 
 
 def test_distributed_sync_twice_never_double_counts(tmp_path):

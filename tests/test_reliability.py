@@ -158,14 +158,16 @@ def test_python_threads_and_fork_together():
                     failures.append(f"confusion_matrix in thread {i}")
 
         def child(queue):
+            import faulthandler
+            faulthandler.dump_traceback_later(50, exit=True)  # a hung child shows where, and ends
             ok = all(np.array_equal(segpost.crf_refine(image, x), y) for x, y in zip(logits, refined))
             queue.put(ok and np.array_equal(segpost.confusion_matrix(pred, target, 6), scored))
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(4)]  # never block exit
         for t in threads:
             t.start()
         ctx = mp.get_context("fork")
-        for _ in range(3):
+        for _ in range(5):
             queue = ctx.Queue()
             process = ctx.Process(target=child, args=(queue,))
             process.start()

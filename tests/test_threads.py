@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import segpost
+from oracles import sanitizer_environment
 
 
 def test_set_and_get_num_threads():
@@ -24,7 +25,7 @@ def test_bad_thread_counts_raise(bad, error):
 
 def _threads_in_subprocess(value):
     code = "import segpost, warnings; print(segpost.get_num_threads())"
-    env = {"SEGPOST_NUM_THREADS": value, "PATH": ""}
+    env = {"SEGPOST_NUM_THREADS": value, "PATH": "", **sanitizer_environment()}
     result = subprocess.run([sys.executable, "-P", "-W", "always", "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(result.stdout.strip()), result.stderr
 

@@ -75,6 +75,11 @@ class _GridLatticeCache:
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries = collections.OrderedDict()
         self._lock = threading.Lock()
+        # A child forked while another thread held the lock (a DataLoader
+        # worker started mid-batch) would wait for it forever: fork takes it
+        # first and both processes release it after (as the C++ memory pool).
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+                            after_in_child=self._lock.release)
 
     def get(self, key, build):
         with self._lock:

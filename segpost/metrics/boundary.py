@@ -12,6 +12,8 @@ from .. import _validation
 from . import scores
 from .confusion import _check_num_classes, _normalise_ignore, confusion_matrix, prepare_labels
 
+__all__ = ["boundary_iou", "boundary_fscore", "trimap_metrics", "label_boundaries"]
+
 
 def _distance_transform(mask):
     """Euclidean distance from each True pixel to the nearest False one.
@@ -22,8 +24,6 @@ def _distance_transform(mask):
     from scipy import ndimage
 
     return ndimage.distance_transform_edt(mask)
-
-__all__ = ["boundary_iou", "boundary_fscore", "trimap_metrics", "label_boundaries"]
 
 
 def _as_2d_labels(pred, target):
@@ -45,15 +45,6 @@ def _ignored(target, ignore):
     return mask
 
 
-def _inner_band(mask, width):
-    """Pixels of `mask` within `width` pixels (Euclidean) of its contour; the image border counts as contour."""
-    if not mask.any():
-        return mask
-    padded = np.pad(mask, 1, constant_values=False)
-    inside = _distance_transform(padded)[1:-1, 1:-1]
-    return mask & (inside <= width)
-
-
 def label_boundaries(labels):
     """Boolean map of pixels whose 4-neighbourhood holds another label."""
     labels = np.asarray(labels)
@@ -68,6 +59,7 @@ def label_boundaries(labels):
 
 
 def _band_width(shape, dilation_ratio, width):
+    """The band's width d in pixels: ``width``, or round(dilation_ratio x diagonal) as the reference code (at least 1)."""
     if width is not None:
         if isinstance(width, bool) or not isinstance(width, (int, np.integer, float)) or width < 1:
             raise ValueError(f"width must be >= 1 pixel, got {width!r}")
@@ -77,30 +69,67 @@ def _band_width(shape, dilation_ratio, width):
     return float(max(1, round(dilation_ratio * math.hypot(*shape))))
 
 
+def _square_band_width(shape, dilation_ratio, width):
+    d = _band_width(shape, dilation_ratio, width)
+    if d != int(d):
+        raise ValueError(f"width must be a whole number of pixels (the band is an erosion), got {width!r}")
+    return int(d)
+
+
+def _band_labels(labels, d, num_classes):
+    """Each pixel's class if it lies in that class's band, else num_classes (labels outside [0, K) are in no class)."""
+    from ._kernels import boundary_band
+
+    band = boundary_band(labels, d, num_classes)
+    band[(band < 0) | (band > num_classes)] = num_classes
+    return band
+
+
 def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None,
                  return_counts=False):
-    """Boundary IoU (Cheng et al. 2021) for multi-class label maps.
+    """Boundary IoU (Cheng et al. 2021) for multi-class label maps, as the official code computes it.
 
-    For each class, the pixels of the target mask and of the predicted mask
-    that lie within ``d`` pixels of their own contour (the image border counts
-    as contour, as in the reference code) form two bands; the class's
-    Boundary IoU is |G_d & P_d| / |G_d | P_d|. ``d = dilation_ratio x image
-    diagonal`` (default 2%, at least 1 pixel) unless ``width`` gives it in
-    pixels. Ignored target pixels are left out of both bands.
+    For each class c, the band of a mask is the official ``mask_to_boundary``:
+    ``mask - erode(pad(mask, 1, value 0), 3x3 square, d iterations)``,
+    cropped back: the mask's pixels within ``d`` pixels (a square, Chebyshev
+    distance) of its contour, the image border counting as contour. The
+    class's Boundary IoU is |G_d & P_d| / |G_d | P_d| over the target's and
+    the prediction's bands. ``d = round(dilation_ratio x image diagonal)``
+    (default 2%, at least 1 pixel) unless ``width`` gives it in pixels.
+    Ignored target pixels are left out of both bands (the band itself is
+    computed with ignored pixels as another label, so a class's boundary
+    along an ignored region is part of its band). Labels outside
+    [0, num_classes) belong to no class.
+
+    All classes' bands come from one pass over each map (see
+    ``_kernels.boundary_band``) and one confusion matrix of band labels.
+
+    Parameters
+    ----------
+    pred, target : (H, W) integer arrays or tensors
+    num_classes : int
+    dilation_ratio : float, keyword-only
+        The band's width as a fraction of the image diagonal, in (0, 1].
+    width : int, keyword-only, optional
+        The band's width in pixels instead (>= 1).
+    ignore_index : int or sequence of int, keyword-only, optional
+    return_counts : bool, keyword-only
+        Also return the (K,) int64 intersections and unions, to accumulate over a dataset.
 
     Returns
     -------
     per_class : (K,) float64
-        NaN for classes in neither map.
+        NaN for classes in neither band.
     mean : float
-        Mean over classes present in either map.
-    With ``return_counts=True`` also (intersection, union) (K,) int64 arrays,
-    to accumulate over a dataset.
+        Mean over classes with a band.
+    With ``return_counts=True`` also (intersection, union) (K,) int64 arrays.
 
     References
     ----------
     .. [1] B. Cheng, R. Girshick, P. Dollár, A. C. Berg, A. Kirillov. "Boundary IoU:
        Improving Object-Centric Image Segmentation Evaluation". CVPR 2021.
+       Reference code: github.com/bowenc0221/boundary-iou-api,
+       ``boundary_iou/utils/boundary_utils.py``.
 
     Examples
     --------
@@ -116,17 +145,14 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     """
     k = _check_num_classes(num_classes)
     pred, target = _as_2d_labels(pred, target)
-    d = _band_width(target.shape, dilation_ratio, width)
-    keep = ~_ignored(target, _normalise_ignore(ignore_index))
-    inter = np.zeros(k, np.int64)
-    union = np.zeros(k, np.int64)
-    for c in range(k):
-        g, p = (target == c) & keep, (pred == c) & keep
-        if not (g.any() or p.any()):
-            continue
-        gb, pb = _inner_band(target == c, d) & keep, _inner_band(pred == c, d) & keep
-        inter[c] = np.count_nonzero(gb & pb)
-        union[c] = np.count_nonzero(gb | pb)
+    d = _square_band_width(target.shape, dilation_ratio, width)
+    target_band = _band_labels(target, d, k)
+    pred_band = _band_labels(pred, d, k)
+    # Ignored pixels leave both bands: as an ignored target value past "no class".
+    target_band[_ignored(target, _normalise_ignore(ignore_index))] = k + 1
+    cm = np.asarray(confusion_matrix(pred_band, target_band, k + 1, ignore_index=k + 1), np.int64)
+    inter = np.diagonal(cm)[:k].copy()
+    union = cm.sum(axis=1)[:k] + cm.sum(axis=0)[:k] - inter
     per_class = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     mean = scores.mean_score(per_class)
     return (per_class, mean, inter, union) if return_counts else (per_class, mean)

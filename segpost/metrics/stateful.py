@@ -37,10 +37,16 @@ class SegMetricsResult:
     per_image_miou : float or None
         Mean over images of each image's mIoU (only with ``per_image=True``);
         a different number from the dataset-level ``miou``.
+    boundary_iou : (K,) float64 or None
+        Dataset-level Boundary IoU per class (only with ``boundary=True``):
+        the summed band intersections over the summed band unions, as
+        ``segpost.metrics.boundary_iou`` counts them per image.
+    mboundary_iou : float or None
+        Their mean over classes with a band (and not excluded).
     """
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
-                 per_image_miou=None, num_images=0):
+                 per_image_miou=None, num_images=0, boundary_counts=None):
         self.confusion = np.asarray(confusion, np.int64)
         k = self.confusion.shape[0]
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -67,24 +73,34 @@ class SegMetricsResult:
         self.num_invalid = int(num_invalid)
         self.per_image_miou = per_image_miou
         self.num_images = int(num_images)
+        self.boundary_iou = self.mboundary_iou = None
+        if boundary_counts is not None:
+            inter, union = (np.asarray(c, np.int64) for c in boundary_counts)
+            self.boundary_iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+            self.mboundary_iou = scores.mean_score(self.boundary_iou, exclude_classes=ex)
 
     def table(self, digits=2) -> str:
-        """Aligned text: one row per class (IoU, Dice, precision, recall, pixels), then the means."""
+        """Aligned text: a row per class (IoU, Dice, precision, recall, Boundary IoU if counted, pixels), the means."""
         def pct(x):
             return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
+        boundary = self.boundary_iou is not None
         width = max(5, *(len(n) for n in self.class_names))
-        lines = [f"{'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'Prec':>7}  {'Recall':>7}  {'pixels':>12}"]
+        lines = [f"{'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'Prec':>7}  {'Recall':>7}  "
+                 + (f"{'BIoU':>7}  " if boundary else "") + f"{'pixels':>12}"]
         for c, name in enumerate(self.class_names):
             mark = " (excluded)" if c in self.exclude_classes else ""
             lines.append(
                 f"{name:<{width}}  {pct(self.iou[c]):>7}  {pct(self.dice[c]):>7}  {pct(self.precision[c]):>7}  "
-                f"{pct(self.recall[c]):>7}  {int(self.counts[c]):>12}{mark}"
+                f"{pct(self.recall[c]):>7}  " + (f"{pct(self.boundary_iou[c]):>7}  " if boundary else "")
+                + f"{int(self.counts[c]):>12}{mark}"
             )
         lines.append(f"{'mean':<{width}}  {pct(self.miou):>7}  {pct(self.mdice):>7}  {pct(self.mprecision):>7}  "
-                     f"{pct(self.mrecall):>7}  {int(self.counts.sum()):>12}")
+                     f"{pct(self.mrecall):>7}  " + (f"{pct(self.mboundary_iou):>7}  " if boundary else "")
+                     + f"{int(self.counts.sum()):>12}")
         lines.append(f"mIoU {pct(self.miou)} over {self.num_valid_classes} valid classes | pixel acc "
-                     f"{pct(self.pixel_accuracy)} | mean acc {pct(self.mean_accuracy)} | fwIoU {pct(self.fw_iou)}")
+                     f"{pct(self.pixel_accuracy)} | mean acc {pct(self.mean_accuracy)} | fwIoU {pct(self.fw_iou)}"
+                     + (f" | Boundary IoU {pct(self.mboundary_iou)}" if boundary else ""))
         if self.per_image_miou is not None:
             lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_images} images")
         if self.num_invalid:
@@ -104,7 +120,9 @@ class SegMetricsResult:
 
         out = {name: clean(getattr(self, name)) for name in (
             "miou", "mdice", "mprecision", "mrecall", "weighted_miou", "micro_iou", "pixel_accuracy",
-            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images")}
+            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images",
+            "mboundary_iou")}
+        out["boundary_iou"] = None if self.boundary_iou is None else clean(self.boundary_iou)
         out.update({name: clean(np.asarray(getattr(self, name), np.float64)) for name in ("iou", "dice", "precision", "recall")})
         out["counts"] = self.counts.tolist()
         out["class_names"] = self.class_names
@@ -134,6 +152,14 @@ class SegMetrics:
     exclude_classes : sequence of int, keyword-only
         Classes left out of the means (e.g. background).
     on_invalid : {"raise", "ignore"}, keyword-only
+    boundary : bool, keyword-only, default False
+        Also accumulate Boundary IoU (``segpost.metrics.boundary_iou``, the
+        official definition) over the dataset: per image, each class's band
+        intersection and union are added to the state, and ``compute()``
+        reports ``boundary_iou`` and ``mboundary_iou`` next to mIoU. Each
+        image of a batch counts on its own (a (B, H, W) target is B images).
+    boundary_dilation_ratio : float, keyword-only, default 0.02
+        The band width as a fraction of each image's diagonal.
 
     Examples
     --------
@@ -151,7 +177,7 @@ class SegMetrics:
     """
 
     def __init__(self, num_classes, *, ignore_index=None, class_names=None, per_image=False, absent="nan",
-                 exclude_classes=(), on_invalid="raise"):
+                 exclude_classes=(), on_invalid="raise", boundary=False, boundary_dilation_ratio=0.02):
         self.num_classes = _check_num_classes(num_classes)
         self.ignore_index = _normalise_ignore(ignore_index)
         if class_names is not None and len(class_names) != self.num_classes:
@@ -165,6 +191,10 @@ class SegMetrics:
         self.absent = absent
         self.exclude_classes = tuple(int(c) for c in exclude_classes)
         self.on_invalid = on_invalid
+        self.boundary = bool(boundary)
+        if not (isinstance(boundary_dilation_ratio, (int, float)) and 0 < boundary_dilation_ratio <= 1):
+            raise ValueError(f"boundary_dilation_ratio must be in (0, 1], got {boundary_dilation_ratio!r}")
+        self.boundary_dilation_ratio = float(boundary_dilation_ratio)
         self.reset()
 
     def reset(self):
@@ -173,6 +203,8 @@ class SegMetrics:
         self.num_invalid = 0
         self.per_image_sum = 0.0
         self.num_images = 0
+        self.boundary_intersection = np.zeros(self.num_classes, np.int64)
+        self.boundary_union = np.zeros(self.num_classes, np.int64)
         self._local_state = None  # this process's own counts while the state holds synced sums
 
     def _check_not_synced(self, action):
@@ -187,8 +219,17 @@ class SegMetrics:
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
         self.confusion += _to_numpy(cm)
         self.num_invalid += int(getattr(cm, "num_invalid", 0))
-        if self.per_image:
+        if self.per_image or self.boundary:
             images = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
+        if self.boundary:
+            from .boundary import boundary_iou
+
+            for p, t in images:
+                _, _, inter, union = boundary_iou(p, t, self.num_classes, dilation_ratio=self.boundary_dilation_ratio,
+                                                  ignore_index=self.ignore_index, return_counts=True)
+                self.boundary_intersection += inter
+                self.boundary_union += union
+        if self.per_image:
             for p, t in images:
                 image_cm = confusion_matrix(p, t, self.num_classes, ignore_index=self.ignore_index, on_invalid="ignore")
                 value = scores.mean_score(scores.iou(_to_numpy(image_cm), absent=self.absent),
@@ -200,9 +241,10 @@ class SegMetrics:
     def compute(self) -> SegMetricsResult:
         """Scores of everything counted (dataset-level; per-image mean too if requested)."""
         per_image = (self.per_image_sum / self.num_images if self.num_images else float("nan")) if self.per_image else None
+        boundary = (self.boundary_intersection, self.boundary_union) if self.boundary else None
         return SegMetricsResult(self.confusion, absent=self.absent, exclude_classes=self.exclude_classes,
                                 class_names=self.class_names, num_invalid=self.num_invalid,
-                                per_image_miou=per_image, num_images=self.num_images)
+                                per_image_miou=per_image, num_images=self.num_images, boundary_counts=boundary)
 
     def merge(self, other: "SegMetrics"):
         """Add another SegMetrics' counts (e.g. from another worker)."""
@@ -210,17 +252,22 @@ class SegMetrics:
             raise ValueError("can only merge a SegMetrics with the same num_classes")
         if other.ignore_index != self.ignore_index:
             raise ValueError(f"cannot merge metrics with different ignore_index ({self.ignore_index} vs {other.ignore_index})")
+        if (other.boundary, other.boundary_dilation_ratio) != (self.boundary, self.boundary_dilation_ratio):
+            raise ValueError("cannot merge metrics with different boundary settings")
         self._check_not_synced("merge")
         self.confusion += other.confusion
         self.num_invalid += other.num_invalid
         self.per_image_sum += other.per_image_sum
         self.num_images += other.num_images
+        self.boundary_intersection += other.boundary_intersection
+        self.boundary_union += other.boundary_union
         return self
 
     def state_dict(self) -> dict:
         return {"confusion": self.confusion.copy(), "num_invalid": self.num_invalid,
                 "per_image_sum": self.per_image_sum, "num_images": self.num_images,
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "boundary_intersection": self.boundary_intersection.copy(),
+                "boundary_union": self.boundary_union.copy()}
 
     def load_state_dict(self, state: dict):
         self._check_not_synced("load a state")
@@ -231,6 +278,12 @@ class SegMetrics:
         self.num_invalid = int(state.get("num_invalid", 0))
         self.per_image_sum = float(state.get("per_image_sum", 0.0))
         self.num_images = int(state.get("num_images", 0))
+        zeros = np.zeros(self.num_classes, np.int64)
+        for name in ("boundary_intersection", "boundary_union"):
+            counts = np.asarray(state.get(name, zeros), np.int64)
+            if counts.shape != (self.num_classes,):
+                raise ValueError(f"state has {name} of shape {counts.shape}, expected {(self.num_classes,)}")
+            setattr(self, name, counts.copy())
         return self
 
     def sync(self, group=None):
@@ -252,7 +305,8 @@ class SegMetrics:
             self.unsync()
         local = self.state_dict()
         k = self.num_classes
-        flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images]]).astype(np.int64)
+        flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images],
+                               self.boundary_intersection, self.boundary_union]).astype(np.int64)
         packed = torch.from_numpy(flat)
         extra = torch.tensor([self.per_image_sum], dtype=torch.float64)
         backend = dist.get_backend(group)
@@ -264,6 +318,8 @@ class SegMetrics:
         packed = packed.cpu().numpy()
         self.confusion = packed[: k * k].reshape(k, k).copy()
         self.num_invalid, self.num_images = int(packed[k * k]), int(packed[k * k + 1])
+        self.boundary_intersection = packed[k * k + 2: k * k + 2 + k].copy()
+        self.boundary_union = packed[k * k + 2 + k:].copy()
         self.per_image_sum = float(extra.cpu()[0])
         self._local_state = local
         return self
