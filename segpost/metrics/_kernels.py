@@ -71,15 +71,16 @@ def first_invalid(pred, target, k, ignored):
 
 
 @jit
-def boundary_band(labels, d, outside):
-    """Every class's Boundary IoU band at once, as one label map.
+def boundary_band(labels, d, k, out):
+    """Every class's Boundary IoU band at once, as one label map written to `out`.
 
     The official band of class c (boundary-iou-api's ``mask_to_boundary``) is
     ``mask - erode(pad(mask, 1, 0), 3x3, d times)``: a pixel of c lies in it
     unless the (2d+1) x (2d+1) square around it holds class c only, the one
     zero pixel of padding included. So a pixel is in its own class's band
     exactly when it lies within d pixels of the image border or its square
-    holds another label; out[i, j] is then labels[i, j], else `outside`.
+    holds another label; out[i, j] is then labels[i, j], else k (no band).
+    Labels outside [0, k) belong to no class: k as well.
 
     Two passes with O(1) work per pixel whatever d: the start of the current
     run of equal labels along each row tells whether a row window is
@@ -98,19 +99,18 @@ def boundary_band(labels, d, outside):
                 row_constant[i, centre] = start <= centre - d  # False within d of the left border
         for centre in range(max(0, w - d), w):  # within d of the right border
             row_constant[i, centre] = False
-    out = np.empty((h, w), np.int64)
     run_start = np.zeros(w, np.int64)
-    for i in range(h):
+    for i in range(h + d):
+        centre = i - d
         for j in range(w):
-            if not row_constant[i, j]:
-                run_start[j] = i + 1
-            elif i > 0 and labels[i, j] != labels[i - 1, j]:
-                run_start[j] = i
-            centre = i - d
+            if i < h:
+                if not row_constant[i, j]:
+                    run_start[j] = i + 1
+                elif i > 0 and labels[i, j] != labels[i - 1, j]:
+                    run_start[j] = i
             if centre >= 0:
-                interior = run_start[j] <= centre - d
-                out[centre, j] = outside if interior else labels[centre, j]
-    for centre in range(max(0, h - d), h):  # within d of the bottom border
-        for j in range(w):
-            out[centre, j] = labels[centre, j]
+                # Rows past the bottom border count as another label: within d of it, the square is not constant.
+                interior = i < h and run_start[j] <= centre - d
+                label = np.int64(labels[centre, j])
+                out[centre, j] = k if interior or label < 0 or label >= k else label
     return out

@@ -26,7 +26,8 @@ def _distance_transform(mask):
     return ndimage.distance_transform_edt(mask)
 
 
-def _as_2d_labels(pred, target):
+def _as_2d_labels(pred, target, *, native=False):
+    """(H, W) numpy label maps: int64 copies, or with ``native`` the validated arrays in their own integer dtypes."""
     pred, target = prepare_labels(pred, target)
     if _validation.is_torch_tensor(pred):
         pred, target = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
@@ -35,6 +36,8 @@ def _as_2d_labels(pred, target):
         raise ValueError(f"boundary metrics take one (H, W) label map at a time, got shape {target.shape}")
     if target.size == 0:
         raise ValueError("boundary metrics need a non-empty label map")
+    if native:  # boolean maps as 0/1 bytes, any other integer dtype as it is
+        return tuple(a.view(np.uint8) if a.dtype == np.bool_ else a for a in (pred, target))
     return pred.astype(np.int64), target.astype(np.int64)
 
 
@@ -77,12 +80,15 @@ def _square_band_width(shape, dilation_ratio, width):
 
 
 def _band_labels(labels, d, num_classes):
-    """Each pixel's class if it lies in that class's band, else num_classes (labels outside [0, K) are in no class)."""
+    """Each pixel's class if it lies in that class's band, else num_classes (labels outside [0, K) are in no class).
+
+    In the smallest unsigned dtype that holds num_classes + 1 (the value for
+    ignored pixels): the confusion-matrix kernel is fastest on narrow labels.
+    """
     from ._kernels import boundary_band
 
-    band = boundary_band(labels, d, num_classes)
-    band[(band < 0) | (band > num_classes)] = num_classes
-    return band
+    dtype = np.uint8 if num_classes + 1 <= 255 else (np.uint16 if num_classes + 1 <= 65535 else np.int64)
+    return boundary_band(labels, d, num_classes, np.empty(labels.shape, dtype))
 
 
 def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None,
@@ -144,7 +150,7 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     [0.7  0.33]
     """
     k = _check_num_classes(num_classes)
-    pred, target = _as_2d_labels(pred, target)
+    pred, target = _as_2d_labels(pred, target, native=True)
     d = _square_band_width(target.shape, dilation_ratio, width)
     target_band = _band_labels(target, d, k)
     pred_band = _band_labels(pred, d, k)
