@@ -60,7 +60,8 @@ std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::arr
     throw std::invalid_argument("features dimension d out of range: " + std::to_string(d));
   const T* data = features.data();
   segpost::ReleaseGil release;
-  return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d), row_length);
+  // Ctrl-C between the build's phases.
+  return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d), row_length, segpost::check_signals);
 }
 
 FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values, bool transpose,

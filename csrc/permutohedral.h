@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -41,8 +42,12 @@ class PermutohedralLattice {
   // vertices are then numbered in the tile order of tiles.h, the order the
   // mean field sweeps, so a tile's vertex rows lie close together in memory.
   // The numbering changes no result, only where rows live.
-  PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length = 0);
-  PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length = 0);
+  // between_phases, if set, is called between the build's phases; whatever
+  // it throws (the binding's KeyboardInterrupt) ends the build there.
+  PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length = 0,
+                       const std::function<void()>& between_phases = {});
+  PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length = 0,
+                       const std::function<void()>& between_phases = {});
 
   // values, out: (num_points, channels) row-major float32; `out` may not alias
   // `values`. transpose=true applies the exact adjoint (blur axes reversed).
@@ -109,7 +114,7 @@ class PermutohedralLattice {
 
  private:
   template <typename T>
-  void build(const T* features, int64_t row_length);
+  void build(const T* features, int64_t row_length, const std::function<void()>& between_phases);
   // Calls fn(chain, begin, end) in parallel on ranges of whole chains of
   // axis `axis` that cover its chain array.
   template <class F>

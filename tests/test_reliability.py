@@ -181,3 +181,28 @@ def test_python_threads_and_fork_together():
         print("ok")
     """, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_ctrl_c_interrupts_a_long_lattice_build():
+    # Interrupted early, a build stops at its next phase boundary, well before it would finish.
+    result = run_python("""
+        import os, signal, threading, time
+        import numpy as np
+        import segpost
+
+        features = np.random.default_rng(0).uniform(0, 60, size=(1_500_000, 5))
+        segpost.PermutohedralLattice(features)  # warm: the memory cache then holds the build's buffers
+        start = time.perf_counter()
+        segpost.PermutohedralLattice(features)
+        full = time.perf_counter() - start
+        threading.Timer(0.05 * full, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            segpost.PermutohedralLattice(features)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print(f"interrupted {(time.perf_counter() - start) / full:.2f}")
+    """, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("interrupted"), result.stdout
+    assert float(result.stdout.split()[1]) < 0.8, result.stdout  # the fraction of a full build it took

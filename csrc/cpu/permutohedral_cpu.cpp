@@ -384,18 +384,24 @@ void slice_points(int64_t begin, int64_t end, int d1, int64_t c, int64_t blocks,
 
 }  // namespace
 
-PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length)
+PermutohedralLattice::PermutohedralLattice(const double* features, int64_t num_points, int dim, int64_t row_length,
+                                           const std::function<void()>& between_phases)
     : num_points_(num_points), dim_(dim) {
-  build(features, row_length);
+  build(features, row_length, between_phases);
 }
 
-PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length)
+PermutohedralLattice::PermutohedralLattice(const float* features, int64_t num_points, int dim, int64_t row_length,
+                                           const std::function<void()>& between_phases)
     : num_points_(num_points), dim_(dim) {
-  build(features, row_length);
+  build(features, row_length, between_phases);
 }
 
 template <typename T>
-void PermutohedralLattice::build(const T* features, int64_t row_length) {
+void PermutohedralLattice::build(const T* features, int64_t row_length,
+                                 const std::function<void()>& between_phases) {
+  const auto phase_done = [&] {
+    if (between_phases) between_phases();
+  };
   const int64_t num_points = num_points_;
   const int d = dim_;
   if (num_points < 1) throw std::invalid_argument("permutohedral lattice: need at least one point");
@@ -490,6 +496,7 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // table slots of its vertices prefetched kLag points before they are
   // inserted, so that the slots' cache misses overlap with other work.
   std::vector<std::unique_ptr<KeyTable>> tables(num_chunks);
+  phase_done();
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     tables[chunk] = std::make_unique<KeyTable>(d, hash.exact, (end - begin) * d1 / 4 + 64);
     KeyTable& table = *tables[chunk];
@@ -598,6 +605,7 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
       to_global[chunk][id] = table.insert(local.key(id), local.linear(id)) + 1;
     tables[chunk].reset();
   }
+  phase_done();
   // Vertex rows are numbered from 1 (global id + 1).
   run_chunks(chunks, [&](std::size_t chunk, int64_t begin, int64_t end) {
     const int32_t* map = to_global[chunk].data();
@@ -621,6 +629,7 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // in separate arrays: the chain walk below reads `upper` in random order,
   // and alone it is half the bytes to keep in cache.
   PooledVector<int32_t> lower(static_cast<std::size_t>(d1) * m, 0), upper(lower.size(), 0);
+  phase_done();
   parallel_for(m, kVertexGrain, [&](int64_t begin, int64_t end) {
     // The lookups ahead are known: their slots (a cache miss each, the
     // table being larger than the cache) are prefetched kAhead vertices early.
@@ -666,6 +675,7 @@ void PermutohedralLattice::build(const T* features, int64_t row_length) {
   // partition order by gather_partitions. Only vertices near partition
   // boundaries are shared.
   std::vector<int32_t> first_row(partitions + 1, 1);
+  phase_done();
   parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       int32_t top = 0;

@@ -1,0 +1,76 @@
+"""Paired A/B of two segpost builds on the CRF benchmark's input: is a change free?
+
+Times ``crf_refine`` at 512x512, 21 labels, 10 iterations (the inputs of
+``bench_crf.py``: the astronaut photo and coarse logits at output stride 8) in
+alternating fresh processes, one with the baseline build on its path and one
+with the segpost of this environment, and prints each side's median and the
+median of the paired ratios. It also checks that both builds give the same
+labels and marginals, bit for bit.
+
+The baseline is a folder holding an importable segpost, e.g.
+``pip install --no-deps --target /tmp/base dist/segpost-*.whl`` of the commit
+to compare against.
+
+Run:  python benchmarks/ab_crf.py --baseline /tmp/base [--rounds 6]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+CHILD = """
+import hashlib, json, statistics, sys, time
+import numpy as np
+import segpost
+from segpost.benchmarking import photo
+
+image = photo(512)
+logits = np.random.default_rng(0).normal(scale=2.0, size=(21, 64, 64)).astype(np.float32)
+out = {"file": segpost.__file__}
+for preset in ("deeplab", "pydensecrf"):
+    labels, probs = segpost.crf_refine(image, logits, params=preset, iterations=10, return_probs=True)
+    out[preset + "_digest"] = hashlib.sha256(labels.tobytes() + probs.tobytes()).hexdigest()
+    times = []
+    for _ in range(int(sys.argv[1])):
+        start = time.perf_counter()
+        segpost.crf_refine(image, logits, params=preset, iterations=10)
+        times.append(time.perf_counter() - start)
+    out[preset] = 1000 * statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def run(path, repeats):
+    env = dict(os.environ)
+    if path:
+        env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-P", "-c", CHILD, str(repeats)], capture_output=True, text=True,
+                         check=True, env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", required=True, help="folder with the baseline segpost (pip install --target)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating process pairs")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (their median counts)")
+    args = parser.parse_args()
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append((run(args.baseline, args.repeats), run(None, args.repeats)))
+    base, new = rounds[0]
+    print(f"baseline: {base['file']}\nthis env: {new['file']}")
+    for preset in ("deeplab", "pydensecrf"):
+        same = base[preset + "_digest"] == new[preset + "_digest"]
+        old_ms = [b[preset] for b, _ in rounds]
+        new_ms = [n[preset] for _, n in rounds]
+        ratios = [n / b for b, n in zip(old_ms, new_ms)]
+        print(f"{preset:>10}: baseline {statistics.median(old_ms):.0f} ms, this {statistics.median(new_ms):.0f} ms, "
+              f"paired ratio median {statistics.median(ratios):.3f} (range {min(ratios):.2f}-{max(ratios):.2f}), "
+              f"labels and marginals {'bit-identical' if same else 'DIFFER'}")
+
+
+if __name__ == "__main__":
+    main()
