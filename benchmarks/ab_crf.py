@@ -58,8 +58,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (their median counts)")
     args = parser.parse_args()
     rounds = []
-    for _ in range(args.rounds):
-        rounds.append((run(args.baseline, args.repeats), run(None, args.repeats)))
+    for i in range(args.rounds):  # each side goes first in every other round
+        if i % 2:
+            new = run(None, args.repeats)
+            rounds.append((run(args.baseline, args.repeats), new))
+        else:
+            rounds.append((run(args.baseline, args.repeats), run(None, args.repeats)))
     base, new = rounds[0]
     print(f"baseline: {base['file']}\nthis env: {new['file']}")
     for preset in ("deeplab", "pydensecrf"):
