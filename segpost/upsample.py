@@ -15,7 +15,8 @@ import numbers
 import numpy as np
 
 from ._validation import (
-    FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor, like_input, to_numpy,
+    FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor,
+    like_input, to_numpy,
 )
 
 __all__ = [

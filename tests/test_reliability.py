@@ -47,7 +47,8 @@ def test_confusion_matrix_in_a_forked_child_after_a_parallel_call():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
-@pytest.mark.skipif(bool(os.environ.get("SEGPOST_SANITIZED")), reason="AddressSanitizer needs terabytes of address space")
+@pytest.mark.skipif(bool(os.environ.get("SEGPOST_SANITIZED")),
+                    reason="AddressSanitizer reserves terabytes of address space")
 def test_memory_error_in_worker_threads_reaches_the_caller():
     # Under an address-space limit (ulimit -v), allocations fail inside the
     # pool's threads too: the caller must get MemoryError, never an abort.

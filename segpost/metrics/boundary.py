@@ -62,7 +62,7 @@ def label_boundaries(labels):
 
 
 def _band_width(shape, dilation_ratio, width):
-    """The band's width d in pixels: ``width``, or round(dilation_ratio x diagonal) as the reference code (at least 1)."""
+    """The band's width d in pixels: ``width``, or round(dilation_ratio x diagonal) (at least 1), as the reference code."""
     if width is not None:
         if isinstance(width, bool) or not isinstance(width, (int, np.integer, float)) or width < 1:
             raise ValueError(f"width must be >= 1 pixel, got {width!r}")
