@@ -493,8 +493,8 @@ def _normalization_scales(ones, normalization):
 MAX_ITERATIONS = 2**31 - 1
 
 
-def _check_iterations(iterations):
-    iterations = check_int(iterations, "iterations", minimum=0)
+def _check_iterations(iterations, name="iterations"):
+    iterations = check_int(iterations, name, minimum=0)
     if iterations > MAX_ITERATIONS:
-        raise ValueError(f"iterations must be at most {MAX_ITERATIONS}, got {iterations}")
+        raise ValueError(f"{name} must be at most {MAX_ITERATIONS}, got {iterations}")
     return iterations

@@ -159,9 +159,14 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     cm = np.asarray(confusion_matrix(pred_band, target_band, k + 1, ignore_index=k + 1), np.int64)
     inter = np.diagonal(cm)[:k].copy()
     union = cm.sum(axis=1)[:k] + cm.sum(axis=0)[:k] - inter
-    per_class = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    per_class = band_iou(inter, union)
     mean = scores.mean_score(per_class)
     return (per_class, mean, inter, union) if return_counts else (per_class, mean)
+
+
+def band_iou(intersection, union):
+    """Per-class Boundary IoU from band counts (one image's or summed over a dataset): NaN where no band."""
+    return scores._ratio(intersection, union, union > 0, "nan")
 
 
 def boundary_fscore(pred, target, *, tolerance=2, ignore_index=None):

@@ -75,8 +75,9 @@ class SegMetricsResult:
         self.num_images = int(num_images)
         self.boundary_iou = self.mboundary_iou = None
         if boundary_counts is not None:
-            inter, union = (np.asarray(c, np.int64) for c in boundary_counts)
-            self.boundary_iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+            from .boundary import band_iou
+
+            self.boundary_iou = band_iou(*(np.asarray(c, np.int64) for c in boundary_counts))
             self.mboundary_iou = scores.mean_score(self.boundary_iou, exclude_classes=ex)
 
     def table(self, digits=2) -> str:

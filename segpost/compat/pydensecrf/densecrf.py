@@ -14,8 +14,8 @@ import numbers
 import numpy as np
 
 from ..._validation import MAX_CRF_SCORE, check_finite, check_int
-from ...crf.model import MAX_ITERATIONS
 from ...crf.model import DenseCRF as _DenseCRF
+from ...crf.model import _check_iterations
 
 __all__ = [
     "CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL",
@@ -164,7 +164,4 @@ def _pair(value, name):
 
 
 def _iterations(n):
-    n = check_int(n, "niter", minimum=0)
-    if n > MAX_ITERATIONS:
-        raise ValueError(f"niter must be at most {MAX_ITERATIONS}, got {n}")
-    return n
+    return _check_iterations(n, "niter")
