@@ -103,7 +103,10 @@ def compare_boundary_iou(pred, target, repeats=5):
         peer = "official loop (OpenCV)"
     except ImportError:
         peer = "official loop (scipy erosion; OpenCV absent)"
-    ours = lambda: boundary_iou(pred, target, K, return_counts=True)[2:]  # noqa: E731
+    def ours():
+        result = boundary_iou(pred, target, K)
+        return result.intersection, result.union
+
     theirs = lambda: official_boundary_counts(pred, target, K)  # noqa: E731
     for a, b in zip(ours(), theirs()):
         assert np.array_equal(a, b), "boundary_iou disagrees with the official algorithm"

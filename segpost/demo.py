@@ -95,8 +95,8 @@ def run_demo(out_dir="demo_out", *, size=(384, 512), params="deeplab", progress=
         metrics.update(pred, truth)
         rows[name] = {
             "miou": metrics.compute().miou,
-            "boundary_f": boundary_fscore(pred, truth, tolerance=2)[0],
-            "trimap_acc": trimap_metrics(pred, truth, k, width=5)["accuracy"],
+            "boundary_f": boundary_fscore(pred, truth, tolerance=2).fscore,
+            "trimap_acc": trimap_metrics(pred, truth, k, width=5).accuracy,
         }
     io.imsave(out / "input.png", image, check_contrast=False)
     io.imsave(out / "ground_truth.png", colorize(truth), check_contrast=False)

@@ -6,7 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segpost.metrics import boundary_fscore, boundary_iou, label_boundaries, trimap_metrics
+from segpost.metrics import (
+    BoundaryFScoreResult, BoundaryIoUResult, TrimapResult, boundary_fscore, boundary_iou, label_boundaries,
+    trimap_metrics,
+)
 
 
 def brute_boundaries(labels):
@@ -19,6 +22,13 @@ def brute_boundaries(labels):
                 if 0 <= yy < h and 0 <= xx < w and labels[yy, xx] != labels[y, x]:
                     out[y, x] = True
     return out
+
+
+def brute_confusion(pred, target, k):
+    cm = np.zeros((k, k), np.int64)
+    for t, p in zip(target.ravel(), pred.ravel()):
+        cm[t, p] += 1
+    return cm
 
 
 def brute_distance_to(mask_from, targets):
@@ -89,14 +99,16 @@ def test_label_boundaries_match_brute_force(case):
 def test_boundary_iou_equals_the_official_code(case, width):
     # width from 1 pixel to beyond the image (14 pixels at most): every band is then the whole mask
     pred, target, k = case
-    per_class, mean, inter, union = boundary_iou(pred, target, k, width=width, return_counts=True)
+    result = boundary_iou(pred, target, k, width=width)
+    per_class, inter, union = result.iou, result.intersection, result.union
+    assert result.width == width and result.miou == pytest.approx(np.nanmean(per_class), nan_ok=True)
     want_inter, want_union = official_counts(pred, target, k, width, np.ones(target.shape, bool))
     np.testing.assert_array_equal(inter, want_inter)
     np.testing.assert_array_equal(union, want_union)
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(per_class, np.where(want_union > 0, want_inter / np.maximum(want_union, 1),
                                                           np.nan))
-    assert boundary_iou(target, target, k, width=width)[1] == 1.0
+    assert boundary_iou(target, target, k, width=width).miou == 1.0
 
 
 @st.composite
@@ -128,10 +140,10 @@ def scenes(draw):
 @given(scenes())
 def test_boundary_iou_equals_the_official_code_on_scenes(scene):
     pred, target, k, ratio = scene
-    _, _, inter, union = boundary_iou(pred, target, k, dilation_ratio=ratio, ignore_index=255, return_counts=True)
+    result = boundary_iou(pred, target, k, dilation_ratio=ratio, ignore_index=255)
     want = official_counts(pred, target, k, official_dilation(target.shape, ratio), target != 255)
-    np.testing.assert_array_equal(inter, want[0])
-    np.testing.assert_array_equal(union, want[1])
+    np.testing.assert_array_equal(result.intersection, want[0])
+    np.testing.assert_array_equal(result.union, want[1])
 
 
 def test_boundary_iou_band_is_a_square_not_a_disc():
@@ -139,16 +151,18 @@ def test_boundary_iou_band_is_a_square_not_a_disc():
     # Euclidean 4.2. The official band of width 3 (an erosion by squares) holds it.
     target = np.ones((20, 20), int)
     target[:5, :5] = 0
-    _, _, inter, union = boundary_iou(target, target, 2, width=3, return_counts=True)
+    result = boundary_iou(target, target, 2, width=3)
     band = official_mask_to_boundary(target == 1, 3).astype(bool)
-    assert band[7, 7] and not band[8, 7] and union[1] == band.sum() == inter[1]
+    assert band[7, 7] and not band[8, 7] and result.union[1] == band.sum() == result.intersection[1]
 
 
 @given(maps(), st.integers(0, 3))
 def test_boundary_fscore_matches_definition(case, tolerance):
     pred, target, _ = case
-    f, p, r = boundary_fscore(pred, target, tolerance=tolerance)
+    result = boundary_fscore(pred, target, tolerance=tolerance)
+    f, p, r = result.fscore, result.precision, result.recall
     gb, pb = brute_boundaries(target), brute_boundaries(pred)
+    assert (result.pred_boundary, result.target_boundary) == (pb.sum(), gb.sum())
     if not gb.any() and not pb.any():
         assert (f, p, r) == (1.0, 1.0, 1.0)
         return
@@ -157,6 +171,8 @@ def test_boundary_fscore_matches_definition(case, tolerance):
         return
     prec = (brute_distance_to(pb, gb)[pb] <= tolerance).mean()
     rec = (brute_distance_to(gb, pb)[gb] <= tolerance).mean()
+    assert result.pred_matched == (brute_distance_to(pb, gb)[pb] <= tolerance).sum()
+    assert result.target_matched == (brute_distance_to(gb, pb)[gb] <= tolerance).sum()
     assert p == pytest.approx(prec) and r == pytest.approx(rec)
     assert f == pytest.approx(0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
 
@@ -167,11 +183,12 @@ def test_trimap_matches_definition(case, width):
     out = trimap_metrics(pred, target, k, width=width)
     edges = brute_boundaries(target)
     if not edges.any():
-        assert out["num_pixels"] == 0
+        assert out.num_pixels == 0 and np.isnan(out.accuracy) and not out.confusion.any()
         return
     band = brute_distance_to(edges, edges) <= width
-    assert out["num_pixels"] == band.sum()
-    assert out["accuracy"] == pytest.approx((pred[band] == target[band]).mean())
+    assert out.num_pixels == band.sum() == out.confusion.sum()
+    assert out.accuracy == pytest.approx((pred[band] == target[band]).mean())
+    np.testing.assert_array_equal(out.confusion, brute_confusion(pred[band], target[band], k))
 
 
 def test_ignored_pixels_take_no_part():
@@ -180,9 +197,10 @@ def test_ignored_pixels_take_no_part():
     target[:, 15:] = 255
     pred = target.copy()
     pred[:, 15:] = 0  # anything: ignored
-    assert boundary_fscore(pred, target, ignore_index=255) == (1.0, 1.0, 1.0)
-    assert trimap_metrics(pred, target, 2, width=2, ignore_index=255)["accuracy"] == 1.0
-    assert boundary_iou(pred, target, 2, ignore_index=255)[1] == 1.0
+    f = boundary_fscore(pred, target, ignore_index=255)
+    assert (f.fscore, f.precision, f.recall) == (1.0, 1.0, 1.0)
+    assert trimap_metrics(pred, target, 2, width=2, ignore_index=255).accuracy == 1.0
+    assert boundary_iou(pred, target, 2, ignore_index=255).miou == 1.0
 
 
 @pytest.mark.parametrize(
@@ -213,9 +231,9 @@ def test_seg_metrics_streams_boundary_iou(scenes_list):
     for i, (pred, target, _, _) in enumerate(scenes_list):
         metrics.update(pred, target)
         halves[i % 2].update(pred, target)
-        counts = boundary_iou(pred, target, k, dilation_ratio=0.05, ignore_index=255, return_counts=True)
-        inter += counts[2]
-        union += counts[3]
+        counts = boundary_iou(pred, target, k, dilation_ratio=0.05, ignore_index=255)
+        inter += counts.intersection
+        union += counts.union
     result = metrics.compute()
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(result.boundary_iou, np.where(union > 0, inter / np.maximum(union, 1), np.nan))
@@ -239,3 +257,17 @@ def test_seg_metrics_boundary_counts_each_image_of_a_batch():
         single.update(p, t)
     np.testing.assert_array_equal(batch.boundary_union, single.boundary_union)
     np.testing.assert_array_equal(batch.boundary_intersection, single.boundary_intersection)
+
+
+def test_the_three_results_are_one_kind():
+    target = np.zeros((24, 24), int)
+    target[6:18, 6:18] = 1
+    pred = np.roll(target, 1, 1)
+    results = [boundary_iou(pred, target, 2), boundary_fscore(pred, target), trimap_metrics(pred, target, 2)]
+    for result, kind in zip(results, (BoundaryIoUResult, BoundaryFScoreResult, TrimapResult)):
+        assert isinstance(result, kind)
+        fields = result.as_dict()
+        assert all(getattr(result, name) is value for name, value in fields.items())
+        assert repr(result).startswith(kind.__name__ + "(") and all(name in repr(result) for name in fields)
+        with pytest.raises(AttributeError):  # frozen: a result is a record, not a running total
+            result.width = 3

@@ -4,6 +4,7 @@ They measure what the CRF changes: the pixels near edges.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,101 @@ from .. import _validation
 from . import scores
 from .confusion import _check_num_classes, _normalise_ignore, confusion_matrix, prepare_labels
 
-__all__ = ["boundary_iou", "boundary_fscore", "trimap_metrics", "label_boundaries"]
+__all__ = [
+    "BoundaryFScoreResult", "BoundaryIoUResult", "TrimapResult", "boundary_fscore", "boundary_iou", "label_boundaries",
+    "trimap_metrics",
+]
+
+
+class _BoundaryResult:
+    """What the three boundary results share: named fields, ``as_dict()`` and a one-line repr."""
+
+    def as_dict(self):
+        """The fields as a plain dict (arrays stay arrays)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __repr__(self):
+        def show(value):
+            if isinstance(value, np.ndarray):
+                return np.array2string(value, precision=4, separator=", ", threshold=8).replace("\n", "")
+            return f"{value:.4f}" if isinstance(value, float) else repr(value)
+
+        fields = ", ".join(f"{f.name}={show(getattr(self, f.name))}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class BoundaryIoUResult(_BoundaryResult):
+    """What ``boundary_iou`` returns.
+
+    Attributes
+    ----------
+    iou : (K,) float64
+        Per-class Boundary IoU; NaN for classes in neither band.
+    miou : float
+        Mean over classes with a band.
+    intersection, union : (K,) int64
+        The band counts behind ``iou``: sum them over images for a
+        dataset-level Boundary IoU (``SegMetrics(boundary=True)`` does).
+    width : int
+        The band's width d in pixels.
+    """
+
+    iou: np.ndarray
+    miou: float
+    intersection: np.ndarray
+    union: np.ndarray
+    width: int
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class BoundaryFScoreResult(_BoundaryResult):
+    """What ``boundary_fscore`` returns.
+
+    Attributes
+    ----------
+    fscore, precision, recall : float
+        1.0 each when neither map has a boundary, 0.0 each when only one has.
+    pred_boundary, target_boundary : int
+        Boundary pixels in each map (not ignored).
+    pred_matched, target_matched : int
+        Those within ``tolerance`` of the other map's boundary:
+        precision = pred_matched / pred_boundary, recall = target_matched / target_boundary.
+    tolerance : float
+        The matching distance in pixels.
+    """
+
+    fscore: float
+    precision: float
+    recall: float
+    pred_boundary: int
+    target_boundary: int
+    pred_matched: int
+    target_matched: int
+    tolerance: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class TrimapResult(_BoundaryResult):
+    """What ``trimap_metrics`` returns.
+
+    Attributes
+    ----------
+    accuracy, miou : float
+        Pixel accuracy and mIoU inside the band; NaN when the target has no boundary.
+    num_pixels : int
+        Pixels in the band (not ignored).
+    confusion : (K, K) int64
+        The band's confusion matrix (rows = target, columns = prediction).
+    width : float
+        The band's half-width in pixels.
+    """
+
+    accuracy: float
+    miou: float
+    num_pixels: int
+    confusion: np.ndarray
+    width: float
 
 
 def _distance_transform(mask):
@@ -91,8 +186,7 @@ def _band_labels(labels, d, num_classes):
     return boundary_band(labels, d, num_classes, np.empty(labels.shape, dtype))
 
 
-def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None,
-                 return_counts=False):
+def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None):
     """Boundary IoU (Cheng et al. 2021) for multi-class label maps, as the official code computes it.
 
     For each class c, the band of a mask is the official ``mask_to_boundary``:
@@ -119,16 +213,13 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     width : int, keyword-only, optional
         The band's width in pixels instead (>= 1).
     ignore_index : int or sequence of int, keyword-only, optional
-    return_counts : bool, keyword-only
-        Also return the (K,) int64 intersections and unions, to accumulate over a dataset.
 
     Returns
     -------
-    per_class : (K,) float64
-        NaN for classes in neither band.
-    mean : float
-        Mean over classes with a band.
-    With ``return_counts=True`` also (intersection, union) (K,) int64 arrays.
+    BoundaryIoUResult
+        ``.iou`` per class (NaN for classes in neither band), ``.miou``,
+        and the band counts ``.intersection`` and ``.union`` to sum over a
+        dataset.
 
     References
     ----------
@@ -142,12 +233,14 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     >>> import numpy as np
     >>> from segpost.metrics import boundary_iou
     >>> target = np.zeros((64, 64), int); target[16:48, 16:48] = 1
-    >>> per_class, mean = boundary_iou(target, target, 2)
-    >>> mean
+    >>> boundary_iou(target, target, 2).miou
     1.0
     >>> shifted = np.zeros_like(target); shifted[16:48, 18:50] = 1   # 2 pixels to the right
-    >>> print(np.round(boundary_iou(shifted, target, 2)[0], 2))
-    [0.7  0.33]
+    >>> result = boundary_iou(shifted, target, 2)
+    >>> print(np.round(result.iou, 2), result.width)
+    [0.7  0.33] 2
+    >>> result.intersection, result.union
+    (array([632, 120]), array([904, 360]))
     """
     k = _check_num_classes(num_classes)
     pred, target = _as_2d_labels(pred, target, native=True)
@@ -160,8 +253,7 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     inter = np.diagonal(cm)[:k].copy()
     union = cm.sum(axis=1)[:k] + cm.sum(axis=0)[:k] - inter
     per_class = band_iou(inter, union)
-    mean = scores.mean_score(per_class)
-    return (per_class, mean, inter, union) if return_counts else (per_class, mean)
+    return BoundaryIoUResult(per_class, scores.mean_score(per_class), inter, union, d)
 
 
 def band_iou(intersection, union):
@@ -179,7 +271,9 @@ def boundary_fscore(pred, target, *, tolerance=2, ignore_index=None):
 
     Returns
     -------
-    (fscore, precision, recall) : floats; 1.0 each when neither map has a boundary.
+    BoundaryFScoreResult
+        ``.fscore``, ``.precision``, ``.recall`` (1.0 each when neither map
+        has a boundary) and the pixel counts behind them.
 
     Examples
     --------
@@ -187,10 +281,11 @@ def boundary_fscore(pred, target, *, tolerance=2, ignore_index=None):
     >>> from segpost.metrics import boundary_fscore
     >>> target = np.zeros((32, 32), int); target[:, 16:] = 1
     >>> pred = np.zeros((32, 32), int); pred[:, 17:] = 1    # the edge one pixel off
-    >>> boundary_fscore(pred, target, tolerance=2)
-    (1.0, 1.0, 1.0)
-    >>> boundary_fscore(pred, target, tolerance=0)
-    (0.5, 0.5, 0.5)
+    >>> boundary_fscore(pred, target, tolerance=2).fscore
+    1.0
+    >>> result = boundary_fscore(pred, target, tolerance=0)
+    >>> result.fscore, result.pred_matched, result.pred_boundary
+    (0.5, 32, 64)
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer, float)) or tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
@@ -199,16 +294,16 @@ def boundary_fscore(pred, target, *, tolerance=2, ignore_index=None):
     target_for_edges = np.where(keep, target, -1)
     gb = label_boundaries(target_for_edges) & keep
     pb = label_boundaries(np.where(keep, pred, -1)) & keep
-    if not gb.any() and not pb.any():
-        return 1.0, 1.0, 1.0
-    if not gb.any() or not pb.any():
-        return 0.0, 0.0, 0.0
-    dist_to_g = _distance_transform(~gb)
-    dist_to_p = _distance_transform(~pb)
-    prec = float(np.count_nonzero(pb & (dist_to_g <= tolerance)) / np.count_nonzero(pb))
-    rec = float(np.count_nonzero(gb & (dist_to_p <= tolerance)) / np.count_nonzero(gb))
+    num_pred, num_target = int(np.count_nonzero(pb)), int(np.count_nonzero(gb))
+    counts = dict(pred_boundary=num_pred, target_boundary=num_target, tolerance=float(tolerance))
+    if num_pred == 0 or num_target == 0:
+        both_empty = float(num_pred == num_target)  # no boundary in either map is a perfect match
+        return BoundaryFScoreResult(both_empty, both_empty, both_empty, pred_matched=0, target_matched=0, **counts)
+    pred_matched = int(np.count_nonzero(pb & (_distance_transform(~gb) <= tolerance)))
+    target_matched = int(np.count_nonzero(gb & (_distance_transform(~pb) <= tolerance)))
+    prec, rec = pred_matched / num_pred, target_matched / num_target
     f = 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
-    return f, prec, rec
+    return BoundaryFScoreResult(f, prec, rec, pred_matched=pred_matched, target_matched=target_matched, **counts)
 
 
 def trimap_metrics(pred, target, num_classes, *, width=5, ignore_index=None):
@@ -219,7 +314,19 @@ def trimap_metrics(pred, target, num_classes, *, width=5, ignore_index=None):
 
     Returns
     -------
-    dict with ``accuracy``, ``miou`` and ``num_pixels`` (pixels in the band, not ignored).
+    TrimapResult
+        ``.accuracy``, ``.miou``, ``.num_pixels`` (pixels in the band, not
+        ignored) and the band's ``.confusion`` matrix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import trimap_metrics
+    >>> target = np.zeros((32, 32), int); target[:, 16:] = 1
+    >>> pred = np.zeros((32, 32), int); pred[:, 17:] = 1    # column 16 wrong
+    >>> result = trimap_metrics(pred, target, 2, width=3)
+    >>> result.num_pixels, result.accuracy
+    (256, 0.875)
     """
     k = _check_num_classes(num_classes)
     pred, target = _as_2d_labels(pred, target)
@@ -228,8 +335,7 @@ def trimap_metrics(pred, target, num_classes, *, width=5, ignore_index=None):
     keep = ~_ignored(target, ignore)
     edges = label_boundaries(np.where(keep, target, -1)) & keep
     if not edges.any():
-        return {"accuracy": float("nan"), "miou": float("nan"), "num_pixels": 0}
+        return TrimapResult(float("nan"), float("nan"), 0, np.zeros((k, k), np.int64), band_width)
     band = (_distance_transform(~edges) <= band_width) & keep
-    cm = confusion_matrix(pred[band], target[band], k)
-    return {"accuracy": scores.pixel_accuracy(cm), "miou": scores.mean_score(scores.iou(cm)),
-            "num_pixels": int(band.sum())}
+    cm = np.asarray(confusion_matrix(pred[band], target[band], k), np.int64)
+    return TrimapResult(scores.pixel_accuracy(cm), scores.mean_score(scores.iou(cm)), int(band.sum()), cm, band_width)

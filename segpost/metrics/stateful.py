@@ -226,10 +226,10 @@ class SegMetrics:
             from .boundary import boundary_iou
 
             for p, t in images:
-                _, _, inter, union = boundary_iou(p, t, self.num_classes, dilation_ratio=self.boundary_dilation_ratio,
-                                                  ignore_index=self.ignore_index, return_counts=True)
-                self.boundary_intersection += inter
-                self.boundary_union += union
+                counts = boundary_iou(p, t, self.num_classes, dilation_ratio=self.boundary_dilation_ratio,
+                                      ignore_index=self.ignore_index)
+                self.boundary_intersection += counts.intersection
+                self.boundary_union += counts.union
         if self.per_image:
             for p, t in images:
                 image_cm = confusion_matrix(p, t, self.num_classes, ignore_index=self.ignore_index, on_invalid="ignore")
