@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import median_time, print_table  # noqa: E402
+from _common import median_time, paired_medians, print_table  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost.metrics import boundary_fscore, boundary_iou, confusion_matrix, trimap_metrics  # noqa: E402
@@ -94,29 +94,23 @@ def official_boundary_counts(pred, target, k, dilation_ratio=0.02):
 
 def compare_boundary_iou(pred, target, repeats=5):
     """segpost.metrics.boundary_iou and the official loop, timed alternately; returns the table rows."""
-    import statistics
-    import time
-
     try:
         import cv2  # noqa: F401
 
         peer = "official loop (OpenCV)"
     except ImportError:
         peer = "official loop (scipy erosion; OpenCV absent)"
+
     def ours():
         result = boundary_iou(pred, target, K)
         return result.intersection, result.union
 
-    theirs = lambda: official_boundary_counts(pred, target, K)  # noqa: E731
+    def theirs():
+        return official_boundary_counts(pred, target, K)
+
     for a, b in zip(ours(), theirs()):
         assert np.array_equal(a, b), "boundary_iou disagrees with the official algorithm"
-    times = {"segpost": [], peer: []}
-    for _ in range(repeats):
-        for name, fn in (("segpost", ours), (peer, theirs)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    ms = {name: 1e3 * t for name, t in paired_medians({"segpost": ours, peer: theirs}, repeats).items()}
     return [[name, f"{t:.0f}", "1.0x" if name == "segpost" else f"{t / ms['segpost']:.1f}x slower"]
             for name, t in ms.items()]
 
@@ -125,17 +119,15 @@ def main():
     code = "import time, numpy as np; t=time.perf_counter(); from segpost.metrics import warmup; warmup(); print(time.perf_counter()-t)"
     cold = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     print(f"first call (all 8 integer dtypes, from the on-disk cache when present): {cold:.2f} s")
-    print(f"confusion matrix, {H}x{W}, {K} classes, 10% ignore, {segpost.get_num_threads()} threads")
+    print(f"confusion matrix, {H}x{W}, {K} classes, 10% ignore, {segpost.get_num_threads()} threads (paired rounds)")
     rows = []
     for dtype in (np.uint8, np.int64):
         pred, target = maps(dtype)
         fns = peers(pred, target)
         reference = fns["segpost"]()
-        times = {}
         for name, fn in fns.items():
-            got = np.asarray(fn())
-            assert np.array_equal(got, reference), f"{name} disagrees"
-            times[name] = median_time(fn, repeats=7 if name != "sklearn" else 2)
+            assert np.array_equal(np.asarray(fn()), reference), f"{name} disagrees"
+        times = paired_medians(fns, repeats=9)
         for name, t in times.items():
             rows.append([np.dtype(dtype).name, name, f"{t * 1e3:.1f}", f"{H * W / t / 1e6:.0f}",
                          "1.0x" if name == "segpost" else f"{t / times['segpost']:.1f}x slower"])

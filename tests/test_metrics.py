@@ -63,6 +63,35 @@ def test_confusion_matches_bincount_on_any_dtype_and_shape(case):
         np.testing.assert_array_equal(confusion_matrix(pred, target, k, ignore_index=ignore), expected)
 
 
+@given(label_maps())
+def test_lookup_path_equals_the_compare_path(case):
+    # 8- and 16-bit labels take confusion._counts_by_lookup; the per-pixel compare path is its reference.
+    from segpost.metrics import confusion
+
+    pred, target, k, ignore = case
+    pred, target = confusion._common_dtype(pred.ravel(), target.ravel())
+    if target.dtype.itemsize > 2:  # the values fit in [-1, 255]
+        pred, target = pred.astype(np.int16), target.astype(np.int16)
+    ignore_values = confusion._normalise_ignore(ignore)
+    assert confusion._uses_lookup(target.dtype, k)
+    fast = confusion._counts_by_lookup(pred, target, k, ignore_values)
+    plain = confusion._counts_by_compare(pred, target, k, ignore_values)
+    np.testing.assert_array_equal(fast[0], plain[0])
+    assert fast[1] == plain[1]
+
+
+def test_lookup_path_at_its_largest_k_and_beyond():
+    # K = 254 is the largest the uint16 tables address; K = 255 takes the compare path.
+    rng = np.random.default_rng(1)
+    for k in (254, 255):
+        target = rng.integers(0, 256, size=5000).astype(np.uint8)
+        pred = rng.integers(0, 256, size=5000).astype(np.uint8)
+        expected, invalid = bincount_oracle(pred, target, k, (0, 255))
+        cm = confusion_matrix(pred, target, k, ignore_index=(0, 255), on_invalid="ignore")
+        np.testing.assert_array_equal(cm, expected)
+        assert cm.num_invalid == invalid
+
+
 @pytest.mark.filterwarnings("ignore:A single label was found")
 @given(label_maps(allow_invalid=False))
 def test_confusion_matches_sklearn(case):

@@ -43,6 +43,34 @@ def confusion_counts(pred, target, k, copies):
 
 
 @jit
+def confusion_counts_lookup(pred, target, target_row, pred_column, num_bins):
+    """Confusion count of 8- or 16-bit labels through two lookup tables: one add per pixel, no compare.
+
+    ``pred`` and ``target`` are the labels' bit patterns (viewed as unsigned);
+    ``target_row[v]`` is the histogram offset of target value v's row and
+    ``pred_column[v]`` prediction value v's column, both precomputed for every
+    value the dtype holds, so that the range checks and the ignore filter are
+    table entries instead of work per pixel (see ``confusion._lookup_tables``).
+    Four interleaved sub-histograms break the store-to-load chains of runs of
+    identical pixels, as in ``confusion_counts``.
+
+    Returns the (num_bins,) int64 histogram.
+    """
+    hists = np.zeros((4, num_bins), np.int64)
+    n = pred.size
+    start = n - n % 4
+    for i in range(0, start, 4):
+        for j in range(4):  # constant trip count: unrolled
+            hists[j, target_row[target[i + j]] + pred_column[pred[i + j]]] += 1
+    for i in range(start, n):
+        hists[0, target_row[target[i]] + pred_column[pred[i]]] += 1
+    total = hists[0].copy()
+    for c in range(1, 4):
+        total += hists[c]
+    return total
+
+
+@jit
 def count_equal(values, value):
     """Number of entries equal to `value` (of the array's own dtype: the loop vectorises)."""
     count = 0

@@ -1,9 +1,10 @@
 """The confusion matrix: one fused, parallel pass over any integer label maps."""
 from __future__ import annotations
 
+import functools
 import numbers
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -12,10 +13,10 @@ from .._validation import is_torch_tensor, native_byte_order
 
 __all__ = ["confusion_matrix", "ConfusionResult", "warmup"]
 
-# Below about this many pixels per thread one thread is faster: on our 2-core
-# machine one thread counts ~1 Gpx/s, and handing chunks to the pool costs
-# 150-300 us; measured crossover ~1M pixels (uint8, 19 classes: 1M 1.16 ms
-# serial vs 1.03 ms on 2 threads; 2M 2.15 vs 1.25 ms).
+# Below about this many pixels per thread one thread is faster: handing a
+# chunk to the pool costs 150-300 us (measured crossover ~1M pixels on a
+# 2-core machine; on a busy virtual machine waking the second core can cost
+# more than the chunk, see docs/performance.md).
 PARALLEL_THRESHOLD = 1 << 20
 # Sub-histograms per thread (breaking increment chains) while K*K stays small.
 _SUB_HISTOGRAM_BINS = 1 << 16
@@ -133,44 +134,94 @@ def _forget_pool_in_child():
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def _numpy_confusion(pred, target, k, ignore):
-    from ._kernels import confusion_counts, count_equal, first_invalid
+def _in_chunks(n, count):
+    """Run ``count(lo, hi)`` over [0, n) split across the pool's threads; the list of its results."""
+    threads = min(get_num_threads(), max(1, n // PARALLEL_THRESHOLD))
+    if threads <= 1:
+        return [count(0, n)]
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    # The calling thread counts the first chunk itself. Handing every chunk to
+    # the pool was slower than one thread: an executor starts a new worker only
+    # when none is idle, so after the first call both chunks often queued on
+    # one worker (uint8 1024x2048: 1.5 ms for two pool chunks, 0.9 ms this way).
+    others = [_pool(threads - 1).submit(count, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    try:
+        first = count(bounds[0], bounds[1])
+    finally:
+        wait(others)  # never return (or raise) while a worker still reads the arrays
+    return [first, *(future.result() for future in others)]
 
-    if pred.dtype == np.bool_:
-        pred = pred.view(np.uint8)
-    if target.dtype == np.bool_:
-        target = target.view(np.uint8)
-    pred, target = _common_dtype(np.ascontiguousarray(pred).reshape(-1), np.ascontiguousarray(target).reshape(-1))
+
+@functools.lru_cache(maxsize=64)
+def _lookup_tables(dtype, k, ignore):
+    """``confusion_counts_lookup``'s tables for every value an 8- or 16-bit dtype holds.
+
+    Histogram rows: 0..K-1 the classes, K targets outside [0, K) (invalid),
+    K+1 ignored targets; columns: 0..K-1 the classes, K invalid predictions.
+    Indexed by the value's bit pattern (the unsigned view of the labels).
+    """
+    values = np.arange(1 << (8 * dtype.itemsize)).astype(f"u{dtype.itemsize}").view(dtype).astype(np.int64)
+    column = np.where((values >= 0) & (values < k), values, k)
+    row = np.where(np.isin(values, list(ignore)), k + 1, column)
+    return (row * (k + 1)).astype(np.uint16), column.astype(np.uint16)
+
+
+def _counts_by_lookup(pred, target, k, ignore):
+    """(matrix, invalid) for 8- and 16-bit labels and small K: the fast path, equal to ``_counts_by_compare``."""
+    from ._kernels import confusion_counts_lookup
+
+    target_row, pred_column = _lookup_tables(target.dtype, k, tuple(sorted(set(ignore))))
+    bits = np.dtype(f"u{pred.dtype.itemsize}")
+    pred, target = pred.view(bits), target.view(bits)
+    num_bins = (k + 2) * (k + 1)
+    parts = _in_chunks(pred.size, lambda lo, hi: confusion_counts_lookup(pred[lo:hi], target[lo:hi], target_row,
+                                                                         pred_column, num_bins))
+    hist = np.sum(parts, axis=0).reshape(k + 2, k + 1)
+    return np.ascontiguousarray(hist[:k, :k]), int(hist[k].sum() + hist[:k, k].sum())
+
+
+def _counts_by_compare(pred, target, k, ignore):
+    """(matrix, invalid) for any integer dtype and any K: range checks per pixel, ignore values counted apart."""
+    from ._kernels import confusion_counts, count_equal
+
     in_range = [v for v in ignore if 0 <= v < k]
     # Ignore values outside [0, K) that the target's dtype can hold (others never occur).
     info = np.iinfo(target.dtype)
     outside = [target.dtype.type(v) for v in set(ignore) if not 0 <= v < k and info.min <= v <= info.max]
     copies = 4 if (k + 1) ** 2 <= _SUB_HISTOGRAM_BINS else 1
-    n = pred.size
-    threads = min(get_num_threads(), max(1, n // PARALLEL_THRESHOLD))
 
-    def run(lo, hi):
+    def count(lo, hi):
         hist = confusion_counts(pred[lo:hi], target[lo:hi], k, copies)
         ignored = sum(int(count_equal(target[lo:hi], v)) for v in outside) if hist[k * (k + 1):].any() else 0
         return hist, ignored
 
-    if threads <= 1:
-        parts = [run(0, n)]
-    else:
-        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-        parts = list(_pool(threads).map(lambda i: run(bounds[i], bounds[i + 1]), range(threads)))
-    hist = parts[0][0].copy()
-    for extra, _ in parts[1:]:
-        hist += extra
-    ignored_outside = sum(p[1] for p in parts)
-    hist = hist.reshape(k + 1, k + 1)
+    parts = _in_chunks(pred.size, count)
+    hist = np.sum([h for h, _ in parts], axis=0).reshape(k + 1, k + 1)
+    ignored_outside = sum(ignored for _, ignored in parts)
     matrix = np.ascontiguousarray(hist[:k, :k])
     bad_pred = hist[:k, k].copy()
     # Ignore values inside [0, K): drop their rows, and their invalid predictions with them.
     for v in in_range:
         matrix[v] = 0
         bad_pred[v] = 0
-    invalid = int(hist[k].sum()) - ignored_outside + int(bad_pred.sum())
+    return matrix, int(hist[k].sum()) - ignored_outside + int(bad_pred.sum())
+
+
+def _uses_lookup(dtype, k):
+    # The tables' entries are uint16 offsets into a (K+2) x (K+1) histogram.
+    return dtype.itemsize <= 2 and (k + 2) * (k + 1) <= 1 << 16
+
+
+def _numpy_confusion(pred, target, k, ignore):
+    from ._kernels import first_invalid
+
+    if pred.dtype == np.bool_:
+        pred = pred.view(np.uint8)
+    if target.dtype == np.bool_:
+        target = target.view(np.uint8)
+    pred, target = _common_dtype(np.ascontiguousarray(pred).reshape(-1), np.ascontiguousarray(target).reshape(-1))
+    counts = _counts_by_lookup if _uses_lookup(target.dtype, k) else _counts_by_compare
+    matrix, invalid = counts(pred, target, k, ignore)
     # (Ignore values beyond int64 match no label the kernel reads as int64.)
     representable = np.array([v for v in ignore if -(2**63) <= v < 2**63], np.int64)
     first_value = int(first_invalid(pred, target, k, representable)) if invalid else None
