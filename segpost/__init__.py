@@ -9,7 +9,7 @@ from .crf import CRFParams, DenseCRF, crf_refine
 from .filters import bilateral_filter
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 from .metrics import SegMetrics, confusion_matrix
-from .pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline, PipelineOutput
+from .pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline, PipelineOutput, mask_queries_to_logits
 from .evaluation import evaluate, tune_crf
 from .upsample import (
     crop_to, deeplab_size, joint_bilateral_upsample, pad_to_multiple, resize_labels, resize_logits, upsample_argmax,
@@ -26,6 +26,7 @@ __all__ = [
     "PermutohedralLattice",
     "Pipeline",
     "PipelineOutput",
+    "mask_queries_to_logits",
     "SegMetrics",
     "bilateral_filter",
     "cached_memory_bytes",

@@ -23,6 +23,9 @@ __all__ = [
     "check_positive_number",
     "check_bandwidth",
     "check_int",
+    "intensity_scale",
+    "warn_if_probabilities",
+    "two_class_scores",
     "MIN_BANDWIDTH",
     "FLOAT32_MAX",
     "MAX_CRF_SCORE",
@@ -53,8 +56,9 @@ def is_torch_tensor(x) -> bool:
 def to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
     """Return ``(array, came_from_torch)``; CPU tensors are viewed, not copied.
 
-    Never copies or mutates the caller's data: callers that need a different
-    dtype or layout convert into a new array.
+    Never mutates the caller's data and copies only bfloat16 tensors (to
+    float32: numpy has no bfloat16); callers that need a different dtype or
+    layout convert into a new array.
     """
     if is_torch_tensor(x):
         if x.device.type != "cpu":
@@ -64,7 +68,10 @@ def to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
             )
         if x.is_complex():
             raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
-        return x.detach().resolve_conj().resolve_neg().numpy(), True
+        x = x.detach().resolve_conj().resolve_neg()
+        if x.dtype in (sys.modules["torch"].bfloat16,):
+            x = x.float()  # numpy has no bfloat16 (AMP outputs): the one copy this function makes
+        return x.numpy(), True
     if isinstance(x, np.ndarray):
         return native_byte_order(x), False
     try:
@@ -175,3 +182,70 @@ def environment_number(name: str, convert, expected: str):
     except ValueError:
         warnings.warn(f"ignoring {name}={raw!r}: expected {expected}", RuntimeWarning, stacklevel=3)
         return None
+
+
+# ---------------------------------------------------------------- images
+#
+# segpost's one rule for image intensities (crf_refine, Pipeline, nn.DenseCRF
+# and the command line): integer images hold 0..255 whatever their dtype (an
+# int64 or uint16 array of 0..255 is an 8-bit image in a wider type), booleans
+# are 0 / 255, floating-point images hold [0, 1]. The CRF's bi_rgb is in 0..255
+# units, so anything else would silently change what it means.
+
+# Below this maximum an integer image uses under 1% of 0..255: a label map, or
+# a [0, 1] image cast to integers, passed as the image.
+_DIM_IMAGE_MAX = 255 // 100
+
+
+def intensity_scale(kind: str, lo: float, hi: float, name: str = "image") -> float:
+    """The factor that brings an image with values in [lo, hi] of dtype kind ``kind`` to 0..255 units.
+
+    Raises a ValueError for values outside the rule above (naming the fix);
+    warns for an integer image that uses under 1% of 0..255.
+    """
+    if kind == "f":
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            hint = (" (an ImageNet-normalised image? undo it: image * std + mean)" if lo < 0 else
+                    " (a 0..255 image in a float type? divide it by 255, or pass it as uint8)")
+            raise ValueError(f"a floating-point {name} must hold intensities in [0, 1], got values in "
+                             f"[{lo:.3g}, {hi:.3g}]{hint}")
+        return 255.0
+    if kind == "b":
+        return 255.0
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"an integer {name} must hold intensities 0..255 whatever its dtype, got values in [{lo:g}, {hi:g}]; "
+            f"convert 16-bit data yourself (e.g. (image / 65535).astype(np.float32) for [0, 1] floats)")
+    if 0 < hi <= _DIM_IMAGE_MAX:  # (an all-zero image has no colour to misread)
+        warnings.warn(
+            f"the integer {name} holds values 0..{hi:g} only, under 1% of the 0..255 it is read in: is it a label "
+            f"map, or a [0, 1] image cast to integers? (pass floats in [0, 1] or uint8 0..255)", stacklevel=3)
+    return 1.0
+
+
+def warn_if_probabilities(scores: np.ndarray, name: str = "logits", fix: str = "probs=") -> None:
+    """Warn when (C, ...) ``scores`` given as logits look like softmax probabilities (in [0, 1], summing to 1).
+
+    Softmax of probabilities is nearly uniform, so a CRF on them mostly smooths.
+    """
+    if scores.shape[0] < 2 or scores.size == 0:
+        return
+    if float(scores.min()) < 0 or float(scores.max()) > 1:
+        return
+    if np.abs(scores.sum(axis=0, dtype=np.float64) - 1).max() <= 1e-3:
+        warnings.warn(f"the {name} are all in [0, 1] and sum to 1 over classes: softmax probabilities? pass them "
+                      f"as {fix} instead (logits are raw scores)", stacklevel=3)
+
+
+def two_class_scores(scores, *, probabilities: bool):
+    """(1, ...) binary scores as (2, ...): logits z as [0, z] (softmax gives [1 - sigmoid(z), sigmoid(z)]),
+    probabilities p as [1 - p, p]. numpy arrays and torch tensors alike; the class axis is axis 0."""
+    if probabilities:
+        pieces = (1 - scores, scores)
+    else:
+        pieces = (scores * 0, scores)
+    if is_torch_tensor(scores):
+        import torch
+
+        return torch.cat(pieces, dim=0)
+    return np.concatenate(pieces, axis=0)

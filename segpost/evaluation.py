@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import numpy as np
 
+from ._validation import is_torch_tensor
 from .crf import CRFParams, crf_refine
 from .metrics import SegMetrics
 
@@ -24,21 +26,73 @@ def _distributed():
     return 0, 1
 
 
-def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=None, per_image=False, progress=True):
+def _distributed_sampler(dataset):
+    """The DistributedSampler behind a DataLoader, or None."""
+    try:
+        from torch.utils.data import DataLoader, DistributedSampler
+    except ImportError:
+        return None
+    if not isinstance(dataset, DataLoader):
+        return None
+    sampler = dataset.batch_sampler.sampler if dataset.batch_sampler is not None else dataset.sampler
+    return sampler if isinstance(sampler, DistributedSampler) else None
+
+
+def _is_batch(x):
+    return (is_torch_tensor(x) or isinstance(x, np.ndarray)) and x.ndim == 4
+
+
+def _pairs(sample, image_key, target_key):
+    """The (image, target) pairs of one item a dataset or DataLoader yields: a pair, a dict, or a batch of either."""
+    if isinstance(sample, Mapping):
+        missing = [key for key in (image_key, target_key) if key not in sample]
+        if missing:
+            raise ValueError(f"a dataset sample has keys {list(sample)} but not {missing}: "
+                             f"pass image_key= and target_key= (defaults 'image' and 'mask')")
+        image, target = sample[image_key], sample[target_key]
+    elif isinstance(sample, (tuple, list)) and len(sample) == 2:
+        image, target = sample
+    else:
+        raise TypeError(f"each dataset item must be an (image, target) pair or a dict, got {type(sample).__name__}"
+                        + (f" of length {len(sample)}" if isinstance(sample, (tuple, list)) else ""))
+    if _is_batch(image):  # a DataLoader batch: (B, 3, H, W) images with (B, H, W) or (B, 1, H, W) targets
+        if len(target) != len(image):
+            raise ValueError(f"a batch of {len(image)} images came with {len(target)} targets")
+        if target.ndim == 4 and target.shape[1] == 1:
+            target = target[:, 0]
+        return list(zip(image, target))
+    if isinstance(image, (tuple, list)):  # a collate_fn that keeps lists (images of different sizes)
+        if len(image) != len(target):
+            raise ValueError(f"a batch of {len(image)} images came with {len(target)} targets")
+        return list(zip(image, target))
+    return [(image, target)]
+
+
+def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=None, per_image=False,
+             boundary=False, image_key="image", target_key="mask", progress=True):
     """Run ``pipeline`` over ``dataset`` and score it.
 
     Parameters
     ----------
     pipeline : callable
-        A :class:`segpost.Pipeline` (or any callable returning an object with
-        ``labels``, or a label array).
-    dataset : iterable of (image, target)
-        Targets are (H, W) integer label maps.
+        A :class:`segpost.Pipeline` (batches go through its ``predict_batch``),
+        or any callable from one image to an object with ``labels`` or to a
+        label array.
+    dataset : iterable
+        What an eval loop iterates: a list or Dataset of (image, target) pairs,
+        or a torch DataLoader of batches ((B, 3, H, W) images with (B, H, W)
+        or (B, 1, H, W) targets, any batch size and ``num_workers``). Items may
+        also be dicts (``image_key``, ``target_key``). Targets are integer
+        label maps; images follow the pipeline's conventions (for Pipeline:
+        integers 0..255, floats in [0, 1], not normalised).
     num_classes : int, keyword-only
-    ignore_index, class_names, per_image : keyword-only
+    ignore_index, class_names, per_image, boundary : keyword-only
         As for :class:`segpost.SegMetrics`.
+    image_key, target_key : str, keyword-only
+        The entries of dict samples (default ``"image"`` and ``"mask"``, as
+        albumentations names them).
     progress : bool, keyword-only
-        A tqdm progress bar.
+        A tqdm progress bar (over the items the dataset yields).
 
     Returns
     -------
@@ -46,27 +100,56 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
 
     Notes
     -----
-    Under ``torch.distributed`` each rank takes every world_size-th sample
-    (rank, rank + world_size, ...) itself, so no sample is counted twice (a
-    DistributedSampler's padding duplicates never arise), and the confusion
-    matrices are summed with one all_reduce.
+    Under ``torch.distributed`` every sample is counted exactly once:
+
+    - a DataLoader whose sampler is a ``DistributedSampler`` is already
+      sharded: each rank scores its own samples, and the few the sampler
+      repeats to give every rank as many (its padding) are skipped;
+    - anything else is iterated whole by every rank, and each rank scores
+      every world_size-th item (rank, rank + world_size, ...).
+
+    The counts are then summed with one all_reduce.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from segpost import Pipeline, evaluate
+    >>> model = torch.nn.Conv2d(3, 2, 1)
+    >>> data = [(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int64)) for _ in range(4)]
+    >>> loader = torch.utils.data.DataLoader(data, batch_size=3)    # batches of (3, 8, 8, 3) and (3, 8, 8)
+    >>> int(evaluate(Pipeline(model), loader, num_classes=2, progress=False).confusion.sum())
+    256
     """
     from tqdm.auto import tqdm
 
     rank, world = _distributed()
-    metrics = SegMetrics(num_classes, ignore_index=ignore_index, class_names=class_names, per_image=per_image)
+    sampler = _distributed_sampler(dataset) if world > 1 else None
+    metrics = SegMetrics(num_classes, ignore_index=ignore_index, class_names=class_names, per_image=per_image,
+                         boundary=boundary)
     total = len(dataset) if hasattr(dataset, "__len__") else None
-    shard_total = None if total is None else len(range(rank, total, world))
-    bar = tqdm(total=shard_total, disable=not progress or rank != 0, desc="evaluate", unit="img")
-    for index, sample in enumerate(dataset):
-        if index % world != rank:
-            continue
-        image, target = sample
-        out = pipeline(image)
-        labels = getattr(out, "labels", out)
-        metrics.update(labels, target)
-        bar.update(1)
-    bar.close()
+    if sampler is None and total is not None:
+        total = len(range(rank, total, world))
+    predict_batch = getattr(pipeline, "predict_batch", None)
+    # A DistributedSampler pads its index list to num_replicas x its length by repeating the first indices,
+    # then gives rank r the positions r, r + num_replicas, ...: rank r's n-th sample is padding when
+    # n * num_replicas + r >= len(dataset).
+    dataset_size = len(sampler.dataset) if sampler is not None and not sampler.drop_last else None
+    position = 0
+    with tqdm(total=total, disable=not progress or rank != 0, desc="evaluate", unit="item") as bar:
+        for index, item in enumerate(dataset):
+            if sampler is None and index % world != rank:
+                continue
+            pairs = _pairs(item, image_key, target_key)
+            if dataset_size is not None:
+                keep = [position + i for i in range(len(pairs))]
+                pairs = [pair for pair, n in zip(pairs, keep) if n * world + rank < dataset_size]
+                position += len(keep)
+            if pairs:
+                images = [image for image, _ in pairs]
+                outputs = predict_batch(images) if predict_batch is not None else [pipeline(im) for im in images]
+                for out, (_, target) in zip(outputs, pairs):
+                    metrics.update(getattr(out, "labels", out), target)
+            bar.update(1)
     return metrics.sync().compute()
 
 

@@ -108,7 +108,6 @@ def test_params_presets_and_overrides():
         (dict(), ValueError, "exactly one"),
         (dict(logits=np.zeros((3, 8, 8), np.float32), probs=np.zeros((3, 8, 8), np.float32)), ValueError, "exactly one"),
         (dict(logits=np.zeros((3, 8), np.float32)), ValueError, r"\(C, h, w\)"),
-        (dict(logits=np.zeros((1, 8, 8), np.float32)), ValueError, "at least 2 classes"),
         (dict(logits=np.zeros((0, 8, 8), np.float32)), ValueError, "empty"),
         (dict(logits=np.full((3, 8, 8), np.nan, np.float32)), ValueError, "finite"),
         (dict(logits=np.full((3, 8, 8), np.inf, np.float32)), ValueError, "finite"),

@@ -170,7 +170,15 @@ def test_tune_crf_end_to_end():
         (lambda: Pipeline(pointwise_model(), crf="strong"), "preset"),
         (lambda: Pipeline(lambda x: torch.zeros(x.shape[0], 2 + x.shape[-1] % 2, 4, 4), scales=(1.0, 0.5))(
             np.zeros((16, 15, 3), np.uint8)), "classes"),
-        (lambda: Pipeline(lambda x: {"logits": x})(np.zeros((8, 8, 3), np.uint8)), "'out'"),
+        (lambda: Pipeline(lambda x: {"scores": x})(np.zeros((8, 8, 3), np.uint8)), r"keys \['scores'\].*output="),
+        (lambda: Pipeline(lambda x: {"scores": x}, output="probabilities")(np.zeros((8, 8, 3), np.uint8)),
+         "no 'probabilities'"),
+        (lambda: Pipeline(lambda x: {"class_queries_logits": x, "masks_queries_logits": x})(
+            np.zeros((8, 8, 3), np.uint8)), "mask_queries_to_logits"),
+        (lambda: Pipeline(pointwise_model(), output=3), "output must be"),
+        (lambda: Pipeline(pointwise_model())(np.full((8, 8, 3), 300, np.int64)), "0..255"),
+        (lambda: Pipeline(pointwise_model())(np.full((8, 8, 3), -0.5, np.float32)), "ImageNet-normalised"),
+        (lambda: Pipeline(pointwise_model()).predict_batch(np.zeros((8, 8, 3), np.uint8)), "4-D"),
         (lambda: Pipeline(lambda x: x[:, 0])(np.zeros((8, 8, 3), np.uint8)), r"\(B, C, h, w\)"),
     ],
 )

@@ -6,7 +6,10 @@ import numbers
 
 import numpy as np
 
-from .._validation import FLOAT32_MAX, MAX_CRF_SCORE, check_finite, like_input, to_numpy
+from .._validation import (
+    FLOAT32_MAX, MAX_CRF_SCORE, check_finite, intensity_scale, like_input, to_numpy, two_class_scores,
+    warn_if_probabilities,
+)
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
 
@@ -140,7 +143,8 @@ def _image_channels_last(image):
 
 
 def _image_intensities(arr):
-    """An (H, W, C) image in 0..255 units: uint8 as it is, any other dtype as one float32 copy.
+    """An (H, W, C) image in 0..255 units (``_validation.intensity_scale``'s rule): uint8 as it is, any other
+    dtype as one float32 copy.
 
     uint8 images are not copied (add_bilateral divides them into its float32
     features directly: the same values, without a float copy of the image).
@@ -149,17 +153,10 @@ def _image_intensities(arr):
         return arr
     if arr.dtype.kind == "f":
         check_finite(arr, "image", bound=FLOAT32_MAX)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(
-                f"a floating-point image must hold intensities in [0, 1] (it is scaled to 0..255 so that bi_rgb "
-                f"keeps its meaning), got values in [{lo:.3g}, {hi:.3g}]; pass a uint8 image or divide by 255"
-            )
-        scale = 255.0
-    else:  # integers by their dtype's full range, booleans as 0 / 255
-        scale = 255.0 if arr.dtype.kind == "b" else 255.0 / np.iinfo(arr.dtype).max
+    scale = intensity_scale(arr.dtype.kind, float(arr.min()), float(arr.max()))
     values = arr.astype(np.float32)
-    np.multiply(values, np.float32(scale), out=values)
+    if scale != 1.0:
+        np.multiply(values, np.float32(scale), out=values)
     return values
 
 
@@ -174,9 +171,11 @@ def _scores(logits, probs):
         raise ValueError(f"{name} must be (C, h, w), got shape {tuple(arr.shape)}")
     if 0 in arr.shape:
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
-    if arr.shape[0] < 2:
-        raise ValueError(f"{name} must have at least 2 classes along axis 0, got {arr.shape[0]}")
     check_finite(arr, name, bound=MAX_CRF_SCORE)
+    if arr.shape[0] == 1:  # a sigmoid model's one channel: two classes (see two_class_scores)
+        arr = two_class_scores(arr, probabilities=probs is not None)
+    elif probs is None:
+        warn_if_probabilities(arr)
     return name, arr, was_torch
 
 
@@ -206,14 +205,20 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     ----------
     image : ndarray (H, W, 3) uint8 or torch.Tensor (3, H, W)
         The image the model saw, at full resolution. Also (H, W) gray or any
-        number of channels up to 16 (multi-modal). uint8 (and other integer
-        types, scaled from their range) or float in [0, 1] (scaled by 255).
+        number of channels up to 16 (multi-modal). Integers hold 0..255
+        whatever their dtype (values beyond raise; an image of 0..2 only
+        warns), floats hold [0, 1] (scaled by 255), booleans are 0 / 255.
     logits : (C, h, w) array_like or torch.Tensor, optional
-        Raw class scores at any resolution (output stride 1 to 32 ...), C >= 2.
+        Raw class scores at any resolution (output stride 1 to 32 ...), any
+        float dtype (bfloat16 tensors too). One channel (a sigmoid model's z)
+        means two classes, background and z: scores [0, z], whose softmax is
+        [1 - sigmoid(z), sigmoid(z)]. Scores that look like softmax
+        probabilities (all in [0, 1], summing to 1) warn: pass them as probs=.
     probs : (C, h, w) array_like or torch.Tensor, keyword-only, optional
         Softmax probabilities instead of logits (clipped at 1e-5 before the
-        log, as pydensecrf's ``unary_from_softmax``). Exactly one of
-        ``logits`` and ``probs`` must be given: we never guess which it is.
+        log, as pydensecrf's ``unary_from_softmax``); one channel p means
+        [1 - p, p]. Exactly one of ``logits`` and ``probs`` must be given: we
+        never guess which it is.
     params : CRFParams, "deeplab", "pydensecrf" or dict, keyword-only
         CRF parameters; default DeepLab's (:meth:`CRFParams.deeplab`).
     iterations : int, keyword-only, optional

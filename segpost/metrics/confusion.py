@@ -62,6 +62,12 @@ def _argmax_scores(pred, target_ndim, name="pred"):
     axis = 0 if pred.ndim == 3 else 1
     if pred.ndim not in (3, 4):
         raise ValueError(f"{name} scores must be (C, H, W) or (B, C, H, W), got shape {tuple(pred.shape)}")
+    if pred.shape[axis] == 1:
+        # An argmax over one channel labels every pixel 0. Logits threshold at 0, probabilities at 0.5: only the
+        # caller knows which these are.
+        raise ValueError(
+            f"{name} has one class channel (a sigmoid model's binary scores?): pass labels instead, "
+            f"(pred > 0) for logits or (pred > 0.5) for probabilities, as integers, squeezing the channel axis")
     return pred.argmax(axis) if is_torch_tensor(pred) else np.argmax(pred, axis=axis)
 
 
