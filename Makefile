@@ -33,10 +33,12 @@ $(PREFIX)/.segpost-wheel-stamp: $(if $(WHEEL),$(WHEEL),$(SOURCES))
 	$(PIP) install -c $(CONSTRAINTS) "$$(ls $(DIST)/segpost-*.whl)[viz]"
 	touch $@
 
-# What the tests need besides segpost: the test extras, and pydensecrf (the
+# What the tests need besides segpost: the test extras (the real architectures
+# of tests/test_model_libraries.py among them), and pydensecrf (the
 # reference the tests and benchmarks compare against), which needs Cython < 3.
 $(PREFIX)/.segpost-test-stamp: pyproject.toml constraints.txt
-	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib build
+	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib build \
+		torchvision transformers segmentation-models-pytorch
 	$(PIP) install -c $(CONSTRAINTS) "cython<3" numpy setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation pydensecrf2
 	touch $@

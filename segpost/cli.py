@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
@@ -36,6 +37,7 @@ def _demo(args) -> int:
 # ---------------------------------------------------------------------------- refine
 
 def _read_image(path):
+    import numpy as np
     from skimage import io
 
     p = Path(path)
@@ -47,6 +49,10 @@ def _read_image(path):
         raise UserError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from None
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]  # drop alpha
+    if image.dtype == np.uint16:
+        # A file's bit depth says its range: 16-bit PNG/TIFF to [0, 1] floats (segpost's rule reads
+        # integer arrays as 0..255 whatever their dtype).
+        image = image.astype(np.float32) / 65535
     return image
 
 
@@ -100,6 +106,7 @@ def _write_palette_png(path, labels):
 def _refine(args) -> int:
     import numpy as np
 
+    from ._validation import warn_if_probabilities
     from .crf import CRFParams, crf_refine
 
     image = _read_image(args.image)
@@ -114,7 +121,11 @@ def _refine(args) -> int:
             raise UserError("--params must be a JSON object such as '{\"bi_weight\": 5}'")
         params = CRFParams.coerce({**{f: getattr(params, f) for f in params.__dataclass_fields__}, **changes})
     kwargs = {"probs": scores} if args.probs else {"logits": scores}
-    labels, probs = crf_refine(image, iterations=args.iterations, params=params, return_probs=True, **kwargs)
+    with warnings.catch_warnings():
+        if not args.probs:  # the same check, naming the command line's option instead of the API's
+            warn_if_probabilities(scores, fix="--probs")
+            warnings.filterwarnings("ignore", message="the logits are all in")
+        labels, probs = crf_refine(image, iterations=args.iterations, params=params, return_probs=True, **kwargs)
     _write_palette_png(args.output, labels)
     print(f"wrote {args.output} ({labels.shape[1]}x{labels.shape[0]}, {scores.shape[0]} classes)")
     if args.overlay:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,14 +27,22 @@ def _distributed():
     return 0, 1
 
 
+def _is_dataloader(dataset):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(dataset, torch.utils.data.DataLoader)
+
+
+def _yields_batches(dataset):
+    """A DataLoader that collates (batch_size or batch_sampler set): its items are batches, whatever their ndim."""
+    return _is_dataloader(dataset) and dataset.batch_sampler is not None
+
+
 def _distributed_sampler(dataset):
     """The DistributedSampler behind a DataLoader, or None."""
-    try:
-        from torch.utils.data import DataLoader, DistributedSampler
-    except ImportError:
+    if not _is_dataloader(dataset):
         return None
-    if not isinstance(dataset, DataLoader):
-        return None
+    from torch.utils.data import DistributedSampler
+
     sampler = dataset.batch_sampler.sampler if dataset.batch_sampler is not None else dataset.sampler
     return sampler if isinstance(sampler, DistributedSampler) else None
 
@@ -42,8 +51,11 @@ def _is_batch(x):
     return (is_torch_tensor(x) or isinstance(x, np.ndarray)) and x.ndim == 4
 
 
-def _pairs(sample, image_key, target_key):
-    """The (image, target) pairs of one item a dataset or DataLoader yields: a pair, a dict, or a batch of either."""
+def _pairs(sample, image_key, target_key, batched):
+    """The (image, target) pairs of one item a dataset or DataLoader yields: a pair, a dict, or a batch of either.
+
+    ``batched``: the item is a batch (from a collating DataLoader) even if its images are not 4-D.
+    """
     if isinstance(sample, Mapping):
         missing = [key for key in (image_key, target_key) if key not in sample]
         if missing:
@@ -55,10 +67,10 @@ def _pairs(sample, image_key, target_key):
     else:
         raise TypeError(f"each dataset item must be an (image, target) pair or a dict, got {type(sample).__name__}"
                         + (f" of length {len(sample)}" if isinstance(sample, (tuple, list)) else ""))
-    if _is_batch(image):  # a DataLoader batch: (B, 3, H, W) images with (B, H, W) or (B, 1, H, W) targets
+    if batched or _is_batch(image):  # a DataLoader batch: (B, 3, H, W) images with (B, H, W) or (B, 1, H, W) targets
         if len(target) != len(image):
             raise ValueError(f"a batch of {len(image)} images came with {len(target)} targets")
-        if target.ndim == 4 and target.shape[1] == 1:
+        if getattr(target, "ndim", 0) == 4 and target.shape[1] == 1:
             target = target[:, 0]
         return list(zip(image, target))
     if isinstance(image, (tuple, list)):  # a collate_fn that keeps lists (images of different sizes)
@@ -130,6 +142,7 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
     if sampler is None and total is not None:
         total = len(range(rank, total, world))
     predict_batch = getattr(pipeline, "predict_batch", None)
+    batched = _yields_batches(dataset)
     # A DistributedSampler pads its index list to num_replicas x its length by repeating the first indices,
     # then gives rank r the positions r, r + num_replicas, ...: rank r's n-th sample is padding when
     # n * num_replicas + r >= len(dataset).
@@ -139,7 +152,7 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
         for index, item in enumerate(dataset):
             if sampler is None and index % world != rank:
                 continue
-            pairs = _pairs(item, image_key, target_key)
+            pairs = _pairs(item, image_key, target_key, batched)
             if dataset_size is not None:
                 keep = [position + i for i in range(len(pairs))]
                 pairs = [pair for pair, n in zip(pairs, keep) if n * world + rank < dataset_size]

@@ -35,6 +35,21 @@ def linear_to_conv1x1(linear):
     return conv
 
 
+def _images_in_0_to_255(images):
+    """(B, C, H, W) images as float64 intensities 0..255, by segpost's one rule (``intensity_scale``):
+    integers 0..255, floats [0, 1]. They are features (no gradient flows to them)."""
+    import torch
+
+    from ._validation import intensity_scale
+
+    images = images.detach()
+    kind = "f" if images.is_floating_point() else ("b" if images.dtype == torch.bool else "i")
+    values = images.double()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("images hold NaN or infinite values")
+    return values * intensity_scale(kind, float(values.min()), float(values.max()), "images")
+
+
 def _crf_module_base():
     import torch
 
@@ -65,6 +80,10 @@ class DenseCRF(_crf_module_base()):
     iterations : int, default 5
     pos_xy, bi_xy, bi_rgb : float
         Bandwidths (pixels; image intensities in 0..255).
+
+    Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
+    0..255, floats [0, 1]; anything else (an ImageNet-normalised batch, a
+    0..255 float tensor) raises instead of running a colour-blind CRF.
     pos_weight, bi_weight : float
         Initial kernel weights.
     learnable : bool, default True
@@ -76,7 +95,7 @@ class DenseCRF(_crf_module_base()):
     >>> from segpost.nn import DenseCRF
     >>> crf = DenseCRF(3, iterations=2)
     >>> logits = torch.randn(1, 3, 8, 10, requires_grad=True)
-    >>> images = torch.rand(1, 3, 8, 10) * 255
+    >>> images = torch.rand(1, 3, 8, 10)                 # [0, 1] floats, or uint8
     >>> out = crf(logits, images)
     >>> out.shape
     torch.Size([1, 3, 8, 10])
@@ -133,6 +152,7 @@ class DenseCRF(_crf_module_base()):
         if images.ndim != 4 or images.shape[0] != logits.shape[0] or images.shape[2:] != logits.shape[2:]:
             raise ValueError(f"images must be (B, C, H, W) matching the logits, got {tuple(images.shape)}")
         b, c, h, w = logits.shape
+        images = _images_in_0_to_255(images)
         outputs = []
         for i in range(b):
             lattices = self._lattices(images[i])

@@ -1,6 +1,36 @@
+import importlib.util
 import os
+import sys
+import types
 
 from hypothesis import HealthCheck, settings
+
+
+def _import_torchvision_without_its_c_ops():
+    """Let torchvision's pure-Python models import next to a CPU torch.
+
+    The registry's torchvision wheel is CUDA-linked: its C extension does not
+    load next to the CPU torch, and its meta/autograd registrations for the C
+    ops (nms, roi_align, ...) then fail at import, taking torchmetrics and
+    segmentation_models_pytorch (which import torchvision) down with them.
+    Skipping those two registration modules leaves everything but the C ops
+    working. Done once, here, before any test imports torchvision.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+            sys.modules[name] = types.ModuleType(name)
+        import torchvision  # noqa: F401,F811
+
+
+_import_torchvision_without_its_c_ops()
 
 # CI machines are slow and shared: no deadlines, a fixed example budget.
 settings.register_profile(

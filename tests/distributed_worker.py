@@ -31,6 +31,16 @@ def main(out_path, mode):
         if mode == "evaluate":
             # The "pipeline" returns the image itself as labels; each rank takes its own shard.
             result = evaluate(lambda image: image, evaluation_dataset(), num_classes=5, progress=False, per_image=True)
+        elif mode in ("evaluate_sampler", "evaluate_loader"):
+            # Batched DataLoaders: with a DistributedSampler (5 samples on 2 ranks: one padding repeat to skip),
+            # and a plain one that every rank iterates whole.
+            import torch
+            from torch.utils.data import DataLoader, DistributedSampler
+
+            data = [(torch.from_numpy(image), torch.from_numpy(target)) for image, target in evaluation_dataset()]
+            sampler = DistributedSampler(data, shuffle=True, seed=3) if mode == "evaluate_sampler" else None
+            loader = DataLoader(data, batch_size=2, sampler=sampler)
+            result = evaluate(lambda image: image, loader, num_classes=5, progress=False, per_image=True)
         elif mode == "sync_twice":
             metrics = SegMetrics(5, ignore_index=255, per_image=True)
             metrics.update(*rank_data(rank))

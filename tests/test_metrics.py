@@ -325,6 +325,20 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path):
         assert res["num_images"] == 5
 
 
+@pytest.mark.parametrize("mode", ["evaluate_sampler", "evaluate_loader"])
+def test_distributed_evaluate_over_dataloaders_counts_every_sample_once(tmp_path, mode):
+    # 5 samples, 2 ranks, batches of 2: the DistributedSampler repeats one sample to even the ranks out.
+    results = _run_two_ranks(tmp_path, mode)
+    from distributed_worker import evaluation_dataset
+
+    whole = SegMetrics(5, per_image=True)
+    for image, target in evaluation_dataset():
+        whole.update(image, target)
+    for res in results:
+        assert res["confusion"] == whole.confusion.tolist()
+        assert res["num_images"] == 5
+
+
 def _ranks_counted(*ranks, boundary=False):
     """One process's SegMetrics over the given ranks' data (the workers' metrics mode)."""
     from distributed_worker import rank_data

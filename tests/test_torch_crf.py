@@ -48,14 +48,14 @@ def test_layer_gradcheck_in_float64():
     torch.manual_seed(0)
     crf = DenseCRF(3, iterations=2, pos_xy=1.5, bi_xy=3.0, bi_rgb=40.0).double()
     logits = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
-    images = torch.rand(1, 3, 3, 4, dtype=torch.float64) * 255
+    images = torch.rand(1, 3, 3, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, w, c: crf(x, images), (logits, crf.kernel_weights, crf.compatibility))
 
 
 def test_layer_matches_crf_refine_with_potts_initialisation():
     image = data.astronaut()[:40, :48]
     logits = torch.randn(1, 3, 40, 48, generator=torch.Generator().manual_seed(0))
-    out = DenseCRF(3, iterations=5, learnable=False)(logits, torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    out = DenseCRF(3, iterations=5, learnable=False)(logits, torch.from_numpy(image).permute(2, 0, 1)[None])
     expected = segpost.crf_refine(image, logits[0].numpy(), params="pydensecrf", iterations=5)
     assert (out[0].argmax(0).numpy() == expected).mean() > 0.995
 
@@ -68,7 +68,7 @@ def test_training_the_compatibility_lowers_the_loss():
     noisy = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float() * 2 - 1
     noisy = noisy + torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1)) * 1.5
     crf = DenseCRF(2, iterations=3, pos_weight=0.5, bi_weight=0.5, bi_xy=10, bi_rgb=20)
-    images = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    images = torch.from_numpy(image).permute(2, 0, 1)[None]
     optimiser = torch.optim.Adam(crf.parameters(), lr=0.2)
     losses = []
     for _ in range(8):
@@ -82,7 +82,7 @@ def test_training_the_compatibility_lowers_the_loss():
 
 def test_layer_shapes_and_bad_input():
     crf = DenseCRF(4, iterations=1)
-    out = crf(torch.randn(2, 4, 5, 6), torch.rand(2, 3, 5, 6) * 255)
+    out = crf(torch.randn(2, 4, 5, 6), torch.rand(2, 3, 5, 6))
     assert out.shape == (2, 4, 5, 6) and out.dtype == torch.float32
     with pytest.raises(ValueError, match="logits"):
         crf(torch.randn(2, 3, 5, 6), torch.rand(2, 3, 5, 6))
@@ -90,13 +90,17 @@ def test_layer_shapes_and_bad_input():
         crf(torch.randn(2, 4, 5, 6), torch.rand(2, 3, 5, 7))
     with pytest.raises(ValueError, match="num_classes"):
         DenseCRF(0)
+    with pytest.raises(ValueError, match="ImageNet-normalised"):  # crf_refine's image rule
+        crf(torch.randn(2, 4, 5, 6), torch.randn(2, 3, 5, 6))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        crf(torch.randn(2, 4, 5, 6), torch.rand(2, 3, 5, 6) * 255)
     with pytest.raises(ValueError):
         TorchLattice(torch.zeros(0, 2))
 
 
 @cuda
 def test_cuda_layer_matches_cpu_and_is_deterministic():
-    image = torch.from_numpy(data.astronaut()[:64, :64]).permute(2, 0, 1)[None].float()
+    image = torch.from_numpy(data.astronaut()[:64, :64]).permute(2, 0, 1)[None]
     logits = torch.randn(1, 5, 64, 64, generator=torch.Generator().manual_seed(0))
     crf = DenseCRF(5, iterations=5, learnable=False)
     cpu = crf(logits, image)
@@ -109,7 +113,7 @@ def test_cuda_layer_matches_cpu_and_is_deterministic():
 def test_cuda_batch_equals_one_by_one_and_no_memory_growth():
     crf = DenseCRF(3, iterations=2, learnable=False).cuda()
     logits = torch.randn(3, 3, 32, 32, device="cuda")
-    images = torch.rand(3, 3, 32, 32, device="cuda") * 255
+    images = torch.rand(3, 3, 32, 32, device="cuda")
     batch = crf(logits, images)
     for i in range(3):
         assert torch.allclose(batch[i], crf(logits[i:i + 1], images[i:i + 1])[0], atol=1e-5)

@@ -13,6 +13,13 @@ from .confusion import _check_num_classes, _normalise_ignore, confusion_matrix, 
 __all__ = ["SegMetrics", "SegMetricsResult"]
 
 
+def _plain(value):
+    """A setting as _settings() writes it (tuples of a loaded state as lists, tensors as numbers)."""
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
 class SegMetricsResult:
     """Scores derived from a confusion matrix, per class and averaged.
 
@@ -47,7 +54,7 @@ class SegMetricsResult:
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
                  per_image_miou=None, num_images=0, boundary_counts=None):
-        self.confusion = np.asarray(confusion, np.int64)
+        self.confusion = np.array(confusion, np.int64)  # a copy: later updates never change a result
         k = self.confusion.shape[0]
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
         self.exclude_classes = tuple(int(c) for c in exclude_classes)
@@ -247,14 +254,24 @@ class SegMetrics:
                                 class_names=self.class_names, num_invalid=self.num_invalid,
                                 per_image_miou=per_image, num_images=self.num_images, boundary_counts=boundary)
 
+    def _settings(self):
+        """What two states must share to be added: a different one would sum different counts."""
+        return {"num_classes": self.num_classes, "ignore_index": list(self.ignore_index), "per_image": self.per_image,
+                "boundary": self.boundary, "boundary_dilation_ratio": self.boundary_dilation_ratio}
+
+    def _check_compatible(self, settings, action):
+        mine = self._settings()
+        # States saved before the settings were recorded carry only num_classes.
+        different = [f"{key} {settings[key]!r} vs {mine[key]!r}" for key in mine
+                     if key in settings and _plain(settings[key]) != mine[key]]
+        if different:
+            raise ValueError(f"cannot {action}: different settings ({'; '.join(different)})")
+
     def merge(self, other: "SegMetrics"):
-        """Add another SegMetrics' counts (e.g. from another worker)."""
-        if not isinstance(other, SegMetrics) or other.num_classes != self.num_classes:
-            raise ValueError("can only merge a SegMetrics with the same num_classes")
-        if other.ignore_index != self.ignore_index:
-            raise ValueError(f"cannot merge metrics with different ignore_index ({self.ignore_index} vs {other.ignore_index})")
-        if (other.boundary, other.boundary_dilation_ratio) != (self.boundary, self.boundary_dilation_ratio):
-            raise ValueError("cannot merge metrics with different boundary settings")
+        """Add another SegMetrics' counts (e.g. from another worker); the settings must agree."""
+        if not isinstance(other, SegMetrics):
+            raise TypeError(f"can only merge a SegMetrics, got {type(other).__name__}")
+        self._check_compatible(other._settings(), "merge metrics")
         self._check_not_synced("merge")
         self.confusion += other.confusion
         self.num_invalid += other.num_invalid
@@ -265,26 +282,34 @@ class SegMetrics:
         return self
 
     def state_dict(self) -> dict:
-        return {"confusion": self.confusion.copy(), "num_invalid": self.num_invalid,
+        """The counts as torch tensors and plain numbers, and the settings they were counted with.
+
+        It saves with ``torch.save`` and loads with ``torch.load(weights_only=True)``.
+        """
+        import torch
+
+        return {"confusion": torch.from_numpy(self.confusion.copy()), "num_invalid": self.num_invalid,
                 "per_image_sum": self.per_image_sum, "num_images": self.num_images,
-                "num_classes": self.num_classes, "boundary_intersection": self.boundary_intersection.copy(),
-                "boundary_union": self.boundary_union.copy()}
+                "boundary_intersection": torch.from_numpy(self.boundary_intersection.copy()),
+                "boundary_union": torch.from_numpy(self.boundary_union.copy()), **self._settings()}
 
     def load_state_dict(self, state: dict):
+        """Replace the counts by a ``state_dict()``'s; its settings must agree with this object's."""
         self._check_not_synced("load a state")
-        confusion = np.asarray(state["confusion"], np.int64)
+        self._check_compatible(state, "load the state")
+        confusion = _counts(state["confusion"])
         if confusion.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"state has a {confusion.shape} matrix, expected {(self.num_classes,) * 2}")
-        self.confusion = confusion.copy()
+        self.confusion = confusion
         self.num_invalid = int(state.get("num_invalid", 0))
         self.per_image_sum = float(state.get("per_image_sum", 0.0))
         self.num_images = int(state.get("num_images", 0))
         zeros = np.zeros(self.num_classes, np.int64)
         for name in ("boundary_intersection", "boundary_union"):
-            counts = np.asarray(state.get(name, zeros), np.int64)
+            counts = _counts(state.get(name, zeros))
             if counts.shape != (self.num_classes,):
                 raise ValueError(f"state has {name} of shape {counts.shape}, expected {(self.num_classes,)}")
-            setattr(self, name, counts.copy())
+            setattr(self, name, counts)
         return self
 
     def sync(self, group=None):
@@ -331,6 +356,11 @@ class SegMetrics:
             local, self._local_state = self._local_state, None
             self.load_state_dict(local)
         return self
+
+
+def _counts(value):
+    """A state's counts (a tensor, an array or lists) as a new int64 array."""
+    return np.array(_to_numpy(value), np.int64)
 
 
 def _to_numpy(cm):
