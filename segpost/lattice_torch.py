@@ -89,18 +89,19 @@ class TorchLattice:
         # Keys of the d+1 vertices (first d coordinates; the last is implied).
         r = torch.arange(d1, device=device)
         keys = rem0[:, None, :d].long() + r[None, :, None] - d1 * (rank[:, None, :d] > d - r[None, :, None]).long()
-        unique, inverse = torch.unique(keys.reshape(-1, d), dim=0, return_inverse=True)
-        self.num_vertices = unique.shape[0]
-        self.corner_vertex = inverse.reshape(n, d1) + 1                    # shifted: 0 is the empty slot
-        # Neighbours along each lattice axis, found by searching the sorted key codes.
-        lo_key = unique.min(dim=0).values - d - 1
-        span = unique.max(dim=0).values - lo_key + d + 2
-        radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long, device=device), span[:-1]]), 0)
+        # One int64 code per key (mixed radix over the keys' span), so that finding the distinct vertices is
+        # a 1-D unique: torch.unique(keys, dim=0) sorts rows one by one on the CPU and took two thirds of
+        # the build. The codes are linear in the key, so a neighbour's code is the vertex's plus a constant.
+        flat_keys = keys.reshape(-1, d)
+        lo_key = flat_keys.min(dim=0).values - d - 1
+        span = flat_keys.max(dim=0).values - lo_key + d + 2
         if float(span.double().log2().sum()) > 62:
             raise ValueError("lattice keys too spread for the torch lattice's int64 codes; use the C++ lattice")
-        codes = ((unique - lo_key) * radix).sum(1)                         # sorted like `unique` (lexicographic) ...
-        order = torch.argsort(codes)                                       # ... not necessarily: sort explicitly
-        sorted_codes = codes[order]
+        radix = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long, device=device), span[:-1]]), 0)
+        codes, inverse = torch.unique(((flat_keys - lo_key) * radix).sum(1), return_inverse=True)  # sorted
+        self.num_vertices = codes.shape[0]
+        self.corner_vertex = inverse.reshape(n, d1) + 1                    # shifted: 0 is the empty slot
+        # Neighbours along each lattice axis, found by searching the sorted codes.
         neighbours = []
         for axis in range(d1):
             pair = []
@@ -108,10 +109,10 @@ class TorchLattice:
                 shift = torch.full((d,), sign, dtype=torch.long, device=device)
                 if axis < d:
                     shift[axis] = -sign * d
-                ncode = ((unique + shift - lo_key) * radix).sum(1)
-                pos = torch.searchsorted(sorted_codes, ncode).clamp(max=len(sorted_codes) - 1)
-                found = sorted_codes[pos] == ncode
-                pair.append(torch.where(found, order[pos] + 1, torch.zeros_like(pos)))
+                ncode = codes + (shift * radix).sum()
+                pos = torch.searchsorted(codes, ncode).clamp(max=len(codes) - 1)
+                found = codes[pos] == ncode
+                pair.append(torch.where(found, pos + 1, torch.zeros_like(pos)))
             neighbours.append(torch.stack(pair))
         self.neighbours = torch.stack(neighbours)                          # (d+1, 2, M), shifted
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))

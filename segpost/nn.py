@@ -1,6 +1,8 @@
 """torch.nn helpers."""
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["DenseCRF", "linear_to_conv1x1"]
 
 
@@ -56,6 +58,40 @@ def _crf_module_base():
     return torch.nn.Module
 
 
+def _filter_rows(lattice, values, pre, post, transpose):
+    """``post * K(pre * values)`` (K^T with ``transpose``) on a compiled lattice; (N, C) torch in, torch out.
+
+    The lattice computes in float32 and releases the GIL; the result has the values' dtype.
+    """
+    import torch
+
+    rows = np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32)
+    return torch.from_numpy(lattice.filter(rows, transpose, pre, post)).to(values.dtype)
+
+
+def _compiled_filter_function():
+    import torch
+
+    class CompiledFilter(torch.autograd.Function):
+        """A normalised lattice filter ``post * K(pre * v)`` whose gradient is the exact adjoint
+        ``pre * K^T(post * g)``: the lattice's blur axes in reverse order, the scales swapped."""
+
+        @staticmethod
+        def forward(ctx, values, lattice, pre, post):
+            ctx.operator = (lattice, pre, post)
+            return _filter_rows(lattice, values, pre, post, transpose=False)
+
+        @staticmethod
+        def backward(ctx, grad):
+            lattice, pre, post = ctx.operator
+            return _filter_rows(lattice, grad, post, pre, transpose=True), None, None, None
+
+    return CompiledFilter
+
+
+_CompiledFilter = _compiled_filter_function()
+
+
 class DenseCRF(_crf_module_base()):
     """A dense CRF as a differentiable layer (CRF-as-RNN, Zheng et al. 2015).
 
@@ -70,9 +106,20 @@ class DenseCRF(_crf_module_base()):
     learnable kernel weights and ``C_m`` learnable (C, C) compatibility
     matrices, initialised to the identity (the Potts model: the same as
     :func:`segpost.crf_refine` with pos_weight = w_1, bi_weight = w_2).
-    Gradients flow to the logits, the weights and the compatibilities (the
-    lattices are built once per image per forward, in pure torch ops on the
-    input's device, and reused by every iteration and by the backward pass).
+
+    Gradients flow to the logits, the kernel weights and the compatibilities.
+    The features (positions and colours) and their bandwidths stay fixed, as
+    in CRF-as-RNN: no gradient reaches the images or pos_xy/bi_xy/bi_rgb.
+
+    On the CPU each filter runs on segpost's compiled lattice (the one
+    ``crf_refine`` uses), through an autograd function whose backward pass is
+    the lattice's exact adjoint; each image's two lattices are built once per
+    forward and reused by every iteration and by the backward pass. The
+    lattice computes in float32 (float64 logits give float64 results of
+    float32 accuracy); the GIL is released while it runs. On other devices, or
+    with ``lattice="torch"``, the filters run on
+    :class:`segpost.lattice_torch.TorchLattice` (pure torch ops, autograd
+    through them; the reference the compiled path is tested against).
 
     Parameters
     ----------
@@ -80,14 +127,18 @@ class DenseCRF(_crf_module_base()):
     iterations : int, default 5
     pos_xy, bi_xy, bi_rgb : float
         Bandwidths (pixels; image intensities in 0..255).
-
-    Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
-    0..255, floats [0, 1]; anything else (an ImageNet-normalised batch, a
-    0..255 float tensor) raises instead of running a colour-blind CRF.
     pos_weight, bi_weight : float
         Initial kernel weights.
     learnable : bool, default True
         Make the weights and compatibilities trainable parameters.
+    lattice : {"auto", "torch"}, keyword-only
+        "auto": the compiled lattice on the CPU, the GPU kernels or the torch
+        lattice elsewhere; "torch": the torch lattice everywhere.
+
+    Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
+    0..255, floats [0, 1]; anything else (an ImageNet-normalised batch, a
+    0..255 float tensor) raises instead of running a colour-blind CRF. A batch
+    is refined image by image, each with its own lattices.
 
     Examples
     --------
@@ -104,7 +155,7 @@ class DenseCRF(_crf_module_base()):
     """
 
     def __init__(self, num_classes, *, iterations=5, pos_xy=3.0, bi_xy=80.0, bi_rgb=13.0, pos_weight=3.0,
-                 bi_weight=10.0, learnable=True):
+                 bi_weight=10.0, learnable=True, lattice="auto"):
         import torch
 
         from ._validation import check_int
@@ -115,7 +166,9 @@ class DenseCRF(_crf_module_base()):
         for name, value in (("pos_xy", pos_xy), ("bi_xy", bi_xy), ("bi_rgb", bi_rgb)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
-        self.num_classes, self.iterations = num_classes, iterations
+        if lattice not in ("auto", "torch"):
+            raise ValueError(f"lattice must be 'auto' or 'torch', got {lattice!r}")
+        self.num_classes, self.iterations, self.lattice = num_classes, iterations, lattice
         self.pos_xy, self.bi_xy, self.bi_rgb = float(pos_xy), float(bi_xy), float(bi_rgb)
         weights = torch.tensor([float(pos_weight), float(bi_weight)])
         compat = torch.eye(num_classes).repeat(2, 1, 1)
@@ -126,7 +179,24 @@ class DenseCRF(_crf_module_base()):
             self.register_buffer("kernel_weights", weights)
             self.register_buffer("compatibility", compat)
 
-    def _lattices(self, image):
+    def _compiled_filters(self, image):
+        """The two kernels of one (3, H, W) 0..255 image on the compiled lattice, as functions of (N, C) rows.
+
+        Built as crf_refine builds them (``segpost.DenseCRF.add_gaussian`` /
+        ``add_bilateral``: the same features, the smoothness lattice from the
+        same per-size cache), with symmetric normalisation.
+        """
+        from .crf.model import DenseCRF as Model
+
+        _, h, w = image.shape
+        model = Model._from_point_major(np.zeros((h * w, 2), np.float32), (h, w), num_labels=2)
+        model.add_gaussian(self.pos_xy, compat=1.0)
+        colors = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
+        model.add_bilateral(colors, self.bi_xy, self.bi_rgb, compat=1.0)
+        return [lambda q, op=op: _CompiledFilter.apply(q, *op) for op in model._kernel_operators]
+
+    def _torch_filters(self, image):
+        """The two kernels of one image on the torch lattice (or the GPU kernels in inference)."""
         import torch
 
         from ._cuda import lattice_for
@@ -134,15 +204,18 @@ class DenseCRF(_crf_module_base()):
 
         # Training needs autograd through the filter (the torch lattice); inference
         # on a GPU uses the CUDA kernels when they are built.
-        make = TorchLattice if torch.is_grad_enabled() else lattice_for
+        make = TorchLattice if torch.is_grad_enabled() or self.lattice == "torch" else lattice_for
         _, h, w = image.shape
         yy, xx = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float64),
                                 torch.arange(w, device=image.device, dtype=torch.float64), indexing="ij")
         xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
-        colors = image.detach().reshape(image.shape[0], -1).T.double()
-        smooth = make(xy / self.pos_xy)
-        appearance = make(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))
-        return smooth, appearance
+        colors = image.reshape(image.shape[0], -1).T
+        filters = []
+        for lattice in (make(xy / self.pos_xy), make(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))):
+            scale = lattice.filtered_ones().rsqrt()[:, None]
+            filters.append(lambda q, lattice=lattice, scale=scale: (
+                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))    # symmetric normalisation
+        return filters
 
     def forward(self, logits, images):
         import torch
@@ -151,21 +224,22 @@ class DenseCRF(_crf_module_base()):
             raise ValueError(f"logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
         if images.ndim != 4 or images.shape[0] != logits.shape[0] or images.shape[2:] != logits.shape[2:]:
             raise ValueError(f"images must be (B, C, H, W) matching the logits, got {tuple(images.shape)}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must be floating-point, got {logits.dtype}")
         b, c, h, w = logits.shape
         images = _images_in_0_to_255(images)
+        compiled = self.lattice == "auto" and logits.device.type == "cpu"
         outputs = []
         for i in range(b):
-            lattices = self._lattices(images[i])
-            scales = [lat.filtered_ones().rsqrt().to(logits.dtype)[:, None] for lat in lattices]
+            filters = self._compiled_filters(images[i]) if compiled else self._torch_filters(images[i])
             unary = logits[i].reshape(c, -1).T                              # (N, C)
             out = unary
             for _ in range(self.iterations):
                 q = torch.softmax(out, dim=1)
                 messages = 0
-                for m, (lat, s) in enumerate(zip(lattices, scales)):
-                    filtered = s * lat.filter(s * q)                         # symmetric normalisation
+                for m, kernel in enumerate(filters):
                     messages = messages + self.kernel_weights[m].to(out.dtype) * (
-                        filtered @ self.compatibility[m].to(out.dtype).T)
+                        kernel(q) @ self.compatibility[m].to(out.dtype).T)
                 out = unary + messages
             outputs.append(out.T.reshape(c, h, w))
         return torch.stack(outputs)

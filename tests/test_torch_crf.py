@@ -45,8 +45,9 @@ def test_autograd_gradient_is_the_adjoint_filter(data_):
 
 
 def test_layer_gradcheck_in_float64():
+    # The torch lattice computes in float64: gradcheck's tolerances hold there (the compiled lattice is float32).
     torch.manual_seed(0)
-    crf = DenseCRF(3, iterations=2, pos_xy=1.5, bi_xy=3.0, bi_rgb=40.0).double()
+    crf = DenseCRF(3, iterations=2, pos_xy=1.5, bi_xy=3.0, bi_rgb=40.0, lattice="torch").double()
     logits = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
     images = torch.rand(1, 3, 3, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, w, c: crf(x, images), (logits, crf.kernel_weights, crf.compatibility))
@@ -123,3 +124,81 @@ def test_cuda_batch_equals_one_by_one_and_no_memory_growth():
         crf(logits, images)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before + 1024
+
+
+def _layer_inputs(b=2, c=4, h=20, w=24, seed=0):
+    rng = torch.Generator().manual_seed(seed)
+    images = torch.from_numpy(np.stack([data.astronaut()[40 * i:40 * i + h, 60:60 + w] for i in range(b)]))
+    return torch.randn(b, c, h, w, generator=rng, dtype=torch.float64), images.permute(0, 3, 1, 2)
+
+
+def _gradients(crf, logits, images, weights):
+    logits = logits.clone().requires_grad_()
+    crf.zero_grad()
+    loss = (crf(logits, images) * weights).sum()
+    loss.backward()
+    return loss.detach(), logits.grad, crf.kernel_weights.grad.clone(), crf.compatibility.grad.clone()
+
+
+def test_compiled_filter_backward_is_the_exact_adjoint():
+    from segpost.nn import _CompiledFilter
+
+    crf = DenseCRF(3)
+    _, images = _layer_inputs(b=1)
+    rng = torch.Generator().manual_seed(1)
+    for kernel in crf._compiled_filters(images[0].double()):
+        v = torch.randn(480, 3, generator=rng, dtype=torch.float64, requires_grad=True)
+        u = torch.randn(480, 3, generator=rng, dtype=torch.float64)
+        (adjoint_u,) = torch.autograd.grad((u * kernel(v)).sum(), v)   # K^T u by the backward pass
+        # <u, K v> = <K^T u, v> up to float32 rounding of the lattice
+        assert float((u * kernel(v)).sum()) == pytest.approx(float((adjoint_u * v).sum()), rel=1e-5)
+    assert _CompiledFilter is not None
+
+
+def test_compiled_layer_gradients_equal_the_torch_lattice_and_finite_differences():
+    logits, images = _layer_inputs()
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    compiled = DenseCRF(4, iterations=3).double()
+    reference = DenseCRF(4, iterations=3, lattice="torch").double()
+    with torch.no_grad():  # a non-Potts start, so every gradient is exercised
+        for crf in (compiled, reference):
+            crf.compatibility.copy_(torch.eye(4).repeat(2, 1, 1) + 0.3 * torch.randn(
+                2, 4, 4, generator=torch.Generator().manual_seed(3)))
+    got, want = _gradients(compiled, logits, images, weights), _gradients(reference, logits, images, weights)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4 * float(b.abs().max()))
+    # A central finite difference along a random direction of the logits.
+    direction = torch.randn(logits.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    eps = 1e-2
+    with torch.no_grad():
+        plus = (compiled(logits + eps * direction, images) * weights).sum()
+        minus = (compiled(logits - eps * direction, images) * weights).sum()
+    assert float((plus - minus) / (2 * eps)) == pytest.approx(float((got[1] * direction).sum()), rel=1e-3)
+
+
+def test_compiled_layer_batch_equals_one_by_one_and_ignores_thread_count():
+    logits, images = _layer_inputs(b=3)
+    crf = DenseCRF(4, iterations=3)
+    batch = crf(logits.float(), images)
+    for i in range(3):
+        torch.testing.assert_close(batch[i], crf(logits[i:i + 1].float(), images[i:i + 1])[0], rtol=0, atol=0)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
+    previous = segpost.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            segpost.set_num_threads(threads)
+            results.append(_gradients(crf, logits.float(), images, weights))
+    finally:
+        segpost.set_num_threads(previous)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_torch_lattice_int64_codes_give_the_cpp_vertices():
+    # One int64 code per key instead of unique(dim=0): the same vertex count as the C++ lattice on images.
+    image = data.astronaut()[:48, :64].astype(np.float64)
+    yy, xx = np.mgrid[0:48, 0:64]
+    features = np.concatenate([np.stack([xx, yy], -1) / 7.0, image / 13.0], -1).reshape(-1, 5)
+    features += np.random.default_rng(0).uniform(0, 1e-6, size=features.shape)
+    assert TorchLattice(torch.from_numpy(features)).num_vertices == segpost.PermutohedralLattice(features).num_vertices

@@ -240,6 +240,9 @@ class DenseCRF:
         self._model = _C.MeanFieldModel(self.num_points, self.num_labels, self._row_length)
         self._feature_dims = []
         self.pairwise_terms = []  # a description dict per term, for repr and inspection
+        # Each term's filter as (compiled lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF
+        # builds its kernels through this class and differentiates through them.
+        self._kernel_operators = []
 
     def _replace_unary(self, unary_points):
         """Store (N, L) unary rows padded to whole blocks of 8 labels, the rows the kernel reads."""
@@ -400,6 +403,7 @@ class DenseCRF:
         """Adds a term on `lattice` with its (pre, post) normalisation scales."""
         pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
+        self._kernel_operators.append((lattice._lattice, pre, post))
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
             {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
