@@ -151,7 +151,7 @@ def test_compiled_filter_backward_is_the_exact_adjoint():
         u = torch.randn(480, 3, generator=rng, dtype=torch.float64)
         (adjoint_u,) = torch.autograd.grad((u * kernel(v)).sum(), v)   # K^T u by the backward pass
         # <u, K v> = <K^T u, v> up to float32 rounding of the lattice
-        assert float((u * kernel(v)).sum()) == pytest.approx(float((adjoint_u * v).sum()), rel=1e-5)
+        assert float((u * kernel(v)).sum().detach()) == pytest.approx(float((adjoint_u * v).sum()), rel=1e-5)
     assert _CompiledFilter is not None
 
 
