@@ -35,8 +35,9 @@ def cuda_extension():
                       stacklevel=2)
         _EXTENSION = load("segpost_C_cuda", sources, extra_cuda_cflags=["-O3"], verbose=False)
     except Exception as exc:  # no nvcc, no headers, a compiler error: fall back, loudly
-        warnings.warn(f"segpost: the CUDA lattice is unavailable ({exc}); using the pure-torch lattice on the GPU",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"segpost: the CUDA lattice is unavailable ({exc}); using the pure-torch lattice on the GPU "
+                      f"(much slower). Build it with a CUDA-enabled torch and nvcc: SEGPOST_CUDA=1 pip install "
+                      f"--no-build-isolation segpost (see docs/developers.md)", RuntimeWarning, stacklevel=2)
         _EXTENSION = None
     return _EXTENSION
 
@@ -61,6 +62,11 @@ class CudaLattice:
             out = out / self.filtered_ones()[:, None]
         out = out.to(values.dtype)
         return out[:, 0] if squeeze else out
+
+    def filter_rows(self, values, pre, post, transpose):
+        """``post * K(pre * values)`` (K^T with ``transpose``) for (N, C) rows; float32 scales or None."""
+        return self._ext.filter(self.corner_vertex, self.weights, self.neighbours, self.csr_start, self.csr_corner,
+                                values.float(), pre, post, bool(transpose))
 
     def filtered_ones(self):
         import torch

@@ -64,7 +64,9 @@ class TorchLattice:
         if not bool((elevated.abs() < 2.0**30).all()):
             raise ValueError("features span too large a range for the lattice's keys; use larger bandwidths")
         # Nearest multiple of d+1 (ties go down), as the C++ lattice.
-        v = elevated / d1
+        # A multiplication by 1 / (d+1), as csrc/simplex.h: a division rounds ties differently.
+        inverse_d1 = 1.0 / d1
+        v = elevated * inverse_d1
         lo = torch.floor(v)
         k = lo + ((v - lo) > 0.5).double()
         rem0 = k * d1
@@ -80,7 +82,7 @@ class TorchLattice:
         down = (s < 0) & (rank < -s)
         rem0 = rem0 - d1 * up.double() + d1 * down.double()
         rank = rank + s - d1 * up.long() + d1 * down.long()
-        delta = (elevated - rem0) / d1
+        delta = (elevated - rem0) * inverse_d1
         bary = torch.zeros(n, d + 2, device=device, dtype=torch.float64)
         bary.scatter_add_(1, d - rank, delta)
         bary.scatter_add_(1, d + 1 - rank, -delta)

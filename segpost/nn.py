@@ -58,40 +58,6 @@ def _crf_module_base():
     return torch.nn.Module
 
 
-def _filter_rows(lattice, values, pre, post, transpose):
-    """``post * K(pre * values)`` (K^T with ``transpose``) on a compiled lattice; (N, C) torch in, torch out.
-
-    The lattice computes in float32 and releases the GIL; the result has the values' dtype.
-    """
-    import torch
-
-    rows = np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32)
-    return torch.from_numpy(lattice.filter(rows, transpose, pre, post)).to(values.dtype)
-
-
-def _compiled_filter_function():
-    import torch
-
-    class CompiledFilter(torch.autograd.Function):
-        """A normalised lattice filter ``post * K(pre * v)`` whose gradient is the exact adjoint
-        ``pre * K^T(post * g)``: the lattice's blur axes in reverse order, the scales swapped."""
-
-        @staticmethod
-        def forward(ctx, values, lattice, pre, post):
-            ctx.operator = (lattice, pre, post)
-            return _filter_rows(lattice, values, pre, post, transpose=False)
-
-        @staticmethod
-        def backward(ctx, grad):
-            lattice, pre, post = ctx.operator
-            return _filter_rows(lattice, grad, post, pre, transpose=True), None, None, None
-
-    return CompiledFilter
-
-
-_CompiledFilter = _compiled_filter_function()
-
-
 class DenseCRF(_crf_module_base()):
     """A dense CRF as a differentiable layer (CRF-as-RNN, Zheng et al. 2015).
 
@@ -180,12 +146,13 @@ class DenseCRF(_crf_module_base()):
             self.register_buffer("compatibility", compat)
 
     def _compiled_filters(self, image):
-        """The two kernels of one (3, H, W) 0..255 image on the compiled lattice, as functions of (N, C) rows.
+        """The two kernels of one (3, H, W) 0..255 image on the compiled CPU lattice, as functions of (N, C) rows.
 
         Built as crf_refine builds them (``segpost.DenseCRF.add_gaussian`` /
         ``add_bilateral``: the same features, the smoothness lattice from the
         same per-size cache), with symmetric normalisation.
         """
+        from .crf.device import CompiledFilter
         from .crf.model import DenseCRF as Model
 
         _, h, w = image.shape
@@ -193,32 +160,19 @@ class DenseCRF(_crf_module_base()):
         model.add_gaussian(self.pos_xy, compat=1.0)
         colors = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
         model.add_bilateral(colors, self.bi_xy, self.bi_rgb, compat=1.0)
-        return [lambda q, op=op: _CompiledFilter.apply(q, *op) for op in model._kernel_operators]
+        return [lambda q, op=op: CompiledFilter.apply(q, *op) for op in model._kernel_operators]
 
-    def _torch_filters(self, image):
-        """The two kernels of one image on the torch lattice (or the GPU kernels in inference)."""
-        import torch
+    def _device_filters(self, image):
+        """The two kernels of one image on its device: the CUDA lattice (when built), or the torch lattice."""
+        from .crf.device import grid_features, kernel_filters
 
-        from ._cuda import lattice_for
-        from .lattice_torch import TorchLattice
-
-        # Training needs autograd through the filter (the torch lattice); inference
-        # on a GPU uses the CUDA kernels when they are built.
-        make = TorchLattice if torch.is_grad_enabled() or self.lattice == "torch" else lattice_for
-        _, h, w = image.shape
-        yy, xx = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float64),
-                                torch.arange(w, device=image.device, dtype=torch.float64), indexing="ij")
-        xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
-        colors = image.reshape(image.shape[0], -1).T
-        filters = []
-        for lattice in (make(xy / self.pos_xy), make(torch.cat([xy / self.bi_xy, colors / self.bi_rgb], 1))):
-            scale = lattice.filtered_ones().rsqrt()[:, None]
-            filters.append(lambda q, lattice=lattice, scale=scale: (
-                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))    # symmetric normalisation
-        return filters
+        return kernel_filters(grid_features(image, self.pos_xy, self.bi_xy, self.bi_rgb),
+                              compiled=self.lattice == "auto")
 
     def forward(self, logits, images):
         import torch
+
+        from .crf.device import mean_field
 
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
@@ -227,19 +181,12 @@ class DenseCRF(_crf_module_base()):
         if not logits.is_floating_point():
             raise TypeError(f"logits must be floating-point, got {logits.dtype}")
         b, c, h, w = logits.shape
-        images = _images_in_0_to_255(images)
-        compiled = self.lattice == "auto" and logits.device.type == "cpu"
+        images = _images_in_0_to_255(images.to(logits.device))
+        on_cpu = self.lattice == "auto" and logits.device.type == "cpu"
         outputs = []
         for i in range(b):
-            filters = self._compiled_filters(images[i]) if compiled else self._torch_filters(images[i])
-            unary = logits[i].reshape(c, -1).T                              # (N, C)
-            out = unary
-            for _ in range(self.iterations):
-                q = torch.softmax(out, dim=1)
-                messages = 0
-                for m, kernel in enumerate(filters):
-                    messages = messages + self.kernel_weights[m].to(out.dtype) * (
-                        kernel(q) @ self.compatibility[m].to(out.dtype).T)
-                out = unary + messages
+            filters = self._compiled_filters(images[i]) if on_cpu else self._device_filters(images[i])
+            weights = [self.kernel_weights[m].to(logits.dtype) for m in range(len(filters))]
+            out = mean_field(logits[i].reshape(c, -1).T, filters, weights, self.compatibility, self.iterations)
             outputs.append(out.T.reshape(c, h, w))
         return torch.stack(outputs)

@@ -335,9 +335,12 @@ class Pipeline:
             raise ValueError(f"the image is empty: {h}x{w}")
         t = _image_to_unit_range(t)
         original = None
-        if self.crf is not None:
-            original = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return t.to(self.device), original
+        t = t.to(self.device)
+        if self.crf is not None:  # the image the CRF sees, where it runs: a (C, H, W) tensor on a GPU
+            original = (t.clamp(0, 1) * 255).round().to(torch.uint8)
+            if self.device.type == "cpu":
+                original = original.permute(1, 2, 0).numpy()
+        return t, original
 
     def _view_size(self, h, w, scale):
         if scale == 1.0:
@@ -476,6 +479,9 @@ class Pipeline:
     def _finish(self, probs, original, return_probs):
         from .crf import crf_refine
 
+        if self.crf is not None and probs.device.type != "cpu":  # the CRF on the GPU too (crf_refine's device path)
+            labels, refined = crf_refine(original, probs=probs.float(), params=self.crf, return_probs=True)
+            return PipelineOutput(labels.cpu().numpy(), refined.cpu().numpy() if return_probs else None)
         probs_np = probs.float().cpu().numpy()
         if self.crf is not None:
             labels, refined = crf_refine(original, probs=np.ascontiguousarray(probs_np), params=self.crf, return_probs=True)

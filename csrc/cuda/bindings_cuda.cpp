@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <climits>
 #include <cmath>
 #include <vector>
 
@@ -23,6 +24,7 @@ void check(cudaError_t status, const char* what) {
 //          neighbour (d+1, M, 2) int32 shifted, csr_start (M+1) int64, csr_corner (N(d+1)) int32].
 std::vector<torch::Tensor> build(torch::Tensor features) {
   TORCH_CHECK(features.is_cuda() && features.dim() == 2, "features must be a 2-D CUDA tensor");
+  TORCH_CHECK(features.is_floating_point(), "features must be floating-point");
   const c10::cuda::CUDAGuard guard(features.device());
   features = features.to(torch::kFloat32).contiguous();
   const int64_t n = features.size(0);
@@ -30,6 +32,11 @@ std::vector<torch::Tensor> build(torch::Tensor features) {
   TORCH_CHECK(n >= 1 && d >= 1 && d <= segpost::cuda::kMaxDim, "need N >= 1 and 1 <= d <= ",
               segpost::cuda::kMaxDim, " on the GPU");
   const int d1 = d + 1;
+  // Corners are counted and indexed in int32 by the kernels and the CSR.
+  TORCH_CHECK(n * d1 < INT32_MAX, "too many points for the GPU lattice: N * (d + 1) = ", n * d1,
+              " must be below 2**31 - 1");
+  // Checked here, not left to the simplex kernel, which would report NaN as a key overflow.
+  TORCH_CHECK(torch::isfinite(features).all().item<bool>(), "features must be finite (NaN or infinite found)");
   auto stream = at::cuda::getCurrentCUDAStream();
   auto dev = features.options();
   // Scales and the origin moved by whole lattice periods (see the CPU lattice).
@@ -83,19 +90,36 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
                      torch::Tensor csr_start, torch::Tensor csr_corner, torch::Tensor values,
                      c10::optional<torch::Tensor> pre_scale, c10::optional<torch::Tensor> post_scale, bool transpose) {
   TORCH_CHECK(values.is_cuda() && values.dim() == 2, "values must be a 2-D CUDA tensor");
+  for (const torch::Tensor* part : {&weights, &neighbour, &csr_start, &csr_corner})
+    TORCH_CHECK(part->device() == corner_vertex.device(), "the lattice's tensors must share one device");
+  TORCH_CHECK(values.device() == corner_vertex.device(), "values (on ", values.device(),
+              ") must be on the lattice's device (", corner_vertex.device(), ")");
   const c10::cuda::CUDAGuard guard(values.device());
   values = values.to(torch::kFloat32).contiguous();
   const int64_t n = corner_vertex.size(0);
   const int d1 = static_cast<int>(corner_vertex.size(1));
   const int d = d1 - 1;
   const int64_t m = neighbour.size(1);
+  TORCH_CHECK(values.size(1) >= 1 && values.size(1) < INT32_MAX, "values must have 1 to 2**31 - 2 channels");
   const int c = static_cast<int>(values.size(1));
   TORCH_CHECK(values.size(0) == n, "values must have one row per lattice point");
+  // The scales as float32 tensors held here for the launches (a temporary's pointer would dangle).
+  auto row_scale = [&](const c10::optional<torch::Tensor>& scale, const char* name) {
+    if (!scale) return torch::Tensor();
+    TORCH_CHECK(scale->device() == values.device(), name, " must be on the lattice's device");
+    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == n, name, " must be 1-D with one entry per lattice point");
+    TORCH_CHECK(scale->is_floating_point(), name, " must be floating-point");
+    return scale->to(torch::kFloat32).contiguous();
+  };
+  const torch::Tensor pre_rows = row_scale(pre_scale, "pre_scale"), post_rows = row_scale(post_scale, "post_scale");
+  const float* pre = pre_rows.defined() ? pre_rows.data_ptr<float>() : nullptr;
+  const float* post = post_rows.defined() ? post_rows.data_ptr<float>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
-  auto grid = torch::zeros({m + 1, c}, values.options());
-  auto next = torch::zeros({m + 1, c}, values.options());
-  const float* pre = pre_scale ? pre_scale->contiguous().data_ptr<float>() : nullptr;
-  const float* post = post_scale ? post_scale->contiguous().data_ptr<float>() : nullptr;
+  // Splat and blur write every vertex row; only row 0 (the missing neighbour) must be zero.
+  auto grid = torch::empty({m + 1, c}, values.options());
+  auto next = torch::empty({m + 1, c}, values.options());
+  grid[0].zero_();
+  next[0].zero_();
   check(segpost::cuda::launch_splat(csr_start.data_ptr<int64_t>(), csr_corner.data_ptr<int32_t>(),
                                     weights.data_ptr<float>(), values.data_ptr<float>(), pre, m, d, c,
                                     grid.data_ptr<float>(), stream),

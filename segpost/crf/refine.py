@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, check_finite, intensity_scale, like_input, to_numpy, two_class_scores,
+    FLOAT32_MAX, MAX_CRF_SCORE, check_finite, intensity_scale, is_torch_tensor, like_input, to_numpy, two_class_scores,
     warn_if_probabilities,
 )
 from ..upsample import _resize_points
@@ -193,6 +193,23 @@ def _scores_fit_image(h, w, height, width):
     return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
 
 
+def _refine_on_device(image, logits, probs, params, iterations, align_corners, return_probs):
+    """crf_refine for CUDA tensors: everything on the scores' device (``segpost.crf.device``)."""
+    import torch
+
+    from .device import refine
+
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits (raw scores) or probs= (softmax probabilities)")
+    scores = logits if probs is None else probs
+    if not is_torch_tensor(scores):
+        scores = torch.as_tensor(np.asarray(scores))
+    if scores.device.type == "cpu" and is_torch_tensor(image):
+        scores = scores.to(image.device)
+    return refine(image, scores, probabilities=probs is not None, params=params, iterations=iterations,
+                  align_corners=align_corners, return_probs=return_probs)
+
+
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
                return_probs=False):
     """Refine a segmentation model's output with a dense CRF.
@@ -236,7 +253,11 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         The refined label map.
     probs : (C, H, W) float32
         With ``return_probs=True``: the CRF's marginals (sum to 1 over C).
-    Both are numpy arrays for numpy scores and CPU torch tensors for torch scores.
+    Both are numpy arrays for numpy scores, CPU torch tensors for CPU torch
+    scores, and tensors on the device for CUDA tensors: there everything
+    (validation, upsampling, lattices, mean field) runs on the GPU, on the
+    CUDA lattice when it is built (``SEGPOST_CUDA=1``), else on the pure-torch
+    lattice with a warning.
 
     Raises
     ------
@@ -268,6 +289,8 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
+    if any(is_torch_tensor(x) and x.device.type != "cpu" for x in (image, logits, probs)):
+        return _refine_on_device(image, logits, probs, p, its, align_corners, return_probs)
     name, scores, torch_scores = _scores(logits, probs)
     image_view = _image_channels_last(image)
     height, width, channels = image_view.shape

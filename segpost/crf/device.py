@@ -1,0 +1,248 @@
+"""The dense CRF in torch ops around a lattice: crf_refine on CUDA tensors, and nn.DenseCRF's mean field.
+
+One mean-field loop (:func:`mean_field`) serves ``crf_refine`` on the GPU and
+the training layer on every device; the kernels are normalised lattice
+filters ``s * K(s * q)`` with ``s = (K 1)^-1/2`` (symmetric normalisation,
+as the CPU path). On a GPU the lattice is the CUDA extension
+(``segpost._C_cuda``) when it is built, else
+:class:`segpost.lattice_torch.TorchLattice`. CPU tensors can take this path
+too (``refine``), on the C++ lattice: that is how the tests hold the code
+around the lattice equal to crf_refine's CPU path without a GPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import MAX_CRF_SCORE, intensity_scale, two_class_scores, warn_if_probabilities
+
+__all__ = ["mean_field", "grid_features", "kernel_filters", "refine"]
+
+# As the CPU path (crf_refine's unary_from_softmax clip).
+PROBABILITY_CLIP = 1e-5
+
+
+def _filter_rows(lattice, values, pre, post, transpose):
+    """``post * K(pre * values)`` (K^T with ``transpose``) on a compiled lattice (C++ or CUDA); rows in, rows out.
+
+    The compiled lattices compute in float32; the result has the values' dtype.
+    """
+    import torch
+
+    from .._cuda import CudaLattice
+
+    if isinstance(lattice, CudaLattice):
+        return lattice.filter_rows(values.detach(), pre, post, transpose).to(values.dtype)
+    rows = np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32)
+    return torch.from_numpy(lattice.filter(rows, transpose, pre, post)).to(values.dtype)
+
+
+def _compiled_filter_function():
+    import torch
+
+    class CompiledFilter(torch.autograd.Function):
+        """A normalised lattice filter ``post * K(pre * v)`` whose gradient is the exact adjoint
+        ``pre * K^T(post * g)``: the lattice's blur axes in reverse order, the scales swapped."""
+
+        @staticmethod
+        def forward(ctx, values, lattice, pre, post):
+            ctx.operator = (lattice, pre, post)
+            return _filter_rows(lattice, values, pre, post, transpose=False)
+
+        @staticmethod
+        def backward(ctx, grad):
+            lattice, pre, post = ctx.operator
+            return _filter_rows(lattice, grad, post, pre, transpose=True), None, None, None
+
+    return CompiledFilter
+
+
+CompiledFilter = _compiled_filter_function()
+
+
+def mean_field(scores, filters, weights, compatibility, iterations):
+    """``iterations`` mean-field updates of (N, C) scores (negative unary energies): the refined scores.
+
+    ``Q = softmax(scores)``, then ``out = scores + sum_m weights[m] * (filters[m](Q) @ C_m^T)`` and
+    ``Q = softmax(out)``; ``compatibility`` (M, C, C), or None for Potts (the identity). Differentiable in
+    the scores, weights and compatibilities when the filters are.
+    """
+    import torch
+
+    out = scores
+    for _ in range(iterations):
+        q = torch.softmax(out, dim=1)
+        messages = 0
+        for m, kernel in enumerate(filters):
+            filtered = kernel(q)
+            if compatibility is not None:
+                filtered = filtered @ compatibility[m].to(out.dtype).T
+            messages = messages + weights[m] * filtered
+        out = scores + messages
+    return out
+
+
+def grid_features(image, pos_xy, bi_xy, bi_rgb):
+    """The smoothness (N, 2) and appearance (N, 2 + C) features of a (C, H, W) image in 0..255 units.
+
+    Exactly as the CPU path builds them (``DenseCRF.add_gaussian`` /
+    ``add_bilateral``): float32 positions, x then y, ``arange * float32(1 /
+    sigma)``, and colours divided by a float32 bandwidth.
+    """
+    import torch
+
+    c, h, w = image.shape
+    device = image.device
+
+    def positions(sigma):
+        step = float(np.float32(1.0 / sigma))
+        xx = (torch.arange(w, device=device, dtype=torch.float32) * step).repeat(h)
+        yy = (torch.arange(h, device=device, dtype=torch.float32) * step).repeat_interleave(w)
+        return torch.stack([xx, yy], 1)
+
+    colours = image.reshape(c, -1).T.to(torch.float32) / torch.tensor(np.float32(bi_rgb), device=device)
+    return positions(pos_xy), torch.cat([positions(bi_xy), colours], 1)
+
+
+def _lattice(features, compiled):
+    """The compiled lattice for the features' device when ``compiled`` (CUDA when built; the C++ lattice for
+    CPU tensors), else the torch lattice."""
+    from .._cuda import CudaLattice, cuda_extension
+    from ..lattice import PermutohedralLattice
+    from ..lattice_torch import TorchLattice
+
+    if compiled and features.is_cuda:
+        extension = cuda_extension()
+        if extension is not None and features.shape[1] <= 16:
+            return CudaLattice(features.detach(), extension)
+    elif compiled and features.device.type == "cpu":
+        return PermutohedralLattice(features.detach().numpy())
+    return TorchLattice(features)
+
+
+def kernel_filters(features, *, compiled=True):
+    """Normalised filters ``q -> s * K(s * q)`` of each feature set, each lattice built once.
+
+    With ``compiled``, a compiled lattice (CUDA for CUDA features when built,
+    C++ for CPU features) through :data:`CompiledFilter`, whose gradient is
+    the exact adjoint; otherwise the torch lattice, differentiable through
+    autograd. The scales are the CPU path's (``model._normalization_scales``).
+    """
+    import torch
+
+    from .._cuda import CudaLattice
+    from ..lattice import PermutohedralLattice
+    from .model import _normalization_scales
+
+    filters = []
+    for feature_set in features:
+        lattice = _lattice(feature_set, compiled)
+        if isinstance(lattice, PermutohedralLattice):
+            ones = lattice._lattice.filter_ones().astype(np.float64)
+            rows, _ = _normalization_scales(ones, "symmetric")
+            operator = (lattice._lattice, rows, rows)
+        elif isinstance(lattice, CudaLattice):
+            rows = 1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20)
+            rows = rows.float().contiguous()
+            operator = (lattice, rows, rows)
+        else:
+            scale = (1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20))[:, None]
+            filters.append(lambda q, lattice=lattice, scale=scale: (
+                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))
+            continue
+        filters.append(lambda q, operator=operator: CompiledFilter.apply(q, *operator))
+    return filters
+
+
+def _check_device_memory(num_points, num_classes, feature_dims, device):
+    """MemoryError before allocating a GPU CRF that cannot fit in the device's free memory."""
+    import torch
+
+    if device.type != "cuda":
+        return
+    # Scores, Q, messages, the resize and a filter's input/output per class; per term the corners'
+    # vertex ids, weights and CSR entries and about as many vertex rows of C floats, twice (blur).
+    estimate = num_points * num_classes * 4 * 8
+    estimate += sum(num_points * (d + 1) * (4 + 4 + 4 + 8 + 2 * num_classes * 4) for d in feature_dims)
+    free, _ = torch.cuda.mem_get_info(device)
+    if estimate > free:
+        raise MemoryError(f"this CRF needs about {estimate / 2**30:.1f} GiB of GPU memory ({num_points} points x "
+                          f"{num_classes} labels), more than the {free / 2**30:.1f} GiB free on {device}; downscale "
+                          f"the image or refine it in tiles")
+
+
+def refine(image, scores, *, probabilities, params, iterations, align_corners, return_probs, compiled=True):
+    """crf_refine in torch ops on the scores' device; see :func:`segpost.crf_refine` for the arguments.
+
+    ``scores``: a (C, h, w) tensor (logits, or probabilities with
+    ``probabilities``); ``image``: (H, W, C) numpy or (C, H, W) / (H, W)
+    tensor (moved to the scores' device). Returns device tensors.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .refine import _scores_fit_image
+
+    name = "probs" if probabilities else "logits"
+    device = scores.device
+    if not scores.is_floating_point():
+        raise TypeError(f"{name} must be floating-point, got dtype {scores.dtype}")
+    if scores.ndim != 3 or 0 in scores.shape:
+        raise ValueError(f"{name} must be a non-empty (C, h, w) tensor, got shape {tuple(scores.shape)}")
+    scores = scores.detach().float()
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{name} must be finite, but some entries are NaN or infinite")
+    if float(scores.abs().max()) > MAX_CRF_SCORE:
+        raise ValueError(f"{name} hold values beyond the {MAX_CRF_SCORE:.3g} that segpost accepts; rescale {name}")
+    if scores.shape[0] == 1:
+        scores = two_class_scores(scores, probabilities=probabilities)
+    elif not probabilities and scores.shape[0] >= 2:
+        sample = scores[:, :: max(1, scores.shape[1] // 64), :: max(1, scores.shape[2] // 64)]
+        warn_if_probabilities(sample.cpu().numpy())
+    if probabilities:
+        total = scores.double().sum(0)
+        if float(scores.min()) < -1e-6 or float((total - 1).abs().max()) > max(1e-3, scores.shape[0] * 1.2e-7):
+            raise ValueError("probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead")
+
+    if isinstance(image, torch.Tensor):
+        img = image.detach().to(device)
+        img = img[None] if img.ndim == 2 else img
+        if img.ndim != 3:
+            raise ValueError(f"image must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+    else:
+        arr = np.asarray(image)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if arr.ndim != 3:
+            raise ValueError(f"image must be (H, W, C) or (H, W), got shape {arr.shape}")
+        img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).to(device)
+    channels, height, width = img.shape
+    if height == 0 or width == 0 or channels == 0 or channels > 16:
+        raise ValueError(f"image must be non-empty with at most 16 channels, got shape {tuple(img.shape)}")
+    kind = "f" if img.is_floating_point() else ("b" if img.dtype == torch.bool else "i")
+    values = img.float()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("image must be finite")
+    colours = values * intensity_scale(kind, float(values.min()), float(values.max()))
+    num_classes, h, w = scores.shape
+    if h > height or w > width:
+        raise ValueError(f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples")
+    if not _scores_fit_image(h, w, height, width):
+        raise ValueError(f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image; are they "
+                         f"transposed?")
+    _check_device_memory(height * width, num_classes, [2, 2 + channels], device)
+
+    if (h, w) != (height, width):
+        scores = F.interpolate(scores[None], size=(height, width), mode="bilinear",
+                               align_corners=bool(align_corners))[0]
+    rows = scores.reshape(num_classes, -1).T
+    if probabilities:
+        rows = rows.clamp(PROBABILITY_CLIP, 1.0).log()
+    smooth, appearance = grid_features(colours, params.pos_xy, params.bi_xy, params.bi_rgb)
+    terms = [(float(weight), features) for weight, features in ((params.pos_weight, smooth),
+                                                               (params.bi_weight, appearance)) if weight > 0]
+    filters = kernel_filters([features for _, features in terms], compiled=compiled)
+    with torch.no_grad():
+        out = mean_field(rows, filters, [weight for weight, _ in terms], None, iterations)
+    labels = out.argmax(1).reshape(height, width)
+    if not return_probs:
+        return labels
+    return labels, torch.softmax(out, dim=1).T.reshape(num_classes, height, width)
