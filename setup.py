@@ -3,7 +3,10 @@
 The CPU core, ``segpost._C``, is bound with pybind11 over plain buffers, so
 building and installing segpost never depends on the torch ABI. With
 ``SEGPOST_CUDA=1`` (and a CUDA-enabled torch with nvcc) the GPU kernels are
-built too, as ``segpost._C_cuda``.
+built too, as ``segpost._C_cuda``: ``CUDA_HOME`` names the toolkit,
+``CUDA_INC_PATH`` (paths separated by ``:``) extra headers, and
+``TORCH_CUDA_ARCH_LIST`` the architectures (default, without a visible GPU:
+``DEFAULT_CUDA_ARCHITECTURES``).
 
 ``SEGPOST_SANITIZE=1`` builds with AddressSanitizer and UBSan (``make
 sanitize``). The translation units compile in parallel, one per core
@@ -24,6 +27,30 @@ CPU_HEADERS = ["csrc/*.h", "csrc/cpu/*.h", "csrc/cpu/mean_field/*.h"]
 
 def _files(patterns):
     return sorted(path for pattern in patterns for path in glob(pattern))
+
+
+# Built for when no GPU is there to ask (a build host, CI): Ampere, Ada, Hopper, and PTX for what comes next.
+DEFAULT_CUDA_ARCHITECTURES = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _paths(variable):
+    return [path for path in os.environ.get(variable, "").split(os.pathsep) if path]
+
+
+def _default_cuda_architectures():
+    """Set TORCH_CUDA_ARCH_LIST when it is unset and no GPU is visible.
+
+    torch would otherwise ask the (absent) GPU for its architecture and fail
+    after the whole CPU build.
+    """
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHITECTURES
+        print(f"segpost: no GPU visible, building the CUDA kernels for {DEFAULT_CUDA_ARCHITECTURES} "
+              f"(set TORCH_CUDA_ARCH_LIST to choose)")
 
 
 def get_extensions():
@@ -63,13 +90,15 @@ def get_extensions():
     if os.environ.get("SEGPOST_CUDA", "0") == "1":
         # The GPU kernels need a CUDA-enabled torch and nvcc; without this switch
         # segpost builds CPU-only (the first GPU call can compile them just in time).
+        _default_cuda_architectures()
         from torch.utils.cpp_extension import CUDAExtension
 
         extensions.append(
             CUDAExtension(
                 "segpost._C_cuda",
                 ["csrc/cuda/permutohedral_cuda.cu", "csrc/cuda/bindings_cuda.cpp"],
-                include_dirs=[os.path.abspath("csrc/cuda")],
+                # CUDA_INC_PATH: headers of a toolkit assembled from nvidia-* wheels (cuBLAS, cuSPARSE, ...).
+                include_dirs=[os.path.abspath("csrc/cuda"), *_paths("CUDA_INC_PATH")],
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
             )
         )
