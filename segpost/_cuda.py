@@ -75,14 +75,3 @@ class CudaLattice:
             ones = torch.ones(self.num_points, 1, device=self.weights.device)
             self._ones = self.filter(ones)[:, 0]
         return self._ones
-
-
-def lattice_for(features):
-    """The fastest lattice for these features' device: the CUDA kernels on a GPU when built, else TorchLattice."""
-    from .lattice_torch import TorchLattice
-
-    if features.is_cuda and not features.requires_grad:
-        ext = cuda_extension()
-        if ext is not None and features.shape[1] <= 16:
-            return CudaLattice(features, ext)
-    return TorchLattice(features)

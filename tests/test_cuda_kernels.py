@@ -23,12 +23,14 @@ def test_cuda_kernels_compile(tmp_path):
     assert (tmp_path / "permutohedral_cuda.o").stat().st_size > 0
 
 
-def test_without_a_gpu_the_torch_lattice_is_used():
+def test_each_device_gets_its_lattice():
     torch = pytest.importorskip("torch")
-    from segpost._cuda import lattice_for
+    import segpost
+    from segpost.crf.device import _lattice
     from segpost.lattice_torch import TorchLattice
 
-    assert isinstance(lattice_for(torch.rand(10, 2)), TorchLattice)
+    assert isinstance(_lattice(torch.rand(10, 2), compiled=True), segpost.PermutohedralLattice)  # the C++ one
+    assert isinstance(_lattice(torch.rand(10, 2), compiled=False), TorchLattice)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
