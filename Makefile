@@ -10,6 +10,7 @@
 #   make test                 the whole test suite (CI: `.ci/run`)
 #   make test WHEEL=f.whl     the same against a wheel built elsewhere (CI builds it from the sdist)
 #   make dev && make dev-test an editable install and an in-tree run, for quick edits
+#   make docs                 the API reference (HTML in docs/_build/html), warnings are errors
 #   make sanitize             the whole suite on an ASan + UBSan build (then `make test` reinstalls the normal one)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
@@ -22,7 +23,7 @@ PREFIX := $(shell $(PYTHON) -c 'import sys; print(sys.prefix)')
 SOURCES := setup.py pyproject.toml MANIFEST.in LICENSE README.md constraints.txt \
 	$(shell find segpost csrc -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name py.typed \))
 
-.PHONY: install install-test demo test dev dev-test sanitize bench clean
+.PHONY: install install-test demo test docs dev dev-test sanitize bench clean
 
 # The wheel, built in place: setuptools' build/ keeps the compiled extension
 # until a C++ source or header changes.
@@ -57,6 +58,13 @@ demo: install
 # checks that the package under test is the installed one.
 test: install-test
 	SEGPOST_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests --pyargs segpost
+
+# The API reference from the installed package's docstrings; any Sphinx warning fails it.
+docs: install
+	$(PIP) install -q -c $(CONSTRAINTS) sphinx
+	rm -rf $(CURDIR)/docs/_build
+	PYTHONSAFEPATH=1 $(PYTHON) -m sphinx -W -q -b html $(CURDIR)/docs $(CURDIR)/docs/_build/html
+	@echo "API reference: $(CURDIR)/docs/_build/html/index.html"
 
 dev: $(PREFIX)/.segpost-test-stamp
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,viz]"

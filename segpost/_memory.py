@@ -20,6 +20,11 @@ __all__ = ["cached_memory_bytes", "release_cached_memory", "set_memory_cache_lim
 def cached_memory_bytes() -> int:
     """Bytes of freed buffers the kernels keep for reuse.
 
+    Returns
+    -------
+    int
+        At most the cache limit (``set_memory_cache_limit``, ``SEGPOST_MEMORY_CACHE_MB``).
+
     Examples
     --------
     >>> import segpost

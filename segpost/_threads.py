@@ -16,6 +16,11 @@ __all__ = ["get_num_threads", "set_num_threads"]
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use (all cores by default).
 
+    Returns
+    -------
+    int
+        ``set_num_threads``'s value, or ``SEGPOST_NUM_THREADS``, or the cores.
+
     Examples
     --------
     >>> import segpost

@@ -190,7 +190,27 @@ def tune_crf(images, probs, targets, *, num_classes=None, grid=None, metric="mio
     table : list of dict
         One row per setting with its fields and score, best first.
 
-    Each crf_refine already uses all cores (segpost.set_num_threads).
+    Raises
+    ------
+    ValueError
+        If the sequences are empty or differ in length, the metric is
+        unknown, or the grid names a field CRFParams does not have.
+
+    Notes
+    -----
+    Each crf_refine already uses all cores (``segpost.set_num_threads``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimage import data
+    >>> from segpost import tune_crf
+    >>> image = data.astronaut()[:32, :32]
+    >>> target = (image.mean(axis=2) > 100).astype(np.int64)
+    >>> probs = np.stack([1 - target, target]).astype(np.float32) * 0.8 + 0.1   # a blurry model
+    >>> best, table = tune_crf([image], [probs], [target], grid={"bi_weight": (3, 5)}, progress=False)
+    >>> len(table), best.bi_weight in (3, 5)
+    (2, True)
     """
     from tqdm.auto import tqdm
 

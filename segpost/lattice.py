@@ -19,7 +19,7 @@ class PermutohedralLattice:
 
     Filtering approximates the Gaussian sum
     ``out_i ~ sum_j exp(-|f_i - f_j|^2 / 2) v_j`` in O(N d^2) time, following
-    Adams, Baek & Davis (2010). Construction hashes each point's enclosing
+    Adams, Baek & Davis (2010) [Adams2010]_. Construction hashes each point's enclosing
     simplex once; :meth:`filter` then does no hashing, so building one lattice
     per image and filtering every label and iteration through it is cheap.
 
@@ -64,7 +64,7 @@ class PermutohedralLattice:
 
     References
     ----------
-    .. [1] A. Adams, J. Baek, M. A. Davis. "Fast High-Dimensional Filtering
+    .. [Adams2010] A. Adams, J. Baek, M. A. Davis. "Fast High-Dimensional Filtering
        Using the Permutohedral Lattice". Computer Graphics Forum 29(2), 2010.
 
     Examples

@@ -13,6 +13,20 @@ def linear_to_conv1x1(linear):
     logits the Linear gives for that position's feature vector: the FCN recipe
     for turning a classification network fully convolutional.
 
+    Parameters
+    ----------
+    linear : torch.nn.Linear
+
+    Returns
+    -------
+    torch.nn.Conv2d
+        On the Linear's device, in its dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``linear`` is not a ``torch.nn.Linear``.
+
     Examples
     --------
     >>> import torch
@@ -87,6 +101,11 @@ class DenseCRF(_crf_module_base()):
     :class:`segpost.lattice_torch.TorchLattice` (pure torch ops, autograd
     through them; the reference the compiled path is tested against).
 
+    Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
+    0..255, floats [0, 1]; anything else (an ImageNet-normalised batch, a
+    0..255 float tensor) raises instead of running a colour-blind CRF. A batch
+    is refined image by image, each with its own lattices.
+
     Parameters
     ----------
     num_classes : int
@@ -100,11 +119,6 @@ class DenseCRF(_crf_module_base()):
     lattice : {"auto", "torch"}, keyword-only
         "auto": the compiled lattice on the CPU, the GPU kernels or the torch
         lattice elsewhere; "torch": the torch lattice everywhere.
-
-    Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
-    0..255, floats [0, 1]; anything else (an ImageNet-normalised batch, a
-    0..255 float tensor) raises instead of running a colour-blind CRF. A batch
-    is refined image by image, each with its own lattices.
 
     Examples
     --------

@@ -21,7 +21,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass
 class PipelineOutput:
-    """Prediction for one image: ``labels`` (H, W) int64 and, on request, ``probs`` (C, H, W) float32."""
+    """What :class:`Pipeline` returns for one image.
+
+    Attributes
+    ----------
+    labels : (H, W) int64 ndarray
+        At the image's original size.
+    probs : (C, H, W) float32 ndarray or None
+        The merged (and, with ``crf=``, refined) probabilities, with
+        ``return_probs=True``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from segpost import Pipeline
+    >>> out = Pipeline(torch.nn.Conv2d(3, 2, 1))(np.zeros((4, 6, 3), np.uint8), return_probs=True)
+    >>> out.labels.shape, out.probs.shape
+    ((4, 6), (2, 4, 6))
+    """
 
     labels: np.ndarray
     probs: np.ndarray | None = None
@@ -86,6 +103,10 @@ def mask_queries_to_logits(output):
     output : Mapping or object
         With ``class_queries_logits`` (B, Q, C + 1) and
         ``masks_queries_logits`` (B, Q, h, w).
+
+    Returns
+    -------
+    (B, C, h, w) float32 torch.Tensor
 
     Examples
     --------

@@ -190,6 +190,22 @@ def resize_labels(labels, size):
 def deeplab_size(dim, scale):
     """DeepLab's resized length ``int((dim - 1) * scale + 1)`` (65 <-> 513 at x8), for align_corners models.
 
+    Parameters
+    ----------
+    dim : int
+        A length, >= 1.
+    scale : float
+        The resize factor, > 0.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` < 1 or ``scale`` is not a positive finite number.
+
     Examples
     --------
     >>> from segpost import deeplab_size
@@ -205,8 +221,30 @@ def deeplab_size(dim, scale):
 def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
     """Pad the bottom and right of ``image`` so that the given axes are multiples of ``multiple``.
 
-    Returns ``(padded, original_size)``; :func:`crop_to` undoes it. Works on
-    numpy arrays and torch tensors (any leading axes).
+    :func:`crop_to` undoes it. Works on numpy arrays and torch tensors (any
+    leading axes).
+
+    Parameters
+    ----------
+    image : array_like or torch.Tensor
+    multiple : int
+        The multiple, >= 1 (a model's output stride).
+    value : number, keyword-only
+        The padding value.
+    axes : pair of int, keyword-only
+        The axes to pad (default the last two).
+
+    Returns
+    -------
+    padded : ndarray or torch.Tensor
+        ``image`` itself when nothing needs padding.
+    original_size : tuple of int
+        The sizes of ``axes`` before padding.
+
+    Raises
+    ------
+    ValueError
+        If ``multiple`` < 1.
 
     Examples
     --------
@@ -239,7 +277,28 @@ def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
 
 
 def crop_to(x, size, *, axes=(-2, -1)):
-    """The top-left ``size`` region of ``x`` along ``axes`` (undoes :func:`pad_to_multiple`)."""
+    """The top-left ``size`` region of ``x`` along ``axes`` (undoes :func:`pad_to_multiple`).
+
+    Parameters
+    ----------
+    x : ndarray or torch.Tensor
+    size : sequence of int
+        One size per axis.
+    axes : sequence of int, keyword-only
+        Default the last two.
+
+    Returns
+    -------
+    ndarray or torch.Tensor
+        A view of ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import crop_to
+    >>> crop_to(np.zeros((3, 8, 8)), (5, 7)).shape
+    (3, 5, 7)
+    """
     index = [slice(None)] * x.ndim
     for a, s in zip(axes, size):
         index[a % x.ndim] = slice(0, int(s))
@@ -319,9 +378,32 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     sigma_color : float, keyword-only
         In the guide's intensity units.
 
+    align_corners : bool, keyword-only
+        Where the coarse samples sit: pixel centres (False, PyTorch's
+        default) or corners (DeepLab-style sizes).
+
     Returns
     -------
-    (C, H, W) float32, the scores' array type.
+    (C, H, W) float32
+        numpy for numpy scores, torch for torch scores.
+
+    Raises
+    ------
+    ValueError
+        On empty or non-finite scores, scores larger than the guide, or
+        non-positive bandwidths.
+    TypeError
+        If the scores are not floating-point.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skimage import data
+    >>> from segpost import joint_bilateral_upsample
+    >>> guide = data.astronaut()[:64, :64]
+    >>> coarse = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    >>> joint_bilateral_upsample(coarse, guide, sigma_spatial=8, sigma_color=20).shape
+    (3, 64, 64)
     """
     from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 

@@ -12,7 +12,16 @@ __all__ = ["voc_palette", "colorize", "overlay", "plot_confusion_matrix", "side_
 
 
 def voc_palette(num_colors=256):
-    """The PASCAL VOC colour map: (num_colors, 3) uint8; class 255 (void) is light grey-ish as in VOC files.
+    """The PASCAL VOC colour map, as VOC's palette PNGs carry it.
+
+    Parameters
+    ----------
+    num_colors : int
+        Colours to return (default 256; class 255, VOC's void, is light grey-ish).
+
+    Returns
+    -------
+    (num_colors, 3) uint8
 
     Examples
     --------
@@ -42,7 +51,20 @@ def _labels_array(labels):
 def colorize(labels, palette="voc"):
     """An (H, W, 3) uint8 picture of a label map.
 
-    ``palette``: "voc" or a (N, 3) array; labels beyond the palette wrap around, negative ones are black.
+    Parameters
+    ----------
+    labels : (H, W) integer array_like or torch.Tensor
+    palette : "voc" or (N, 3) array_like
+        Labels beyond the palette wrap around; negative ones are black.
+
+    Returns
+    -------
+    (H, W, 3) uint8
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` is not an (H, W) integer map or the palette is not (N, 3).
 
     Examples
     --------
@@ -62,7 +84,34 @@ def colorize(labels, palette="voc"):
 
 
 def overlay(image, labels, alpha=0.5, palette="voc"):
-    """The image with the coloured label map blended on top (``alpha`` = weight of the labels)."""
+    """The image with the coloured label map blended on top.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, 3) array_like
+        uint8, or floats in [0, 1].
+    labels : (H, W) integer array_like or torch.Tensor
+    alpha : float
+        The labels' weight, in [0, 1].
+    palette : "voc" or (N, 3) array_like
+
+    Returns
+    -------
+    (H, W, 3) uint8
+
+    Raises
+    ------
+    ValueError
+        If the sizes differ or ``alpha`` is outside [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.viz import overlay
+    >>> image = np.full((2, 2, 3), 200, np.uint8)
+    >>> overlay(image, np.array([[0, 1], [1, 0]]), alpha=0.5)[0, 1].tolist()  # VOC class 1 is (128, 0, 0)
+    [164, 100, 100]
+    """
     img = np.asarray(image)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
@@ -88,7 +137,30 @@ def _pyplot():
 
 
 def plot_confusion_matrix(result, *, class_names=None, normalize=True, ax=None):
-    """Heatmap of a confusion matrix (a SegMetricsResult or a (K, K) array), rows normalised to recall."""
+    """Heatmap of a confusion matrix, rows normalised to recall (needs matplotlib: ``segpost[viz]``).
+
+    Parameters
+    ----------
+    result : SegMetricsResult or (K, K) array_like
+    class_names : sequence of str, keyword-only, optional
+        Default the result's names, or the indices.
+    normalize : bool, keyword-only
+        Divide each row by its total (recall on the diagonal).
+    ax : matplotlib Axes, keyword-only, optional
+        Draw into it instead of a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.viz import plot_confusion_matrix
+    >>> figure = plot_confusion_matrix(np.array([[5, 1], [2, 8]]), class_names=["sky", "road"])
+    >>> figure.axes[0].get_xlabel()
+    'prediction'
+    """
     plt = _pyplot()
     cm = np.asarray(getattr(result, "confusion", result), np.float64)
     names = class_names or getattr(result, "class_names", None) or [str(i) for i in range(len(cm))]
@@ -110,9 +182,36 @@ def plot_confusion_matrix(result, *, class_names=None, normalize=True, ax=None):
 
 
 def side_by_side(panels, titles, *, errors=None, path=None, suptitle=None):
-    """A row of pictures with titles; ``errors`` (same length, boolean maps or None) are painted red.
+    """A row of pictures with titles, errors painted red (needs matplotlib: ``segpost[viz]``).
 
-    Returns the matplotlib Figure (saved to ``path`` if given).
+    Parameters
+    ----------
+    panels : sequence of (H, W, 3) uint8 arrays
+    titles : sequence of str
+        One per panel.
+    errors : sequence of (H, W) bool arrays or None, keyword-only, optional
+        Pixels to paint red in each panel.
+    path : str or Path, keyword-only, optional
+        Also save the figure there.
+    suptitle : str, keyword-only, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If panels and titles differ in number.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.viz import side_by_side
+    >>> picture = np.zeros((4, 4, 3), np.uint8)
+    >>> figure = side_by_side([picture, picture], ["before", "after"], errors=[None, picture[..., 0] == 0])
+    >>> len(figure.axes)
+    2
     """
     plt = _pyplot()
     if len(panels) != len(titles):

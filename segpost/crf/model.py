@@ -146,13 +146,13 @@ class DenseCRF:
 
     Energy ``E(x) = sum_i U_i(x_i) + sum_{i<j} sum_m mu_m(x_i, x_j) k_m(f^m_i, f^m_j)``
     with ``k_m(f_i, f_j) = exp(-|f_i - f_j|^2 / 2)`` on features already divided
-    by their bandwidths (Krähenbühl & Koltun 2011). Each pairwise term builds
+    by their bandwidths (Krähenbühl & Koltun 2011 [Kraehenbuehl2011]_). Each pairwise term builds
     one permutohedral lattice when it is added; every iteration and every
     label then reuses it, and all labels are filtered together.
 
     Parameters
     ----------
-    unary : (L, N) or (L, *spatial) array_like or torch.Tensor
+    unary : (L, N) or (L, H, W, ...) array_like or torch.Tensor
         Negative log-probabilities (any per-point constant is irrelevant), finite
         floats. A (L, H, W) unary makes ``add_gaussian``/``add_bilateral`` use
         the (H, W) grid; N-D grids (volumes, video) work the same way.
@@ -179,7 +179,7 @@ class DenseCRF:
 
     References
     ----------
-    .. [1] P. Krähenbühl, V. Koltun. "Efficient Inference in Fully Connected CRFs
+    .. [Kraehenbuehl2011] P. Krähenbühl, V. Koltun. "Efficient Inference in Fully Connected CRFs
        with Gaussian Edge Potentials". NIPS 2011.
 
     Examples
@@ -324,7 +324,7 @@ class DenseCRF:
 
         Parameters
         ----------
-        image : (*spatial, C) or (*spatial) array_like or torch.Tensor
+        image : (H, W, ..., C) or (H, W, ...) array_like or torch.Tensor
             Any real dtype, on the CRF's grid; intensities in their own units.
         sigma : float or sequence of float
             Spatial bandwidth per axis, > 0.

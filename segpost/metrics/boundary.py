@@ -51,6 +51,15 @@ class BoundaryIoUResult(_BoundaryResult):
         dataset-level Boundary IoU (``SegMetrics(boundary=True)`` does).
     width : int
         The band's width d in pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import boundary_iou
+    >>> target = np.zeros((16, 16), int); target[4:12, 4:12] = 1
+    >>> result = boundary_iou(target, target, 2, width=1)
+    >>> result.miou, result.as_dict()["width"]
+    (1.0, 1)
     """
 
     iou: np.ndarray
@@ -75,6 +84,15 @@ class BoundaryFScoreResult(_BoundaryResult):
         precision = pred_matched / pred_boundary, recall = target_matched / target_boundary.
     tolerance : float
         The matching distance in pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import boundary_fscore
+    >>> target = np.zeros((8, 8), int); target[:, 4:] = 1
+    >>> result = boundary_fscore(target, target)
+    >>> result.fscore, result.pred_boundary
+    (1.0, 16)
     """
 
     fscore: float
@@ -101,6 +119,15 @@ class TrimapResult(_BoundaryResult):
         The band's confusion matrix (rows = target, columns = prediction).
     width : float
         The band's half-width in pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import trimap_metrics
+    >>> target = np.zeros((8, 8), int); target[:, 4:] = 1
+    >>> result = trimap_metrics(target, target, 2, width=1)
+    >>> result.accuracy, result.num_pixels
+    (1.0, 32)
     """
 
     accuracy: float
@@ -144,7 +171,23 @@ def _ignored(target, ignore):
 
 
 def label_boundaries(labels):
-    """Boolean map of pixels whose 4-neighbourhood holds another label."""
+    """Boolean map of pixels whose 4-neighbourhood holds another label (both sides of every edge).
+
+    Parameters
+    ----------
+    labels : (H, W) array_like
+
+    Returns
+    -------
+    (H, W) bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import label_boundaries
+    >>> label_boundaries(np.array([[0, 0, 1, 1]])).astype(int)
+    array([[0, 1, 1, 0]])
+    """
     labels = np.asarray(labels)
     edge = np.zeros(labels.shape, bool)
     diff_y = labels[1:, :] != labels[:-1, :]
@@ -187,13 +230,13 @@ def _band_labels(labels, d, num_classes):
 
 
 def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None):
-    """Boundary IoU (Cheng et al. 2021) for multi-class label maps, as the official code computes it.
+    """Boundary IoU (Cheng et al. 2021 [Cheng2021]_) for multi-class label maps, as the official code computes it.
 
     For each class c, the band of a mask is the official ``mask_to_boundary``:
     ``mask - erode(pad(mask, 1, value 0), 3x3 square, d iterations)``,
     cropped back: the mask's pixels within ``d`` pixels (a square, Chebyshev
     distance) of its contour, the image border counting as contour. The
-    class's Boundary IoU is |G_d & P_d| / |G_d | P_d| over the target's and
+    class's Boundary IoU is ``|G_d & P_d| / |G_d | P_d|`` over the target's and
     the prediction's bands. ``d = round(dilation_ratio x image diagonal)``
     (default 2%, at least 1 pixel) unless ``width`` gives it in pixels.
     Ignored target pixels are left out of both bands (the band itself is
@@ -223,7 +266,7 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
 
     References
     ----------
-    .. [1] B. Cheng, R. Girshick, P. Dollár, A. C. Berg, A. Kirillov. "Boundary IoU:
+    .. [Cheng2021] B. Cheng, R. Girshick, P. Dollár, A. C. Berg, A. Kirillov. "Boundary IoU:
        Improving Object-Centric Image Segmentation Evaluation". CVPR 2021.
        Reference code: github.com/bowenc0221/boundary-iou-api,
        ``boundary_iou/utils/boundary_utils.py``.
@@ -269,6 +312,18 @@ def boundary_fscore(pred, target, *, tolerance=2, ignore_index=None):
     within ``tolerance`` (Euclidean) of it, and vice versa for recall. Pixels
     whose target is ignored take no part.
 
+    Parameters
+    ----------
+    pred, target : (H, W) integer arrays or tensors
+    tolerance : float, keyword-only
+        The matching distance in pixels, >= 0.
+    ignore_index : int or sequence of int, keyword-only, optional
+
+    Raises
+    ------
+    ValueError
+        On shapes that differ or are not (H, W), empty maps, a negative tolerance.
+
     Returns
     -------
     BoundaryFScoreResult
@@ -311,6 +366,19 @@ def trimap_metrics(pred, target, num_classes, *, width=5, ignore_index=None):
 
     The "trimap" evaluation of the DenseCRF and DeepLab papers: it isolates
     the pixels near edges, where a CRF helps.
+
+    Parameters
+    ----------
+    pred, target : (H, W) integer arrays or tensors
+    num_classes : int
+    width : float, keyword-only
+        The band's half-width in pixels (Euclidean), >= 1.
+    ignore_index : int or sequence of int, keyword-only, optional
+
+    Raises
+    ------
+    ValueError
+        On shapes that differ or are not (H, W), empty maps, a width below 1.
 
     Returns
     -------

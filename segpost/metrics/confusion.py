@@ -23,8 +23,24 @@ _SUB_HISTOGRAM_BINS = 1 << 16
 
 
 class ConfusionResult(np.ndarray):
-    """A (K, K) int64 confusion matrix (rows = target, columns = prediction) that
-    also reports ``num_invalid``: labels dropped with ``on_invalid="ignore"``."""
+    """A (K, K) int64 confusion matrix (rows = target, columns = prediction), what
+    :func:`confusion_matrix` returns for numpy inputs.
+
+    A numpy array in every respect, with one more attribute.
+
+    Attributes
+    ----------
+    num_invalid : int
+        Pixels dropped for labels outside [0, K) with ``on_invalid="ignore"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import confusion_matrix
+    >>> cm = confusion_matrix(np.array([0, 1, 7]), np.array([0, 1, 1]), 2, on_invalid="ignore")
+    >>> cm.tolist(), cm.num_invalid
+    ([[1, 0], [0, 1]], 1)
+    """
 
     num_invalid: int = 0
 
@@ -338,8 +354,17 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
     return out
 
 
-def warmup():
-    """Compile (or load from the disk cache) the confusion kernels for every integer dtype now."""
+def warmup() -> None:
+    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now.
+
+    The first confusion matrix of a process otherwise pays it (about 3 s after
+    an install, under 1 s from the cache).
+
+    Examples
+    --------
+    >>> from segpost.metrics import warmup
+    >>> warmup()
+    """
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64):
         a = np.zeros(4, dtype)
         confusion_matrix(a, a, 2)

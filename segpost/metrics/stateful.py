@@ -50,6 +50,16 @@ class SegMetricsResult:
         ``segpost.metrics.boundary_iou`` counts them per image.
     mboundary_iou : float or None
         Their mean over classes with a band (and not excluded).
+    
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost import SegMetrics
+    >>> metrics = SegMetrics(2, class_names=["sky", "road"])
+    >>> metrics.update(np.array([[0, 1], [1, 1]]), np.array([[0, 1], [0, 1]]))
+    >>> result = metrics.compute()
+    >>> result.iou.round(3).tolist(), result.miou, result.pixel_accuracy
+    ([0.5, 0.667], 0.5833333333333333, 0.75)
     """
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
