@@ -17,6 +17,24 @@ from .upsample import (
 from . import metrics
 from ._version import __version__
 
+# Subpackages the README writes as attributes (segpost.nn.DenseCRF, segpost.viz.colorize, ...), imported
+# on first use: segpost.nn imports torch.nn, segpost.viz matplotlib.
+_LAZY_SUBMODULES = ("nn", "viz", "compat", "lattice_torch")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'segpost' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 __all__ = [
     "CRFParams",
     "DenseCRF",

@@ -24,6 +24,7 @@ __all__ = [
     "check_bandwidth",
     "check_int",
     "intensity_scale",
+    "channels_last",
     "warn_if_probabilities",
     "two_class_scores",
     "MIN_BANDWIDTH",
@@ -160,9 +161,12 @@ def check_bandwidth(value, name: str) -> float:
 
 
 def check_int(value, name: str, *, minimum: int = 1) -> int:
-    """An int >= minimum (bools refused), or a ValueError naming the parameter."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
+    """An int >= minimum: a TypeError for anything that is not an integer (bools and floats included),
+    a ValueError for an integer below ``minimum``; both name the parameter."""
+    kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return int(value)
 
@@ -185,6 +189,36 @@ def environment_number(name: str, convert, expected: str):
 
 
 # ---------------------------------------------------------------- images
+#
+# segpost's one image layout rule (crf_refine, bilateral_filter,
+# DenseCRF.add_bilateral, joint_bilateral_upsample; Pipeline reads its images
+# the same way): numpy images are channels-last (H, W, C), as scikit-image and
+# PIL give them; torch images are channels-first (C, H, W), as torchvision
+# gives them; an image with no channel axis (H, W) has one channel. A
+# ``channel_axis`` argument names any other layout (None: no channel axis).
+
+
+def channels_last(image, *, channel_axis="auto", spatial_ndim=2, name="image"):
+    """``(view, was_torch, axis)``: the image as a numpy (*spatial, C) view by the layout rule above.
+
+    ``axis`` is where the channels were (None for an image without a channel
+    axis), so that a result can be put back in the input's layout.
+    """
+    arr, was_torch = to_numpy(image, name)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must have a real numeric dtype, got {arr.dtype}")
+    if arr.ndim == spatial_ndim and channel_axis in ("auto", None):
+        return arr[..., None], was_torch, None
+    if arr.ndim == spatial_ndim + 1 and channel_axis is not None:
+        axis = (0 if was_torch else -1) if channel_axis == "auto" else channel_axis
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -arr.ndim <= axis < arr.ndim:
+            raise ValueError(f"channel_axis must be an axis of the {arr.ndim}-D {name}, got {channel_axis!r}")
+        return np.moveaxis(arr, int(axis), -1), was_torch, int(axis) % arr.ndim
+    spatial = "(H, W)" if spatial_ndim == 2 else f"{spatial_ndim} spatial axes"
+    layout = "(C, H, W)" if was_torch else "(H, W, C)"
+    raise ValueError(f"{name} must be {spatial} or {layout} ({'torch' if was_torch else 'numpy'} layout; "
+                     f"channel_axis= for others), got shape {tuple(arr.shape)}")
+
 #
 # segpost's one rule for image intensities (crf_refine, Pipeline, nn.DenseCRF
 # and the command line): integer images hold 0..255 whatever their dtype (an

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import FLOAT32_MAX, check_bandwidth, check_finite, like_input, to_numpy
+from ._validation import FLOAT32_MAX, check_bandwidth, check_finite, like_input
+from ._validation import channels_last as _channels_last
 from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
 __all__ = ["bilateral_filter"]
 
 
-def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis=-1):
+def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis="auto"):
     """Edge-preserving bilateral filter of a gray or multi-channel image.
 
     Each output pixel is the average of all pixels weighted by
@@ -18,16 +19,17 @@ def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis=-1):
 
     Parameters
     ----------
-    image : (H, W) or (H, W, C) array_like or torch.Tensor
-        Any real dtype. A channel axis elsewhere is named with ``channel_axis``.
+    image : (H, W), numpy (H, W, C) or torch (C, H, W)
+        Any real dtype; segpost's layout rule (numpy channels-last, torch
+        channels-first), or ``channel_axis`` for other layouts.
     sigma_spatial : float
         Spatial bandwidth in pixels, > 0.
     sigma_color : float
         Range bandwidth in the image's own intensity units (e.g. 0..255 for
         uint8, 0..1 for float images), > 0.
-    channel_axis : int or None, keyword-only, default -1
-        Axis of the channels for a 3-D image (use 0 for torch's (C, H, W));
-        ignored for a 2-D image. ``None`` means a 2-D gray image.
+    channel_axis : "auto", int or None, keyword-only
+        Axis of the channels of a 3-D image; "auto" is -1 for numpy and 0 for
+        torch. ``None``: a 2-D image with no channel axis.
 
     Returns
     -------
@@ -56,28 +58,17 @@ def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis=-1):
     >>> bool(abs(smooth[:, 15].mean()) < 0.05 and abs(smooth[:, 16].mean() - 1) < 0.05)
     True
     """
-    arr, was_torch = to_numpy(image, "image")
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
     sigma_spatial = check_bandwidth(sigma_spatial, "sigma_spatial")
     sigma_color = check_bandwidth(sigma_color, "sigma_color")
-    if arr.ndim == 2 or (arr.ndim == 3 and channel_axis is None and arr.shape[-1] == 1):
-        channels_last = arr.reshape(arr.shape[0], arr.shape[1], 1)
-        restore = lambda out: out.reshape(arr.shape)  # noqa: E731
-    elif arr.ndim == 3 and channel_axis is not None:
-        axis = int(channel_axis)
-        if not -3 <= axis < 3:
-            raise ValueError(f"channel_axis must be in [-3, 2] for a 3-D image, got {channel_axis}")
-        channels_last = np.moveaxis(arr, axis, -1)
-        restore = lambda out: np.moveaxis(out, -1, axis)  # noqa: E731
+    channels_last, was_torch, axis = _channels_last(image, channel_axis=channel_axis)
+    shape = tuple(np.shape(image))
+    if axis is None:
+        restore = lambda out: out.reshape(shape)  # noqa: E731
     else:
-        raise ValueError(
-            f"image must be (H, W) or (H, W, C) (with channel_axis for other layouts), "
-            f"got shape {tuple(arr.shape)} and channel_axis={channel_axis}"
-        )
+        restore = lambda out: np.moveaxis(out, -1, axis)  # noqa: E731
     h, w, c = channels_last.shape
     if h == 0 or w == 0 or c == 0:
-        raise ValueError(f"image must not be empty, got shape {tuple(arr.shape)}")
+        raise ValueError(f"image must not be empty, got shape {shape}")
     if c + 2 > MAX_LATTICE_DIM:
         raise ValueError(f"image has {c} channels; at most {MAX_LATTICE_DIM - 2} are supported")
     check_finite(channels_last, "image", bound=FLOAT32_MAX)

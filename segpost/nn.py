@@ -75,6 +75,14 @@ def _crf_module_base():
 class DenseCRF(_crf_module_base()):
     """A dense CRF as a differentiable layer (CRF-as-RNN, Zheng et al. 2015).
 
+    The layer for training. Not to be confused with :class:`segpost.DenseCRF`,
+    the general model for inference, or
+    ``segpost.compat.pydensecrf.densecrf.DenseCRF``, pydensecrf's API. Its
+    defaults are pydensecrf's preset (smoothness 3/3, appearance 10/80/13, 5
+    iterations), the values CRF-as-RNN trained from; ``crf_refine``'s default
+    is DeepLab's (``CRFParams.deeplab()``), tuned for inference without
+    training.
+
     ``forward(logits (B, C, H, W), images (B, 3, H, W))`` runs ``iterations``
     mean-field steps and returns refined logits (B, C, H, W)::
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._validation import (
     FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor,
-    like_input, to_numpy,
+    channels_last, like_input, to_numpy,
 )
 
 __all__ = [
@@ -372,7 +372,7 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     Parameters
     ----------
     coarse_logits : (C, h, w) float array_like or torch.Tensor
-    guide_image : (H, W) or (H, W, 3) array_like (uint8 or float)
+    guide_image : (H, W), numpy (H, W, C) or torch (C, H, W) (uint8 or float)
     sigma_spatial : float, keyword-only
         In full-resolution pixels; about the output stride works well.
     sigma_color : float, keyword-only
@@ -412,11 +412,9 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     if scores.ndim != 3 or 0 in scores.shape:
         raise ValueError(f"coarse_logits must be a non-empty (C, h, w) array, got shape {tuple(scores.shape)}")
     check_finite(scores, "coarse_logits", bound=MAX_FILTER_VALUE)
-    guide, _ = to_numpy(guide_image, "guide_image")
-    if guide.ndim == 2:
-        guide = guide[..., None]
-    if guide.ndim != 3 or 0 in guide.shape or guide.dtype.kind not in "biuf":
-        raise ValueError(f"guide_image must be a non-empty (H, W) or (H, W, C) image, got shape {tuple(guide.shape)}")
+    guide, _, _ = channels_last(guide_image, name="guide_image")  # numpy (H, W, C), torch (C, H, W)
+    if 0 in guide.shape:
+        raise ValueError(f"guide_image must not be empty, got shape {tuple(np.shape(guide_image))}")
     sigma_spatial = check_bandwidth(sigma_spatial, "sigma_spatial")
     sigma_color = check_bandwidth(sigma_color, "sigma_color")
     c, h, w = scores.shape

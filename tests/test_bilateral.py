@@ -48,9 +48,11 @@ def test_preserves_a_strong_edge_and_constants():
 def test_torch_in_torch_out():
     torch = pytest.importorskip("torch")
     rgb = data.astronaut()[:32, :32]
-    out = bilateral_filter(torch.from_numpy(rgb), 3, 20)
-    assert isinstance(out, torch.Tensor)
-    np.testing.assert_array_equal(out.numpy(), bilateral_filter(rgb, 3, 20))
+    out = bilateral_filter(torch.from_numpy(rgb).permute(2, 0, 1), 3, 20)  # torch images are (C, H, W)
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 32, 32)
+    np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), bilateral_filter(rgb, 3, 20))
+    hwc = bilateral_filter(torch.from_numpy(rgb), 3, 20, channel_axis=-1)  # another layout, named
+    np.testing.assert_array_equal(hwc.numpy(), bilateral_filter(rgb, 3, 20))
 
 
 @pytest.mark.parametrize(

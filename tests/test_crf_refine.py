@@ -127,7 +127,7 @@ def test_params_presets_and_overrides():
         (dict(params="densecrf"), ValueError, "preset"),
         (dict(params=3), TypeError, "params"),
         (dict(iterations=-1), ValueError, "iterations"),
-        (dict(iterations=2.5), ValueError, "iterations"),
+        (dict(iterations=2.5), TypeError, "iterations"),
     ],
 )
 def test_bad_input_raises(kwargs, error, match):

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _C
 from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_float_dtype, check_int, environment_number,
-    like_input, to_numpy,
+    channels_last, like_input, to_numpy,
 )
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
@@ -143,6 +143,11 @@ def _per_axis(value, n, name):
 
 class DenseCRF:
     """A fully connected CRF with Gaussian pairwise potentials, solved by mean field.
+
+    The general model for inference (any features, compatibilities,
+    normalisations, N-D grids). Not to be confused with
+    :class:`segpost.nn.DenseCRF`, the differentiable layer for training, or
+    ``segpost.compat.pydensecrf.densecrf.DenseCRF``, pydensecrf's API.
 
     Energy ``E(x) = sum_i U_i(x_i) + sum_{i<j} sum_m mu_m(x_i, x_j) k_m(f^m_i, f^m_j)``
     with ``k_m(f_i, f_j) = exp(-|f_i - f_j|^2 / 2)`` on features already divided
@@ -317,7 +322,7 @@ class DenseCRF:
                           "gaussian")
 
     def add_bilateral(
-        self, image, sigma, sigma_color, compat=5.0, *, spacing=None, channel_axis=-1, kernel="diag",
+        self, image, sigma, sigma_color, compat=5.0, *, spacing=None, channel_axis="auto", kernel="diag",
         normalization="symmetric",
     ):
         """Add the appearance term: features ``(position / sigma, color / sigma_color)``.
@@ -331,22 +336,16 @@ class DenseCRF:
         sigma_color : float or sequence of float
             Bandwidth per channel, > 0.
         compat : float, (L,) or (L, L) array, default 5.0
-        channel_axis : int or None, keyword-only, default -1
-            Axis of the channels; None for a single-channel image with no channel axis.
+        channel_axis : "auto", int or None, keyword-only
+            Axis of the channels: "auto" is segpost's layout rule (numpy
+            channels-last, torch channels-first); None for a single-channel
+            image with no channel axis.
         """
-        arr, _ = to_numpy(image, "image")
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
-        if channel_axis is None:
-            colors = arr.reshape(*arr.shape, 1)
-        else:
-            if not -arr.ndim <= int(channel_axis) < arr.ndim:
-                raise ValueError(f"channel_axis {channel_axis} is out of range for an image of shape {arr.shape}")
-            colors = np.moveaxis(arr, int(channel_axis), -1)
+        colors, _, _ = channels_last(image, channel_axis=channel_axis, spatial_ndim=len(self.spatial_shape))
         if tuple(colors.shape[:-1]) != self.spatial_shape:
             raise ValueError(
                 f"image must be on the CRF's grid {self.spatial_shape} (with channels on channel_axis="
-                f"{channel_axis}), got shape {tuple(arr.shape)}"
+                f"{channel_axis}), got shape {tuple(np.shape(image))}"
             )
         c = colors.shape[-1]
         ndim = len(self.spatial_shape)

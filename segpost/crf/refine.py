@@ -7,7 +7,8 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, check_finite, intensity_scale, is_torch_tensor, like_input, to_numpy, two_class_scores,
+    FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, intensity_scale, is_torch_tensor, like_input, to_numpy,
+    two_class_scores,
     warn_if_probabilities,
 )
 from ..upsample import _resize_points
@@ -122,20 +123,11 @@ class CRFParams:
 
 
 def _image_channels_last(image):
-    """(H, W, C) view of numpy (H, W[, C]) or torch (C, H, W) / (H, W), checked, not yet converted."""
-    arr, was_torch = to_numpy(image, "image")
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"image must have a real numeric dtype, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    elif arr.ndim == 3 and was_torch:
-        arr = np.moveaxis(arr, 0, -1)  # torch images are (C, H, W)
-    elif arr.ndim != 3:
-        layout = "(C, H, W) or (H, W)" if was_torch else "(H, W, C) or (H, W)"
-        raise ValueError(f"image must be {layout}, got shape {tuple(arr.shape)}")
+    """(H, W, C) view of an image by segpost's layout rule (``_validation.channels_last``), checked."""
+    arr, was_torch, _ = channels_last(image)
     h, w, c = arr.shape
     if h == 0 or w == 0 or c == 0:
-        raise ValueError(f"image must not be empty, got shape {tuple(arr.shape)}")
+        raise ValueError(f"image must not be empty, got shape {tuple(np.shape(image))}")
     if c > 16:
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
         raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")

@@ -69,6 +69,10 @@ def _choice(value, table, name):
 class DenseCRF:
     """A dense CRF over ``nvar`` variables and ``nlabels`` labels (pydensecrf's API).
 
+    The drop-in for pydensecrf, names and conventions included. segpost's own
+    model is :class:`segpost.DenseCRF`; the training layer is
+    :class:`segpost.nn.DenseCRF`.
+
     Examples
     --------
     >>> import numpy as np
