@@ -5,7 +5,7 @@ Random point sets like those of tests/test_lattice.py (N in 1..300, spreads of
 uniform in [-1, 1]. Prints, per feature dimension d, the worst pointwise error
 and the worst mean error (for N >= 30) of the normalised filter as fractions of
 the value range, plus the median - the numbers behind ERROR_BOUND in the tests
-and the README's accuracy table.
+and the accuracy table of docs/performance.md.
 
 Run:  python benchmarks/lattice_accuracy.py [--trials 1500]
 """

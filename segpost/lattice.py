@@ -59,8 +59,8 @@ class PermutohedralLattice:
     depends on the lattice's spline blur; use ``normalize=True`` for a true
     weighted average (the constant cancels). Measured against an exact
     O(N^2) filter on random point sets (``tests/test_lattice.py``), the
-    normalised error grows with ``d``; the bound we test is documented in the
-    README.
+    normalised error grows with ``d``; the bound we test is tabled in
+    ``docs/performance.md``.
 
     References
     ----------

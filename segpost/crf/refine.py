@@ -245,18 +245,18 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         The refined label map.
     probs : (C, H, W) float32
         With ``return_probs=True``: the CRF's marginals (sum to 1 over C).
-    Both are numpy arrays for numpy scores, CPU torch tensors for CPU torch
-    scores, and tensors on the device for CUDA tensors: there everything
-    (validation, upsampling, lattices, mean field) runs on the GPU, on the
-    CUDA lattice when it is built (``SEGPOST_CUDA=1``), else on the pure-torch
-    lattice with a warning.
+        Both are numpy arrays for numpy scores, CPU torch tensors for CPU
+        torch scores, and tensors on the device for CUDA tensors: there
+        everything (validation, upsampling, lattices, mean field) runs on the
+        GPU, on the CUDA lattice when it is built (``SEGPOST_CUDA=1``), else
+        on the pure-torch lattice with a warning.
 
     Raises
     ------
     ValueError
-        Both or neither of logits/probs, wrong shapes, fewer than 2 classes,
-        NaN/inf, empty image, scores larger than the image or with an aspect
-        ratio that does not match it, probabilities that do not sum to 1, a
+        Both or neither of logits/probs, wrong shapes, NaN/inf, empty image,
+        scores larger than the image or with an aspect ratio that does not
+        match it, probabilities that do not sum to 1, a
         float image outside [0, 1], bad parameters.
     TypeError
         Non-numeric inputs.
