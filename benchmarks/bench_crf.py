@@ -6,6 +6,7 @@ argmax. Prints medians and the ratio pydensecrf / segpost; the appearance
 kernel's construction alone; peak memory of each is measured in a fresh subprocess.
 
 Run:  python benchmarks/bench_crf.py [--quick]
+      python benchmarks/bench_crf.py --realistic   (peaked logits, few classes present: label pruning)
 """
 import argparse
 import json
@@ -34,7 +35,81 @@ def run_segpost(image, logits, params, iterations):
     return segpost.crf_refine(image, logits, params=params, iterations=iterations)
 
 
+def run_segpost_unpruned(image, logits, params, iterations):
+    return segpost.crf_refine(image, logits, params=params, iterations=iterations, prune=False)
+
+
 RUNNERS = {"segpost": run_segpost, "pydensecrf": run_pydensecrf}
+
+
+def realistic_inputs(size, classes, present, seed=0):
+    """A semi-synthetic scene and a trained network's kind of logits for it, at output stride 8.
+
+    The demo's scene (photo textures in 5 irregular regions, an exact label
+    map) cut into quadrants gives up to 20 regions, each given one of
+    ``present`` classes drawn from ``classes``. The logits are those of a
+    confident network at output stride 8: a present class's one-hot map
+    averaged over 8x8 cells (blurry at edges) spans -15 (outside its
+    region) to +15 (inside); an absent class sits at -30; noise of sigma 1
+    on every logit. So an absent class is about 30 below the top inside a
+    region and 15-30 below it at boundaries. (Less confident logits, absent
+    classes within about 20 of the top somewhere, prune nothing:
+    ``crf/pruning.py``.)
+    """
+    from segpost.demo import make_scene
+
+    image, regions = make_scene((size, size), seed=seed)
+    quadrant = (np.arange(size)[:, None] >= size // 2) * 2 + (np.arange(size)[None, :] >= size // 2)
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(classes, size=present, replace=False)
+    region_class = ids[rng.permutation(np.arange(20) % present)]  # every present class gets a region
+    truth = region_class[regions * 4 + quadrant]
+    logits = np.full((classes, size // 8, size // 8), -30.0, np.float32)
+    for c in ids:
+        logits[c] = 30 * (truth == c).reshape(size // 8, 8, size // 8, 8).mean(axis=(1, 3)) - 15
+    logits += rng.normal(scale=1.0, size=logits.shape)
+    return np.ascontiguousarray(image), logits.astype(np.float32)
+
+
+def compare_realistic(name, classes, present, preset, repeats, size=512, iterations=10):
+    """Pruned segpost (crf_refine's default), unpruned segpost and pydensecrf on one realistic input."""
+    import statistics
+    import time
+
+    image, logits = realistic_inputs(size, classes, present)
+    params = segpost.CRFParams.coerce(preset)
+    runners = {"pruned": run_segpost, "unpruned": run_segpost_unpruned, "pydensecrf": run_pydensecrf}
+    labels = {key: fn(image, logits, params, iterations) for key, fn in runners.items()}
+    times = {key: [] for key in runners}
+    for round_ in range(repeats):
+        for key in list(runners)[round_ % 3:] + list(runners)[:round_ % 3]:
+            start = time.perf_counter()
+            runners[key](image, logits, params, iterations)
+            times[key].append(time.perf_counter() - start)
+    ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+    return [name, f"{classes} ({present} present)", preset, f"{ms['pydensecrf']:.0f}", f"{ms['unpruned']:.0f}",
+            f"{ms['pruned']:.0f}", f"{ms['unpruned'] / ms['pruned']:.1f}x", f"{ms['pydensecrf'] / ms['pruned']:.1f}x",
+            f"{100 * (labels['pruned'] == labels['unpruned']).mean():.2f}%",
+            f"{100 * (labels['pruned'] == labels['pydensecrf']).mean():.2f}%"]
+
+
+def compare_random_pruning(repeats, size=512, labels=21, iterations=10):
+    """On random logits nothing is prunable: crf_refine with pruning (its check) against without."""
+    import statistics
+    import time
+
+    image, logits = photo(size), coarse_logits(size, labels)
+    params = segpost.CRFParams.deeplab()
+    times = {"pruned": [], "unpruned": []}
+    for round_ in range(repeats):
+        for key in (("pruned", "unpruned") if round_ % 2 == 0 else ("unpruned", "pruned")):
+            fn = run_segpost if key == "pruned" else run_segpost_unpruned
+            start = time.perf_counter()
+            fn(image, logits, params, iterations)
+            times[key].append(time.perf_counter() - start)
+    ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+    return [f"random, {labels} labels", f"{ms['unpruned']:.0f}", f"{ms['pruned']:.0f}",
+            f"{ms['unpruned'] / ms['pruned']:.2f}x"]
 
 
 def measure_memory(which, size, labels, iterations):
@@ -113,12 +188,17 @@ def compare_appearance_build(preset, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the 512x512 table, 3 repeats")
+    parser.add_argument("--realistic", action="store_true",
+                        help="only the realistic inputs (peaked logits, few classes present): label pruning")
     args = parser.parse_args()
     try:
         import pydensecrf.densecrf  # noqa: F401
     except ImportError:
         sys.exit("pydensecrf is needed for the comparison: make install (or pip install pydensecrf2)")
     repeats = 3 if args.quick else 7
+    if args.realistic:
+        main_realistic(repeats)
+        return
     headers = ["image", "labels", "preset", "iters", "pydensecrf ms", "segpost ms", "speedup", "same labels"]
     print(f"Dense CRF end to end (coarse logits at stride 8 -> labels), {segpost.get_num_threads()} threads, "
           f"median of {repeats}")
@@ -136,6 +216,19 @@ def main():
     print("\npeak memory of one run in a fresh process (512x512, 21 labels, 10 iterations), MiB")
     mem = {which: measure_memory(which, 512, 21, 10) for which in ("pydensecrf", "segpost")}
     print_table(["pydensecrf MiB", "segpost MiB"], [[f"{mem['pydensecrf']:.0f}", f"{mem['segpost']:.0f}"]])
+
+
+def main_realistic(repeats):
+    print(f"Realistic inputs, 512x512, 10 iterations, {segpost.get_num_threads()} threads, median of {repeats} "
+          f"(paired rounds): crf_refine's label pruning")
+    headers = ["input", "labels", "preset", "pydensecrf ms", "unpruned ms", "pruned ms", "vs unpruned",
+               "vs pydensecrf", "same labels as unpruned", "same labels as pydensecrf"]
+    rows = [compare_realistic(name, classes, present, preset, repeats)
+            for name, classes, present in (("VOC-like", 21, 4), ("ADE-like", 150, 16))
+            for preset in ("deeplab", "pydensecrf")]
+    print_table(headers, rows)
+    print("\nrandom logits (nothing prunable): the check's cost, DeepLab preset")
+    print_table(["input", "unpruned ms", "pruned ms", "ratio"], [compare_random_pruning(repeats)])
 
 
 if __name__ == "__main__":

@@ -248,6 +248,7 @@ class DenseCRF:
         # Each term's filter as (compiled lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF
         # builds its kernels through this class and differentiates through them.
         self._kernel_operators = []
+        self._term_arguments = []  # each _add_lattice call, to rebuild the model on the same lattices
 
     def _replace_unary(self, unary_points):
         """Store (N, L) unary rows padded to whole blocks of 8 labels, the rows the kernel reads."""
@@ -403,11 +404,23 @@ class DenseCRF:
         pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._kernel_operators.append((lattice._lattice, pre, post))
+        self._term_arguments.append((lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label))
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
             {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
              "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices}
         )
+
+    def _on_labels(self, unary_points, num_labels):
+        """The same CRF on other unary rows (Potts terms only: a subset of the labels, for label pruning),
+        reusing every lattice and normalisation."""
+        other = DenseCRF._from_point_major(unary_points, self.spatial_shape, num_labels=num_labels,
+                                           torch_output=self._torch)
+        for arguments in self._term_arguments:
+            if arguments[3] != _POTTS:
+                raise ValueError("only Potts terms apply to any set of labels")
+            other._add_lattice(*arguments)
+        return other
 
     # -------------------------------------------------------------- inference
 

@@ -13,6 +13,7 @@ from .._validation import (
 )
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
+from .pruning import labels_to_keep
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -203,7 +204,7 @@ def _refine_on_device(image, logits, probs, params, iterations, align_corners, r
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
-               return_probs=False):
+               return_probs=False, prune=True):
     """Refine a segmentation model's output with a dense CRF.
 
     The model's scores are upsampled bilinearly to the image size if needed,
@@ -238,6 +239,14 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         are ``(n - 1) * stride + 1``.
     return_probs : bool, keyword-only, default False
         Also return the refined marginals.
+    prune : bool, keyword-only, default True
+        Leave out of the mean field the labels that provably no pixel can
+        take (``segpost.crf.pruning``: a label whose unary stays far enough
+        below every pixel's best that, whatever its neighbours, it can never
+        win and its marginal stays below float32's rounding). The labels are
+        those of the full CRF up to float32 rounding; the pruned labels'
+        returned marginals are 0. A model's peaked logits (few classes
+        present) then cost about as much as their present classes.
 
     Returns
     -------
@@ -328,13 +337,26 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
 
     crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes, torch_output=torch_scores)
+    weights = [w for w in (p.pos_weight, p.bi_weight) if w > 0]
     if p.pos_weight > 0:
         crf.add_gaussian(p.pos_xy, compat=p.pos_weight)
     if p.bi_weight > 0:
         crf.add_bilateral(colors, p.bi_xy, p.bi_rgb, compat=p.bi_weight)
+    kept = None
+    if prune and its > 0 and weights:
+        keep = labels_to_keep(unary, num_classes, [(*op, w) for op, w in zip(crf._kernel_operators, weights)])
+        if not keep.all():
+            kept = np.flatnonzero(keep)
+            crf = crf._on_labels(np.ascontiguousarray(unary[:, kept]), len(kept))
     q, labels = crf._infer_points(its, return_q=return_probs)
+    if kept is not None:
+        labels = kept[labels]
     labels = like_input(labels.reshape(height, width), torch_scores)
     if not return_probs:
         return labels
+    if kept is not None:  # the pruned labels' marginals are below float32's rounding (crf/pruning.py): 0
+        full_q = np.zeros((q.shape[0], num_classes), np.float32)
+        full_q[:, kept] = q[:, : len(kept)]
+        q = full_q
     marginals = np.ascontiguousarray(q.T).reshape(num_classes, height, width)
     return labels, like_input(marginals, torch_scores)

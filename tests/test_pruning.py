@@ -1,0 +1,89 @@
+"""Label pruning (segpost.crf.pruning) against the unpruned CRF: same labels, bounded marginals."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from skimage import data
+
+import segpost
+from segpost.crf import pruning
+
+
+def peaked_logits(rng, classes, present, shape, scale):
+    """A trained network's kind of logits: the present classes high and noisy, the rest far below."""
+    logits = rng.normal(size=(classes, *shape)) - scale
+    for c in present:
+        logits[c] = rng.normal(size=shape) * 2 + rng.uniform(0, 3)
+    return logits.astype(np.float32)
+
+
+@st.composite
+def cases(draw):
+    classes = draw(st.integers(3, 40))
+    present = draw(st.lists(st.integers(0, classes - 1), min_size=1, max_size=4, unique=True))
+    stride = draw(st.sampled_from([1, 4, 8]))
+    size = draw(st.sampled_from([(32, 32), (40, 56), (57, 33)]))
+    scale = draw(st.sampled_from([5.0, 15.0, 25.0, 40.0]))  # from nothing prunable to everything absent
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    logits = peaked_logits(rng, classes, present, (-(-size[0] // stride), -(-size[1] // stride)), scale)
+    offset = draw(st.integers(0, 200))
+    image = np.ascontiguousarray(data.astronaut()[offset:offset + size[0], offset:offset + size[1]])
+    return image, logits, draw(st.sampled_from(["deeplab", "pydensecrf"]))
+
+
+@given(cases())
+def test_pruned_crf_gives_the_unpruned_labels_and_marginals(case):
+    image, logits, preset = case
+    full_labels, full_q = segpost.crf_refine(image, logits, params=preset, prune=False, return_probs=True)
+    labels, q = segpost.crf_refine(image, logits, params=preset, return_probs=True)
+    np.testing.assert_array_equal(labels, full_labels)
+    np.testing.assert_allclose(q, full_q, atol=1e-4)
+    pruned = ~q.reshape(q.shape[0], -1).any(axis=1)
+    # The unpruned CRF's marginals of the pruned labels stay below the bound's float32 budget.
+    assert full_q[pruned].sum(axis=0).max(initial=0) <= pruning.PRUNED_MASS * 1.01 + 1e-12
+
+
+def test_peaked_logits_prune_and_random_ones_do_not():
+    rng = np.random.default_rng(0)
+    image = np.ascontiguousarray(data.astronaut()[:64, :64])
+    crf_labels = []
+    for scale, expect_pruned in ((40.0, True), (0.0, False)):
+        logits = peaked_logits(rng, 21, [0, 5, 9], (8, 8), scale)
+        unary = -segpost.resize_logits(logits, (64, 64)).reshape(21, -1).T.copy()
+        crf = segpost.DenseCRF(unary.T.reshape(21, 64, 64).copy())
+        crf.add_gaussian(3, compat=3.0)
+        crf.add_bilateral(image, 49, 5, compat=4.0)
+        kernels = [(*op, w) for op, w in zip(crf._kernel_operators, (3.0, 4.0))]
+        keep = pruning.labels_to_keep(unary, 21, kernels)
+        assert (not keep.all()) == expect_pruned
+        if expect_pruned:
+            assert keep[[0, 5, 9]].all() and keep.sum() == 3
+        crf_labels.append(keep)
+    assert crf_labels
+
+
+def test_the_bound_at_its_threshold():
+    # q* = exp(-g + B q*): a label is pruned exactly when its q* fits the remaining budget.
+    bound = 7.0
+    q = pruning.marginal_bound(25.0, bound)
+    assert q == pytest.approx(math.exp(-25.0 + bound * q), rel=1e-12)
+    assert pruning.marginal_bound(1.0, bound) == 1.0  # no fixed point below 1: never prunable
+    assert pruning.marginal_bound(3.0, bound) == pytest.approx(0.1009, abs=1e-3)  # one exists, far above e^-3
+    threshold = -math.log(pruning.PRUNED_MASS)  # q* ~ exp(-g) for large g
+    unary = np.zeros((4, 3), np.float32)
+    ones_lattice = segpost.PermutohedralLattice(np.arange(4, dtype=np.float32)[:, None] * 100)  # K~ 1 = 1 here
+    kernels = [(ones_lattice._lattice, None, None, bound)]
+    for gap, pruned in ((threshold + 0.01, True), (threshold - 0.01, False)):
+        unary[:, 2] = gap
+        keep = pruning.labels_to_keep(unary, 3, kernels)
+        assert keep[2] == (not pruned), gap
+
+
+def test_no_pruning_with_a_negative_weight():
+    unary = np.zeros((4, 5), np.float32)
+    unary[:, 2:] = 100.0
+    lattice = segpost.PermutohedralLattice(np.arange(4, dtype=np.float32)[:, None])
+    assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, 3.0)]).sum() == 2
+    assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, -3.0)]).all()
