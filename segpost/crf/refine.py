@@ -13,7 +13,6 @@ from .._validation import (
 )
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
-from .pruning import labels_to_keep
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -344,6 +343,8 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         crf.add_bilateral(colors, p.bi_xy, p.bi_rgb, compat=p.bi_weight)
     kept = None
     if prune and its > 0 and weights:
+        from .pruning import labels_to_keep  # Numba, imported on first use (import segpost stays light)
+
         keep = labels_to_keep(unary, num_classes, [(*op, w) for op, w in zip(crf._kernel_operators, weights)])
         if not keep.all():
             kept = np.flatnonzero(keep)
