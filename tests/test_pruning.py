@@ -87,3 +87,18 @@ def test_no_pruning_with_a_negative_weight():
     lattice = segpost.PermutohedralLattice(np.arange(4, dtype=np.float32)[:, None])
     assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, 3.0)]).sum() == 2
     assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, -3.0)]).all()
+
+
+def test_dense_crf_prunes_on_request_with_the_same_result():
+    rng = np.random.default_rng(3)
+    logits = segpost.resize_logits(peaked_logits(rng, 12, [1, 7], (8, 8), 40.0), (64, 64))
+    image = np.ascontiguousarray(data.astronaut()[:64, :64])
+    crf = segpost.DenseCRF(-logits)
+    crf.add_gaussian(3, compat=3.0)
+    crf.add_bilateral(image, 49, 5, compat=4.0)
+    assert crf._pruned()[1] is not None and list(crf._pruned()[1]) == [1, 7]
+    np.testing.assert_array_equal(crf.map(5, prune=True), crf.map(5))
+    np.testing.assert_allclose(crf.inference(5, prune=True), crf.inference(5), atol=1e-5)
+    matrix = segpost.DenseCRF(-logits)
+    matrix.add_gaussian(3, compat=np.eye(12, dtype=np.float32))
+    assert matrix._pruned()[1] is None  # a matrix compatibility: the bound does not apply

@@ -422,6 +422,32 @@ class DenseCRF:
             other._add_lattice(*arguments)
         return other
 
+    def _pruned(self):
+        """``(crf, kept)``: this CRF on the labels some point may still take and their indices, or
+        ``(self, None)`` when none can be left out (``segpost.crf.pruning``; Potts terms only)."""
+        if not self._term_arguments or any(arguments[3] != _POTTS for arguments in self._term_arguments):
+            return self, None
+        from .pruning import labels_to_keep  # Numba, imported on first use
+
+        kernels = [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
+        keep = labels_to_keep(self._unary, self.num_labels, kernels)
+        if keep.all():
+            return self, None
+        kept = np.flatnonzero(keep)
+        return self._on_labels(np.ascontiguousarray(self._unary[:, kept]), len(kept)), kept
+
+    def _infer_pruned(self, iterations, *, prune, return_q):
+        """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``."""
+        crf, kept = self._pruned() if prune and iterations > 0 else (self, None)
+        q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True)
+        if kept is None:
+            return q, labels
+        if q is not None:  # the pruned labels' marginals are below float32's rounding (pruning.py): 0
+            full = np.zeros((q.shape[0], self.num_labels), np.float32)
+            full[:, kept] = q[:, : len(kept)]
+            q = full
+        return q, kept[labels]
+
     # -------------------------------------------------------------- inference
 
     def initial_q(self):
@@ -434,25 +460,36 @@ class DenseCRF:
         new_q, _ = self._model.infer(self._unary, 1, self._to_points(q))
         return self._from_points(new_q)
 
-    def inference(self, iterations=10):
+    def inference(self, iterations=10, *, prune=False):
         """Run ``iterations`` mean-field updates from ``softmax(-U)``.
+
+        Parameters
+        ----------
+        iterations : int
+        prune : bool, keyword-only, default False
+            Leave out the labels no point can take (Potts terms with
+            non-negative weights only; ``segpost.crf.pruning``): the same
+            result up to float32 rounding, their marginals returned as 0.
 
         Returns
         -------
         q : ndarray or torch.Tensor
             float32 marginals shaped like the unary; they sum to one over labels.
         """
-        q, _ = self._model.infer(self._unary, _check_iterations(iterations))
+        q, _ = self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=True)
         return self._from_points(q)
 
-    def map(self, iterations=10):
-        """Most likely label per point after ``iterations`` updates (int64, the unary's spatial shape)."""
-        _, labels = self._model.infer(self._unary, _check_iterations(iterations), None, False, True)
+    def map(self, iterations=10, *, prune=False):
+        """Most likely label per point after ``iterations`` updates (int64, the unary's spatial shape).
+
+        ``prune`` as for :meth:`inference`.
+        """
+        _, labels = self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=False)
         return like_input(labels.reshape(self.spatial_shape), self._torch)
 
-    def _infer_points(self, iterations, *, return_q):
+    def _infer_points(self, iterations, *, return_q, prune=False):
         """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine."""
-        return self._model.infer(self._unary, _check_iterations(iterations), None, return_q, True)
+        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q)
 
     def kl_divergence(self, q):
         """KL(Q || P) up to the constant log Z, as pydensecrf computes it.

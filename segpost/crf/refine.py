@@ -336,28 +336,13 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
 
     crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes, torch_output=torch_scores)
-    weights = [w for w in (p.pos_weight, p.bi_weight) if w > 0]
     if p.pos_weight > 0:
         crf.add_gaussian(p.pos_xy, compat=p.pos_weight)
     if p.bi_weight > 0:
         crf.add_bilateral(colors, p.bi_xy, p.bi_rgb, compat=p.bi_weight)
-    kept = None
-    if prune and its > 0 and weights:
-        from .pruning import labels_to_keep  # Numba, imported on first use (import segpost stays light)
-
-        keep = labels_to_keep(unary, num_classes, [(*op, w) for op, w in zip(crf._kernel_operators, weights)])
-        if not keep.all():
-            kept = np.flatnonzero(keep)
-            crf = crf._on_labels(np.ascontiguousarray(unary[:, kept]), len(kept))
-    q, labels = crf._infer_points(its, return_q=return_probs)
-    if kept is not None:
-        labels = kept[labels]
+    q, labels = crf._infer_points(its, return_q=return_probs, prune=prune)
     labels = like_input(labels.reshape(height, width), torch_scores)
     if not return_probs:
         return labels
-    if kept is not None:  # the pruned labels' marginals are below float32's rounding (crf/pruning.py): 0
-        full_q = np.zeros((q.shape[0], num_classes), np.float32)
-        full_q[:, kept] = q[:, : len(kept)]
-        q = full_q
     marginals = np.ascontiguousarray(q.T).reshape(num_classes, height, width)
     return labels, like_input(marginals, torch_scores)
