@@ -39,25 +39,11 @@ import math
 
 import numpy as np
 
-from ..metrics._jit import jit
-
 # The pruned labels' marginals summed over the labels stay below float32's relative rounding of Q.
 PRUNED_MASS = 2.0**-24
-
-
-@jit
-def min_gaps(unary, num_labels):
-    """(L,) float64: for each label, its smallest gap ``U_i(l) - min_l' U_i(l')`` over all points i."""
-    gaps = np.full(num_labels, np.inf)
-    for i in range(unary.shape[0]):
-        best = unary[i, 0]
-        for label in range(1, num_labels):
-            best = min(best, unary[i, label])
-        for label in range(num_labels):
-            gap = np.float64(unary[i, label]) - np.float64(best)
-            if gap < gaps[label]:
-                gaps[label] = gap
-    return gaps
+# A label needs a gap of at least -ln(PRUNED_MASS) = 16.6 to be pruned; at the coarse points, before
+# bilinear upsampling (which can lift a minimum between samples), a little less makes it a candidate.
+CANDIDATE_GAP = 12.0
 
 
 def marginal_bound(gap, bound):
@@ -74,6 +60,19 @@ def marginal_bound(gap, bound):
     return 1.0
 
 
+def worth_checking(coarse_unary, num_labels):
+    """Whether any label of these (L, ...) coarse unary energies may be far enough below the best to prune.
+
+    A quick look at the scores before upsampling (a few thousand points)
+    that spares the exact check, and its one-time compilation, on logits
+    where nothing is prunable (random, or unconfident). Not part of the
+    proof: it only decides whether to run the exact check.
+    """
+    rows = coarse_unary[:num_labels].reshape(num_labels, -1)
+    gaps = (rows - rows.min(axis=0)).min(axis=1)
+    return bool((gaps > CANDIDATE_GAP).any())
+
+
 def labels_to_keep(unary, num_labels, kernels):
     """Boolean (L,): the labels a Potts CRF with these kernels may still give some pixel.
 
@@ -82,6 +81,8 @@ def labels_to_keep(unary, num_labels, kernels):
     weight). Returns all True when the bound does not apply (a negative
     weight). At least two labels are kept (the CRF's smallest model).
     """
+    from ._pruning_kernel import min_gaps
+
     keep = np.ones(num_labels, bool)
     if num_labels <= 2 or any(weight < 0 for *_, weight in kernels):
         return keep
