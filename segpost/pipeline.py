@@ -370,10 +370,6 @@ class Pipeline:
             return deeplab_size(h, scale), deeplab_size(w, scale)
         return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
-    def _padded(self, size):
-        d = self.size_divisor or 1
-        return -(-size[0] // d) * d, -(-size[1] // d) * d
-
     def _views(self, images):
         """Every (image index, scale, flip) view, grouped by the size it is run at (stable order within a size)."""
         views = {}
@@ -381,7 +377,7 @@ class Pipeline:
             _, h, w = image.shape
             for scale in self.scales:
                 size = self._view_size(h, w, scale)
-                key = self._padded(size) if self.window is None else ("window", index, scale)
+                key = size if self.window is None else ("window", index, scale)  # views stack by exact size
                 for flipped in ((False, True) if self.flip else (False,)):
                     views.setdefault(key, []).append((index, size, flipped))
         return list(views.values())

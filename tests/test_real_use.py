@@ -84,6 +84,19 @@ def test_views_and_images_batched_equal_one_by_one():
         np.testing.assert_allclose(out.probs, want, atol=1e-6)
 
 
+def test_images_of_sizes_that_pad_alike_batch_apart():
+    # 45x61 and 47x63 both pad to 48x64 with size_divisor=16: their views have different sizes and must
+    # not be stacked into one batch.
+    model = CountingModel(multiple=16)
+    images = [image(45, 61), image(47, 63)]
+    one = [Pipeline(model, size_divisor=16)(im, return_probs=True).probs for im in images]
+    got = Pipeline(model, size_divisor=16, batch_size=4, flip=True).predict_batch(images, return_probs=True)
+    flipped = [Pipeline(model, size_divisor=16, flip=True)(im, return_probs=True).probs for im in images]
+    for out, want in zip(got, flipped):
+        np.testing.assert_allclose(out.probs, want, atol=1e-6)
+    assert one[0].shape == (4, 45, 61)
+
+
 def test_size_divisor_pads_sliding_windows_too():
     model = CountingModel(multiple=8)
     img = image(45, 61)
