@@ -109,8 +109,6 @@ class PermutohedralLattice {
   bool exact_keys() const { return exact_keys_; }
   // Bytes held by the lattice (not counting the scratch of a filter call).
   std::size_t nbytes() const;
-  // Scratch bytes one filter call allocates for `channels` channels.
-  std::size_t filter_scratch_bytes(int64_t channels) const;
 
  private:
   template <typename T>

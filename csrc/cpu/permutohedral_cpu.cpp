@@ -1,5 +1,5 @@
 // CPU construction and filtering of the permutohedral lattice.
-// Construction follows the steps of Adams et al. 2010 (see shared REFERENCE.md):
+// Construction follows the steps of Adams et al. 2010 (the permutohedral lattice paper):
 // scale, elevate onto the hyperplane x . 1 = 0 in R^{d+1}, find the enclosing
 // simplex from the nearest zero-coloured point and the rank of the remainders,
 // compute barycentric weights, hash the d+1 vertices.
@@ -875,14 +875,6 @@ std::size_t PermutohedralLattice::nbytes() const {
   return corner_vertex_.size() * sizeof(int32_t) + corner_local_.size() * sizeof(int32_t) +
          corner_weight_.size() * sizeof(float) + corner_fresh_.size() + blur_chain_.size() * sizeof(int32_t) +
          partition_bytes;
-}
-
-std::size_t PermutohedralLattice::filter_scratch_bytes(int64_t channels) const {
-  const int64_t c = std::min(channels, kMaxStackChannels);
-  const int64_t stride = (c + 7) / 8 * 8;
-  std::size_t bytes = static_cast<std::size_t>(splat_rows()) * stride * sizeof(float);
-  if (channels > kMaxStackChannels) bytes += 2 * static_cast<std::size_t>(num_points_) * kMaxStackChannels * sizeof(float);
-  return bytes;
 }
 
 }  // namespace segpost
