@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -90,6 +91,18 @@ def _read_scores(path):
     return arr.astype(np.float32)
 
 
+def _check_output(path, suffixes, option):
+    """Refuse an output path before any work: a wrong extension or a folder that cannot be written."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise UserError(f"{option} must end in {' or '.join(suffixes)}, got {path}")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {path}: the folder {folder} is not writable")
+
+
 def _write_palette_png(path, labels):
     import numpy as np
     from PIL import Image
@@ -109,6 +122,11 @@ def _refine(args) -> int:
     from ._validation import warn_if_probabilities
     from .crf import CRFParams, crf_refine
 
+    _check_output(args.output, (".png",), "-o/--output (a palette PNG of labels)")
+    if args.overlay:
+        _check_output(args.overlay, (".png", ".jpg", ".jpeg"), "--overlay")
+    if args.save_probs:
+        _check_output(args.save_probs, (".npy",), "--save-probs")
     image = _read_image(args.image)
     scores = _read_scores(args.logits)
     params = CRFParams.coerce(args.preset)
@@ -194,27 +212,44 @@ def _eval(args) -> int:
         print(f"warning: {len(unmatched)} prediction(s) have no ground truth, e.g. {unmatched[:3]}", file=sys.stderr)
     if not pairs:
         raise UserError("no prediction/ground-truth pairs with the same file name stem were found")
-    metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore")
-    mismatched = []
+    # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
+    metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
+                         boundary=args.boundary)
+    mismatched, unreadable = [], []
 
     def load(pair):
-        return pair, _read_label_map(pair[0]), _read_label_map(pair[1])
+        try:
+            return pair, _read_label_map(pair[0]), _read_label_map(pair[1])
+        except UserError as exc:  # one bad file is listed and skipped, not fatal
+            return pair, exc, None
 
     with ThreadPoolExecutor(max(1, args.workers)) as pool:  # decoding releases the GIL
         for (pred_path, gt_path), pred, gt in tqdm(pool.map(load, pairs), total=len(pairs), desc="eval", unit="img",
                                                    disable=not sys.stderr.isatty()):
+            if gt is None:
+                unreadable.append(str(pred))
+                continue
             if pred.shape != gt.shape:
                 mismatched.append(f"{pred_path.name} {pred.shape} vs {gt.shape}")
                 continue
             metrics.update(pred, gt)
-    result = metrics.compute()
-    print(result.table())
-    print(f"{len(pairs) - len(mismatched)} image pairs evaluated")
+    evaluated = len(pairs) - len(mismatched) - len(unreadable)
+    if evaluated == 0:
+        raise UserError(f"no pair could be evaluated: {'; '.join((unreadable + mismatched)[:3])}")
+    if unreadable:
+        print(f"warning: skipped {len(unreadable)} unreadable pair(s): {'; '.join(unreadable[:3])}", file=sys.stderr)
     if mismatched:
         print(f"warning: skipped {len(mismatched)} pair(s) of different sizes, e.g. {mismatched[:3]}", file=sys.stderr)
+    if metrics.num_invalid and not args.drop_invalid:
+        raise UserError(f"{metrics.num_invalid} pixels have labels outside [0, {args.num_classes}) that are not "
+                        f"ignored: is --num-classes right? (--ignore-index for void labels, or --drop-invalid to "
+                        f"count and skip them)")
+    result = metrics.compute()
+    print(result.table())
+    print(f"{evaluated} image pairs evaluated")
     if result.num_invalid:
-        print(f"warning: {result.num_invalid} pixels had labels outside [0, {args.num_classes}) and were not counted",
-              file=sys.stderr)
+        print(f"warning: {result.num_invalid} pixels had labels outside [0, {args.num_classes}) and were not counted "
+              f"(--drop-invalid)", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
         print(f"wrote {args.json}")
@@ -286,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", metavar="OUT", help="write all results as JSON")
     ev.add_argument("--plot", metavar="CM.png", help="write a confusion-matrix heatmap")
     ev.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
+    ev.add_argument("--drop-invalid", action="store_true",
+                    help="count and skip labels outside [0, K) instead of stopping (default: an error)")
+    ev.add_argument("--boundary", action="store_true", help="also report the dataset-level Boundary IoU")
     ev.set_defaults(func=_eval)
 
     bench = sub.add_parser("bench", help="a short benchmark summary on this machine",

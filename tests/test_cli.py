@@ -171,7 +171,44 @@ def test_eval_unreadable_image(tmp_path):
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred" / "a.png").write_bytes(b"not a png")
     _write_label_png(tmp_path / "gt" / "a.png", np.zeros((4, 4), int), "8bit")
-    assert_user_error(run("eval", "pred", "gt", "--num-classes", "2", cwd=tmp_path), "cannot read")
+    assert_user_error(run("eval", "pred", "gt", "--num-classes", "2", cwd=tmp_path), "no pair could be evaluated")
+    # Next to a good pair the bad one is listed and skipped, not fatal.
+    for name in ("b", "c"):
+        _write_label_png(tmp_path / "pred" / f"{name}.png", np.zeros((4, 4), int), "8bit")
+        _write_label_png(tmp_path / "gt" / f"{name}.png", np.zeros((4, 4), int), "8bit")
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    from PIL import Image
+
+    Image.fromarray(rgb).save(tmp_path / "pred" / "c.png")  # colour-coded: not a label map
+    result = run("eval", "pred", "gt", "--num-classes", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 image pairs evaluated" in result.stdout and "skipped 2 unreadable" in result.stderr
+
+
+def test_eval_labels_beyond_num_classes_are_an_error_unless_dropped(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    labels = np.arange(16).reshape(4, 4) % 5
+    _write_label_png(tmp_path / "pred" / "a.png", labels, "8bit")
+    _write_label_png(tmp_path / "gt" / "a.png", labels, "8bit")
+    assert_user_error(run("eval", "pred", "gt", "--num-classes", "3", cwd=tmp_path), "--num-classes right")
+    result = run("eval", "pred", "gt", "--num-classes", "3", "--drop-invalid", "--boundary", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "were not counted" in result.stderr and "BIoU" in result.stdout
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("-o", "labels.jpg", "must end in .png"),
+    ("-o", "missing_folder/labels.png", "does not exist"),
+    ("--save-probs", "p.txt", "must end in .npy"),
+])
+def test_refine_checks_outputs_before_any_work(tmp_path, option, value, fragment):
+    args = ["refine", "image.png", "scores.npy", "-o", "labels.png"]
+    if option == "-o":
+        args[-1] = value
+    else:
+        args += [option, value]
+    assert_user_error(run(*args, cwd=tmp_path), fragment)  # the inputs do not even exist: no work was done
 
 
 def test_bench_runs():
