@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._validation import check_int, intensity_scale, is_torch_tensor, two_class_scores
+from ._validation import check_int, is_torch_tensor, tensor_intensity_scale, two_class_scores
 from .upsample import deeplab_size, pad_to_multiple
 
 __all__ = ["Pipeline", "PipelineOutput", "mask_queries_to_logits", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -148,13 +148,8 @@ def _eval_mode(model):
 
 def _image_to_unit_range(t):
     """A (C, H, W) tensor as float32 in [0, 1], by segpost's one intensity rule (``intensity_scale``)."""
-    import torch
-
-    kind = "f" if t.is_floating_point() else ("b" if t.dtype == torch.bool else "i")
-    t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("the image holds NaN or infinite values")
-    return t * (intensity_scale(kind, float(t.min()), float(t.max())) / 255)
+    values, scale = tensor_intensity_scale(t)
+    return values * (scale / 255)
 
 
 def _positions(length, window, stride):
@@ -382,15 +377,15 @@ class Pipeline:
                     views.setdefault(key, []).append((index, size, flipped))
         return list(views.values())
 
-    def _view_input(self, image, size, flipped):
-        """One view of a [0, 1] (C, H, W) image: normalised, resized to ``size``, flipped."""
+    def _scaled_view(self, image, size):
+        """A [0, 1] (C, H, W) image normalised and resized to ``size`` (a view before any flip)."""
         import torch.nn.functional as F
 
         normalised = (image - self.mean.to(image.device)) / self.std.to(image.device)
         if size != tuple(image.shape[-2:]):
             normalised = F.interpolate(normalised[None], size=size, mode="bilinear",
                                        align_corners=self.align_corners)[0]
-        return normalised.flip(-1) if flipped else normalised
+        return normalised
 
     def _predict(self, images):
         """Merged (C, H, W) probabilities of each image over all its views."""
@@ -398,10 +393,16 @@ class Pipeline:
         import torch.nn.functional as F
 
         totals, counts = [None] * len(images), [0] * len(images)
+        step = self.batch_size if self.window is None else 1  # windows batch inside _windowed_view
         for group in self._views(images):
-            for start in range(0, len(group), self.batch_size if self.window is None else 1):
-                chunk = group[start: start + (self.batch_size if self.window is None else 1)]
-                inputs = [self._view_input(images[i], size, flipped) for i, size, flipped in chunk]
+            scaled = None  # (index, view): an image's flip follows it in its group, and reuses its scaled view
+            for start in range(0, len(group), step):
+                chunk = group[start: start + step]
+                inputs = []
+                for index, size, flipped in chunk:
+                    if scaled is None or scaled[0] != index:
+                        scaled = (index, self._scaled_view(images[index], size))
+                    inputs.append(scaled[1].flip(-1) if flipped else scaled[1])
                 if self.window is None:
                     outputs = self._whole_views(inputs)
                 else:
