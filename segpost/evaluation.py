@@ -153,10 +153,9 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
             if sampler is None and index % world != rank:
                 continue
             pairs = _pairs(item, image_key, target_key, batched)
-            if dataset_size is not None:
-                keep = [position + i for i in range(len(pairs))]
-                pairs = [pair for pair, n in zip(pairs, keep) if n * world + rank < dataset_size]
-                position += len(keep)
+            if dataset_size is not None:  # n: this rank's sample count so far
+                kept = [pair for n, pair in enumerate(pairs, start=position) if n * world + rank < dataset_size]
+                position, pairs = position + len(pairs), kept
             if pairs:
                 images = [image for image, _ in pairs]
                 outputs = predict_batch(images) if predict_batch is not None else [pipeline(im) for im in images]
