@@ -245,9 +245,6 @@ class DenseCRF:
         self._model = _C.MeanFieldModel(self.num_points, self.num_labels, self._row_length)
         self._feature_dims = []
         self.pairwise_terms = []  # a description dict per term, for repr and inspection
-        # Each term's filter as (compiled lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF
-        # builds its kernels through this class and differentiates through them.
-        self._kernel_operators = []
         self._term_arguments = []  # each _add_lattice call, to rebuild the model on the same lattices
 
     def _replace_unary(self, unary_points):
@@ -403,13 +400,18 @@ class DenseCRF:
         """Adds a term on `lattice` with its (pre, post) normalisation scales."""
         pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
-        self._kernel_operators.append((lattice._lattice, pre, post))
         self._term_arguments.append((lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label))
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
             {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
              "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices}
         )
+
+    @property
+    def _kernel_operators(self):
+        """Each term's filter as (compiled lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF
+        builds its kernels through this class and differentiates through them."""
+        return [(lattice._lattice, *scales) for lattice, scales, *_ in self._term_arguments]
 
     def _on_labels(self, unary_points, num_labels):
         """The same CRF on other unary rows (Potts terms only: a subset of the labels, for label pruning),
