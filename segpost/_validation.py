@@ -24,6 +24,7 @@ __all__ = [
     "check_bandwidth",
     "check_int",
     "intensity_scale",
+    "tensor_intensity_scale",
     "channels_last",
     "warn_if_probabilities",
     "two_class_scores",
@@ -255,6 +256,18 @@ def intensity_scale(kind: str, lo: float, hi: float, name: str = "image") -> flo
             f"the integer {name} holds values 0..{hi:g} only, under 1% of the 0..255 it is read in: is it a label "
             f"map, or a [0, 1] image cast to integers? (pass floats in [0, 1] or uint8 0..255)", stacklevel=3)
     return 1.0
+
+
+def tensor_intensity_scale(image, name="image", dtype=None):
+    """``(values, scale)``: a tensor image as ``dtype`` (float32 by default) and the factor that brings it to
+    0..255 units (``intensity_scale``'s rule, applied with torch ops: any device)."""
+    import torch
+
+    kind = "f" if image.is_floating_point() else ("b" if image.dtype == torch.bool else "i")
+    values = image.to(dtype or torch.float32)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must be finite, but holds NaN or infinite values")
+    return values, intensity_scale(kind, float(values.min()), float(values.max()), name)
 
 
 def warn_if_probabilities(scores: np.ndarray, name: str = "logits", fix: str = "probs=") -> None:

@@ -56,14 +56,10 @@ def _images_in_0_to_255(images):
     integers 0..255, floats [0, 1]. They are features (no gradient flows to them)."""
     import torch
 
-    from ._validation import intensity_scale
+    from ._validation import tensor_intensity_scale
 
-    images = images.detach()
-    kind = "f" if images.is_floating_point() else ("b" if images.dtype == torch.bool else "i")
-    values = images.double()
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("images hold NaN or infinite values")
-    return values * intensity_scale(kind, float(values.min()), float(values.max()), "images")
+    values, scale = tensor_intensity_scale(images.detach(), "images", torch.float64)
+    return values * scale
 
 
 def _crf_module_base():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import MAX_CRF_SCORE, intensity_scale, two_class_scores, warn_if_probabilities
+from .._validation import MAX_CRF_SCORE, tensor_intensity_scale, two_class_scores, warn_if_probabilities
 
 __all__ = ["mean_field", "grid_features", "kernel_filters", "refine"]
 
@@ -139,17 +139,16 @@ def kernel_filters(features, *, compiled=True):
         if isinstance(lattice, PermutohedralLattice):
             ones = lattice._lattice.filter_ones().astype(np.float64)
             rows, _ = _normalization_scales(ones, "symmetric")
-            operator = (lattice._lattice, rows, rows)
-        elif isinstance(lattice, CudaLattice):
-            rows = 1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20)
-            rows = rows.float().contiguous()
-            operator = (lattice, rows, rows)
-        else:
-            scale = (1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20))[:, None]
-            filters.append(lambda q, lattice=lattice, scale=scale: (
-                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))
+            filters.append(lambda q, lattice=lattice._lattice, rows=rows: CompiledFilter.apply(q, lattice, rows, rows))
             continue
-        filters.append(lambda q, operator=operator: CompiledFilter.apply(q, *operator))
+        # _normalization_scales' arithmetic, in torch ops on the lattice's device
+        scale = 1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20)
+        if isinstance(lattice, CudaLattice):
+            rows = scale.float().contiguous()
+            filters.append(lambda q, lattice=lattice, rows=rows: CompiledFilter.apply(q, lattice, rows, rows))
+        else:
+            filters.append(lambda q, lattice=lattice, scale=scale[:, None]: (
+                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))
     return filters
 
 
@@ -217,11 +216,8 @@ def refine(image, scores, *, probabilities, params, iterations, align_corners, r
     channels, height, width = img.shape
     if height == 0 or width == 0 or channels == 0 or channels > 16:
         raise ValueError(f"image must be non-empty with at most 16 channels, got shape {tuple(img.shape)}")
-    kind = "f" if img.is_floating_point() else ("b" if img.dtype == torch.bool else "i")
-    values = img.float()
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("image must be finite")
-    colours = values * intensity_scale(kind, float(values.min()), float(values.max()))
+    values, scale = tensor_intensity_scale(img)
+    colours = values * scale
     num_classes, h, w = scores.shape
     if h > height or w > width:
         raise ValueError(f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples")
