@@ -6,7 +6,9 @@ otherwise the first GPU call compiles them just in time). Prints one line
 per check and a timing table; exits non-zero if a check fails.
 
 Checks: vertices, filter and adjoint of the CUDA lattice against the C++
-lattice; crf_refine labels on the GPU against the CPU (>= 99.9% equal);
+lattice; a batched build against its images one by one and the chunked
+splat on long rows; segpost.DenseCRF on a CUDA unary and crf_refine labels
+on the GPU against the CPU (>= 99.9% equal);
 nn.DenseCRF gradients on the GPU against the CPU; determinism (the same
 bits twice); no memory growth over repeated calls. Timings: crf_refine
 512x512, 21 labels, 10 iterations, alone and per image in a batch of 8;
@@ -69,6 +71,37 @@ def main():
         want = cpu.filter(values, adjoint=adjoint)
         error = float(np.abs(got - want).max() / np.abs(want).max())
         check(f"filter{' (adjoint)' if adjoint else ''}", error < 1e-5, f"max relative error {error:.2e}")
+
+    # A batched build is each image's own lattice; long CSR rows (a flat photo region under a wide
+    # bilateral kernel) go through the chunked splat.
+    flat = np.zeros((2, 256, 256, 3), np.float32)
+    flat[1, :, 128:] = 200
+    rows_of = [np.concatenate([np.stack(np.meshgrid(np.arange(256), np.arange(256)), -1).reshape(-1, 2) / 80.0,
+                               im.reshape(-1, 3) / 13.0], 1).astype(np.float32) for im in flat]
+    batched = CudaLattice(torch.from_numpy(np.concatenate(rows_of)).cuda(), ext, images=2)
+    alone = [CudaLattice(torch.from_numpy(r).cuda(), ext) for r in rows_of]
+    check("batched build = its images' vertices", batched.num_vertices == sum(a.num_vertices for a in alone))
+    v = torch.from_numpy(rng.normal(size=(2 * 256 * 256, 4)).astype(np.float32)).cuda()
+    split = torch.cat([a.filter(part) for a, part in zip(alone, v.chunk(2))])
+    check("batched filter = one by one", bool(torch.equal(batched.filter(v), split)))
+    long_rows = float((batched._parts[3].numel() - 1) / batched.num_vertices)
+    want = np.concatenate([segpost.PermutohedralLattice(r).filter(part) for r, part in
+                           zip(rows_of, v.cpu().numpy().reshape(2, -1, 4))])
+    error = float(np.abs(split.cpu().numpy() - want).max() / np.abs(want).max())
+    check("chunked splat vs CPU", error < 1e-5, f"max relative error {error:.2e}, {long_rows:.2f} chunks/vertex")
+
+    # segpost.DenseCRF on a CUDA unary: the general model on the device.
+    crop = photo(512)[:128, :128]
+    unary = rng.normal(size=(6, 128, 128)).astype(np.float32) * 2
+    labels_of = []
+    for u in (unary, torch.from_numpy(unary).cuda()):
+        model = segpost.DenseCRF(u)
+        model.add_gaussian(3, compat=3)
+        model.add_bilateral(crop, 60, 10, compat=np.linspace(-6, -2, 6))
+        labels_of.append(model.map(5))
+    check("DenseCRF(cuda unary) returns device tensors", labels_of[1].is_cuda)
+    agreement = float((labels_of[1].cpu().numpy() == labels_of[0]).mean())
+    check("DenseCRF(cuda unary) labels vs CPU", agreement >= 0.999, f"{100 * agreement:.3f}% equal")
 
     # crf_refine: labels, determinism, memory.
     image = photo(512)

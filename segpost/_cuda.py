@@ -45,19 +45,24 @@ def cuda_extension():
 class CudaLattice:
     """The GPU lattice with TorchLattice's interface (filter with normalize/adjoint); not differentiable."""
 
-    def __init__(self, features, extension):
+    def __init__(self, features, extension, *, images=1):
+        """``images`` > 1: the rows are a batch of that many images, point-major each, built as one lattice
+        whose images share no vertex (the image's index is one more key component)."""
         self._ext = extension
         self.num_points, self.dim = features.shape
-        (self.corner_vertex, self.weights, self.neighbours, self.csr_start,
-         self.csr_corner) = extension.build(features.detach())
+        if images < 1 or self.num_points % images:
+            raise ValueError(f"{images} images do not split {self.num_points} points evenly")
+        # The extension's tensors, passed back whole to each filter: vertex ids and weights of each
+        # point's corners, the blur neighbours, and the splat's chunked CSR (bindings_cuda.cpp).
+        self._parts = tuple(extension.build(features.detach(), self.num_points // images if images > 1 else 0))
+        self.corner_vertex, self.weights, self.neighbours = self._parts[:3]
         self.num_vertices = self.neighbours.shape[1]
         self._ones = None
 
     def filter(self, values, *, normalize=False, adjoint=False):
         squeeze = values.ndim == 1
         v = values[:, None] if squeeze else values
-        out = self._ext.filter(self.corner_vertex, self.weights, self.neighbours, self.csr_start, self.csr_corner,
-                               v.float(), None, None, bool(adjoint))
+        out = self._ext.filter(*self._parts, v.float(), None, None, bool(adjoint))
         if normalize:
             out = out / self.filtered_ones()[:, None]
         out = out.to(values.dtype)
@@ -65,8 +70,7 @@ class CudaLattice:
 
     def filter_rows(self, values, pre, post, transpose):
         """``post * K(pre * values)`` (K^T with ``transpose``) for (N, C) rows; float32 scales or None."""
-        return self._ext.filter(self.corner_vertex, self.weights, self.neighbours, self.csr_start, self.csr_corner,
-                                values.float(), pre, post, bool(transpose))
+        return self._ext.filter(*self._parts, values.float(), pre, post, bool(transpose))
 
     def filtered_ones(self):
         import torch

@@ -180,17 +180,21 @@ class DenseCRF(_crf_module_base()):
         model.add_bilateral(colors, self.bi_xy, self.bi_rgb, compat=1.0)
         return [lambda q, op=op: CompiledFilter.apply(q, *op) for op in model._kernel_operators]
 
-    def _device_filters(self, image):
-        """The two kernels of one image on its device: the CUDA lattice (when built), or the torch lattice."""
+    def _device_filters(self, images):
+        """The two kernels of a (B, 3, H, W) batch on its device: one CUDA lattice per kernel for the whole
+        batch (when built), or the torch lattice per image."""
+        import torch
+
         from .crf.device import grid_features, kernel_filters
 
-        return kernel_filters(grid_features(image, self.pos_xy, self.bi_xy, self.bi_rgb),
-                              compiled=self.lattice == "auto")
+        per_image = [grid_features(image, self.pos_xy, self.bi_xy, self.bi_rgb) for image in images]
+        features = [torch.cat(kernel) for kernel in zip(*per_image)] if len(images) > 1 else per_image[0]
+        return kernel_filters(features, compiled=self.lattice == "auto", images=len(images))
 
     def forward(self, logits, images):
         import torch
 
-        from .crf.device import mean_field
+        from .crf.device import _per_image, mean_field
 
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}")
@@ -200,11 +204,13 @@ class DenseCRF(_crf_module_base()):
             raise TypeError(f"logits must be floating-point, got {logits.dtype}")
         b, c, h, w = logits.shape
         images = _images_in_0_to_255(images.to(logits.device))
-        on_cpu = self.lattice == "auto" and logits.device.type == "cpu"
-        outputs = []
-        for i in range(b):
-            filters = self._compiled_filters(images[i]) if on_cpu else self._device_filters(images[i])
-            weights = [self.kernel_weights[m].to(logits.dtype) for m in range(len(filters))]
-            out = mean_field(logits[i].reshape(c, -1).T, filters, weights, self.compatibility, self.iterations)
-            outputs.append(out.T.reshape(c, h, w))
-        return torch.stack(outputs)
+        if self.lattice == "auto" and logits.device.type == "cpu":
+            per_image = [self._compiled_filters(image) for image in images]
+            filters = [lambda q, kernel=kernel: _per_image(kernel, q) for kernel in zip(*per_image)]
+        else:
+            filters = self._device_filters(images)
+        # The whole batch as one set of (B*H*W, C) rows: every step of the mean field is per row.
+        weights = [self.kernel_weights[m].to(logits.dtype) for m in range(len(filters))]
+        rows = logits.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        out = mean_field(rows, filters, weights, self.compatibility, self.iterations)
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()

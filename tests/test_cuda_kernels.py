@@ -53,3 +53,69 @@ def test_cuda_lattice_matches_cpu_lattice():
     np.testing.assert_allclose(out, cpu.filter(values, normalize=True), atol=1e-4)
     again = gpu.filter(torch.from_numpy(values).cuda(), normalize=True).cpu().numpy()
     np.testing.assert_array_equal(out, again)  # deterministic: gather splat, no float atomics
+
+
+# ------------------------------------------------- the kernels' logic, emulated on the CPU (tests/cuda_emulation.py)
+
+def test_emulation_constants_are_the_kernels():
+    import re
+
+    import cuda_emulation
+
+    header = (ROOT / "csrc" / "cuda" / "permutohedral_cuda.h").read_text()
+    simplex = (ROOT / "csrc" / "simplex.h").read_text()
+    assert int(re.search(r"kSplatChunk = (\d+);", header).group(1)) == cuda_emulation.SPLAT_CHUNK
+    assert float(re.search(r"kKeyLimit = ([\d.]+);", simplex).group(1)) == cuda_emulation.KEY_LIMIT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [2, 5])
+def test_emulated_kernels_equal_the_cpp_lattice_whatever_the_insert_order(d):
+    import cuda_emulation
+
+    import segpost
+
+    rng = np.random.default_rng(d)
+    n = 120
+    # A few repeated points: keys shared by several corners race for one slot.
+    features = rng.uniform(0, 3, size=(n, d)).astype(np.float32)
+    features[n // 2:n // 2 + 10] = features[0]
+    values = rng.normal(size=(n, 3)).astype(np.float32)
+    cpu = segpost.PermutohedralLattice(features)
+    corners = n * (d + 1)
+    orders = [None, rng.permutation(corners), rng.permutation(corners)[::-1]]
+    builds = [cuda_emulation.build(features, insert_order=order, chunk=4) for order in orders]
+    for parts in builds:
+        assert parts[2].shape[1] == cpu.num_vertices
+        for got, first in zip(parts, builds[0]):  # vertex numbering by first occurrence, not by the race's winner
+            np.testing.assert_array_equal(got, first)
+    lattice = builds[0]
+    assert len(lattice[3]) - 1 > cpu.num_vertices  # chunk=4: some vertices gather several chunks
+    out = cuda_emulation.filter(*lattice, values)
+    np.testing.assert_allclose(out, cpu.filter(values), rtol=1e-5, atol=1e-5)
+    # One chunk per vertex (the kernels' default size here) sums in another order: equal to rounding.
+    whole = cuda_emulation.filter(*cuda_emulation.build(features), values)
+    np.testing.assert_allclose(whole, out, rtol=1e-5, atol=1e-5)
+    # The transpose with swapped scales is the adjoint: <u, post K(pre v)> = <pre K^T(post u), v>.
+    pre, post = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(0.5, 2, n).astype(np.float32)
+    u = rng.normal(size=(n, 3)).astype(np.float32)
+    forward = cuda_emulation.filter(*lattice, values, pre, post)
+    backward = cuda_emulation.filter(*lattice, u, post, pre, transpose=True)
+    np.testing.assert_allclose(np.vdot(u, forward), np.vdot(backward, values), rtol=1e-4)
+    np.testing.assert_allclose(backward, cpu.filter(u * post[:, None], adjoint=True) * pre[:, None],
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_emulated_batched_build_is_each_images_own_lattice():
+    import cuda_emulation
+
+    rng = np.random.default_rng(3)
+    images = [rng.uniform(0, 3, size=(60, 3)).astype(np.float32) + shift for shift in (0.0, 0.4, 10.0)]
+    values = rng.normal(size=(180, 2)).astype(np.float32)
+    batched = cuda_emulation.build(np.concatenate(images), points_per_image=60, chunk=4)
+    alone = [cuda_emulation.build(image, chunk=4) for image in images]
+    # Images 0 and 1 overlap in feature space, but the image index keeps their vertices apart.
+    assert batched[2].shape[1] == sum(parts[2].shape[1] for parts in alone)
+    want = np.concatenate([cuda_emulation.filter(*parts, rows) for parts, rows in zip(alone, np.split(values, 3))])
+    np.testing.assert_array_equal(cuda_emulation.filter(*batched, values), want)

@@ -22,21 +22,35 @@ from segpost.nn import DenseCRF
 class FakeCudaExtension:
     """``segpost._C_cuda``'s build/filter in torch ops on the CPU, with the kernels' data layout.
 
-    build: the torch lattice's vertices, a CSR of corners by vertex in point
-    order, neighbours as (d+1, M, 2); filter: splat as a gather over the CSR,
-    [1/2, 1, 1/2] blurs (reversed for the transpose), slice, with optional
-    pre/post row scales, in float32 like the kernels.
+    build: the torch lattice's vertices (each image's own in a batched
+    build, numbered one image after another), a CSR of corners by vertex in
+    point order, neighbours as (d+1, M, 2); filter: splat as a gather over
+    the CSR, [1/2, 1, 1/2] blurs (reversed for the transpose), slice, with
+    optional pre/post row scales, in float32 like the kernels. (The kernels'
+    own logic is emulated line by line in tests/cuda_emulation.py; CudaLattice
+    passes the parts after the first three back to filter unread.)
     """
 
-    def build(self, features):
-        lattice = TorchLattice(features.double())
-        n, d1 = lattice.corner_vertex.shape
-        vertex_of_corner = (lattice.corner_vertex - 1).reshape(-1)
+    def __init__(self):
+        self.builds = []
+
+    def build(self, features, points_per_image=0):
+        self.builds.append((features.shape[0], points_per_image))
+        images = features.shape[0] // points_per_image if points_per_image else 1
+        corner_vertex, weights, neighbours, offset = [], [], [], 0
+        for part in features.chunk(images):
+            lattice = TorchLattice(part.double())
+            corner_vertex.append(lattice.corner_vertex + offset)
+            nb = lattice.neighbours.permute(0, 2, 1)
+            neighbours.append(torch.where(nb > 0, nb + offset, 0))
+            weights.append(lattice.weights.float())
+            offset += lattice.num_vertices
+        corner_vertex, neighbour = torch.cat(corner_vertex), torch.cat(neighbours, 1).int().contiguous()
+        vertex_of_corner = (corner_vertex - 1).reshape(-1)
         csr_corner = torch.sort(vertex_of_corner, stable=True).indices
-        counts = torch.bincount(vertex_of_corner, minlength=lattice.num_vertices)
+        counts = torch.bincount(vertex_of_corner, minlength=offset)
         csr_start = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-        neighbour = lattice.neighbours.permute(0, 2, 1).int().contiguous()
-        return [lattice.corner_vertex.int(), lattice.weights.float(), neighbour, csr_start, csr_corner.int()]
+        return [corner_vertex.int(), torch.cat(weights), neighbour, csr_start, csr_corner.int()]
 
     def filter(self, corner_vertex, weights, neighbour, csr_start, csr_corner, values, pre, post, transpose):
         assert values.dtype == torch.float32 and (pre is None or pre.dtype == torch.float32)
@@ -135,21 +149,70 @@ def test_cuda_lattice_interface_filters_and_differentiates_like_the_torch_lattic
 
 def test_layer_device_path_through_the_cuda_interface_equals_the_torch_lattice(monkeypatch):
     # nn.DenseCRF off the CPU: kernel_filters on the CUDA lattice (emulated here) with the autograd function.
-    monkeypatch.setattr(device, "_lattice", lambda features, compiled: CudaLattice(features, FakeCudaExtension()))
-    logits = torch.randn(2, 3, 16, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    images = torch.from_numpy(np.stack([photo(16, 20), photo(16, 20, 30)])).permute(0, 3, 1, 2)
+    # The whole batch is one lattice per kernel, as the CUDA build makes it.
+    extension = FakeCudaExtension()
+    monkeypatch.setattr(device, "_lattice", lambda features, compiled, images=1: CudaLattice(
+        features, extension, images=images))
+    logits = torch.randn(3, 3, 16, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    images = torch.from_numpy(np.stack([photo(16, 20), photo(16, 20, 30), photo(16, 20, 60)])).permute(0, 3, 1, 2)
     results = []
     for lattice in ("device", "torch"):
-        crf = DenseCRF(3, iterations=3, lattice="torch").double()
-        if lattice == "device":
-            filters = crf._device_filters
-            monkeypatch.setattr(crf, "_device_filters", lambda image, filters=filters: device.kernel_filters(
-                device.grid_features(image, crf.pos_xy, crf.bi_xy, crf.bi_rgb), compiled=True))
-        else:
+        if lattice == "torch":
             monkeypatch.undo()
+        crf = DenseCRF(3, iterations=3, lattice="torch").double()
         x = logits.clone().requires_grad_()
         out = crf(x, images)
         out.square().sum().backward()
         results.append((out.detach(), x.grad, crf.compatibility.grad))
+    assert extension.builds == [(3 * 16 * 20, 16 * 20)] * 2
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+# ------------------------------------------------- segpost.DenseCRF on the unary's device
+
+def test_dense_crf_dispatches_on_the_unary_device():
+    assert device.on_device(torch.empty(2, device="meta"))
+    assert not device.on_device(torch.empty(2)) and not device.on_device(np.empty(2))
+    assert type(segpost.DenseCRF(np.zeros((2, 3, 3), np.float32))) is segpost.DenseCRF
+    assert type(segpost.DenseCRF(torch.zeros(2, 3, 3))) is segpost.DenseCRF  # CPU tensors: the compiled model
+
+
+@given(st.integers(2, 5), st.sampled_from(["potts", "diag", "matrix"]),
+       st.sampled_from(["symmetric", "before", "after", "none"]), st.integers(0, 100), st.booleans())
+def test_device_dense_crf_equals_the_cpu_model(labels, compat_kind, normalization, seed, volume):
+    # The device class's code on CPU tensors (the C++ lattice under it), against the compiled model.
+    rng = np.random.default_rng(seed)
+    shape = (5, 7, 6) if volume else (18, 21)
+    unary = rng.normal(size=(labels, *shape)).astype(np.float32) * 2
+    compat = {"potts": 3.0, "diag": -rng.uniform(1, 4, labels),
+              "matrix": rng.uniform(-2, 2, (labels, labels))}[compat_kind]
+    image = rng.integers(0, 256, size=(*shape, 3)).astype(np.uint8)
+    features = rng.uniform(0, 4, size=(int(np.prod(shape)), 2)).astype(np.float32)
+    crfs = [segpost.DenseCRF(unary), device.DeviceDenseCRF(torch.from_numpy(unary))]
+    for crf in crfs:
+        crf.add_gaussian(2.0, compat=compat, normalization=normalization)
+        crf.add_bilateral(image, 4.0, 30.0, compat=compat, normalization=normalization)
+        crf.add_pairwise(features, compat=1.5, normalization=normalization)
+    cpu, dev = crfs
+    assert [t["num_vertices"] for t in dev.pairwise_terms] == [t["num_vertices"] for t in cpu.pairwise_terms]
+    q_cpu, q_dev = cpu.inference(4), dev.inference(4)
+    assert isinstance(q_dev, torch.Tensor) and q_dev.shape == (labels, *shape)
+    np.testing.assert_allclose(q_dev.numpy(), q_cpu, atol=2e-4)
+    np.testing.assert_allclose(dev.initial_q().numpy(), cpu.initial_q(), atol=1e-6)
+    np.testing.assert_allclose(dev.step(torch.from_numpy(q_cpu)).numpy(), cpu.step(q_cpu), atol=2e-4)
+    assert dev.kl_divergence(torch.from_numpy(q_cpu)) == pytest.approx(cpu.kl_divergence(q_cpu), rel=1e-4, abs=1e-2)
+    agree = (dev.map(4).numpy() == cpu.map(4)).mean()
+    assert agree >= 0.99
+
+
+def test_device_dense_crf_rejects_bad_input():
+    with pytest.raises(TypeError, match="floating"):
+        device.DeviceDenseCRF(torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="finite"):
+        device.DeviceDenseCRF(torch.full((2, 4, 4), float("nan")))
+    crf = device.DeviceDenseCRF(torch.zeros(2, 4, 4))
+    with pytest.raises(ValueError, match="compat"):
+        crf.add_gaussian(3.0, compat=np.ones(5))
+    with pytest.raises(ValueError, match="shaped like the unary"):
+        crf.step(torch.zeros(3, 4, 4))

@@ -21,8 +21,12 @@ void check(cudaError_t status, const char* what) {
 }
 
 // Returns [corner_vertex (N, d+1) int32 shifted, weights (N, d+1) float32,
-//          neighbour (d+1, M, 2) int32 shifted, csr_start (M+1) int64, csr_corner (N(d+1)) int32].
-std::vector<torch::Tensor> build(torch::Tensor features) {
+//          neighbour (d+1, M, 2) int32 shifted, chunk_start (K+1) int64,
+//          vertex_chunk (M+1) int64, csr_corner (N(d+1)) int32]: the splat's
+//          chunks of the CSR of corners by vertex (permutohedral_cuda.h).
+// points_per_image > 0: a batch of N / points_per_image images, one lattice
+// whose images share no vertex (each image's vertices as its own build's).
+std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_image) {
   TORCH_CHECK(features.is_cuda() && features.dim() == 2, "features must be a 2-D CUDA tensor");
   TORCH_CHECK(features.is_floating_point(), "features must be floating-point");
   const c10::cuda::CUDAGuard guard(features.device());
@@ -31,6 +35,10 @@ std::vector<torch::Tensor> build(torch::Tensor features) {
   const int d = static_cast<int>(features.size(1));
   TORCH_CHECK(n >= 1 && d >= 1 && d <= segpost::cuda::kMaxDim, "need N >= 1 and 1 <= d <= ",
               segpost::cuda::kMaxDim, " on the GPU");
+  TORCH_CHECK(points_per_image >= 0 && (points_per_image == 0 || n % points_per_image == 0),
+              "points_per_image must divide the number of points (", n, "), got ", points_per_image);
+  const int64_t images = points_per_image > 0 ? n / points_per_image : 1;
+  const int key_size = d + (points_per_image > 0 ? 1 : 0);
   const int d1 = d + 1;
   // Corners are counted and indexed in int32 by the kernels and the CSR.
   TORCH_CHECK(n * d1 < INT32_MAX, "too many points for the GPU lattice: N * (d + 1) = ", n * d1,
@@ -39,7 +47,7 @@ std::vector<torch::Tensor> build(torch::Tensor features) {
   TORCH_CHECK(torch::isfinite(features).all().item<bool>(), "features must be finite (NaN or infinite found)");
   auto stream = at::cuda::getCurrentCUDAStream();
   auto dev = features.options();
-  // Scales and the origin moved by whole lattice periods (see the CPU lattice).
+  // Scales and the origin moved by whole lattice periods (see the CPU lattice), per image.
   auto scale = torch::empty({d}, dev.dtype(torch::kFloat64));
   {
     std::vector<double> host(d);
@@ -47,13 +55,14 @@ std::vector<torch::Tensor> build(torch::Tensor features) {
     scale.copy_(torch::from_blob(host.data(), {d}, torch::kFloat64));
   }
   auto period = d1 / scale;
-  auto origin = (torch::floor(std::get<0>(features.to(torch::kFloat64).min(0)) / period) * period).contiguous();
+  auto lowest = std::get<0>(features.to(torch::kFloat64).reshape({images, n / images, d}).min(1));
+  auto origin = (torch::floor(lowest / period) * period).contiguous();
   const int64_t corners = n * d1;
-  auto keys = torch::empty({corners, d}, dev.dtype(torch::kInt32));
+  auto keys = torch::empty({corners, key_size}, dev.dtype(torch::kInt32));
   auto weights = torch::empty({n, d1}, dev);
   auto overflow = torch::zeros({1}, dev.dtype(torch::kInt32));
   check(segpost::cuda::launch_simplex(features.data_ptr<float>(), origin.data_ptr<double>(), scale.data_ptr<double>(),
-                                      n, d, keys.data_ptr<int32_t>(), weights.data_ptr<float>(),
+                                      n, d, points_per_image, keys.data_ptr<int32_t>(), weights.data_ptr<float>(),
                                       overflow.data_ptr<int32_t>(), stream),
         "simplex");
   TORCH_CHECK(overflow.item<int32_t>() == 0,
@@ -61,36 +70,51 @@ std::vector<torch::Tensor> build(torch::Tensor features) {
   uint64_t capacity = 1;
   while (capacity < static_cast<uint64_t>(corners) * 2) capacity <<= 1;
   auto slots = torch::full({static_cast<int64_t>(capacity)}, -1, dev.dtype(torch::kInt32));
-  auto rep = torch::empty({corners}, dev.dtype(torch::kInt32));
-  check(segpost::cuda::launch_insert(keys.data_ptr<int32_t>(), corners, d, slots.data_ptr<int32_t>(), capacity,
-                                     rep.data_ptr<int32_t>(), stream),
+  auto claimant = torch::empty({corners}, dev.dtype(torch::kInt32));
+  check(segpost::cuda::launch_insert(keys.data_ptr<int32_t>(), corners, key_size, slots.data_ptr<int32_t>(),
+                                     capacity, claimant.data_ptr<int32_t>(), stream),
         "insert");
-  // Compact vertex ids, in corner order of first occurrence (as the CPU lattice numbers them).
+  // Which corner claims a key's slot depends on timing; its first corner does not. Compact vertex
+  // ids in corner order of first occurrence, as the CPU lattice numbers them: the same on every run.
   auto index = torch::arange(corners, dev.dtype(torch::kInt32));
+  auto claimant_index = claimant.to(torch::kInt64);
+  auto first_of_claimant = torch::full({corners}, INT32_MAX, dev.dtype(torch::kInt32))
+                               .scatter_reduce(0, claimant_index, index, "amin");
+  auto rep = first_of_claimant.index_select(0, claimant_index);
   auto first = rep.eq(index);
   auto ids = torch::cumsum(first.to(torch::kInt32), 0, torch::kInt32) - 1;
   auto vertex_of_corner = ids.index_select(0, rep.to(torch::kInt64)).contiguous();
   const int64_t m = first.sum().item<int64_t>();
   auto vertex_keys = keys.index({first}).contiguous();
   auto neighbour = torch::empty({d1, m, 2}, dev.dtype(torch::kInt32));
-  check(segpost::cuda::launch_neighbours(vertex_keys.data_ptr<int32_t>(), m, d, keys.data_ptr<int32_t>(),
+  check(segpost::cuda::launch_neighbours(vertex_keys.data_ptr<int32_t>(), m, d, key_size, keys.data_ptr<int32_t>(),
                                          slots.data_ptr<int32_t>(), capacity, vertex_of_corner.data_ptr<int32_t>(),
                                          neighbour.data_ptr<int32_t>(), stream),
         "neighbours");
-  // CSR of corners by vertex, stable: each vertex's corners in point order (deterministic splat).
-  auto sorted = torch::sort(vertex_of_corner.to(torch::kInt64), /*stable=*/true, 0, false);
-  auto csr_corner = std::get<1>(sorted).to(torch::kInt32).contiguous();
-  auto counts = torch::bincount(vertex_of_corner.to(torch::kInt64), {}, m);
-  auto csr_start = torch::cat({torch::zeros({1}, dev.dtype(torch::kInt64)), torch::cumsum(counts, 0)}).contiguous();
+  // CSR of corners by vertex, stable: each vertex's corners in point order (deterministic splat),
+  // cut into chunks of at most kSplatChunk corners.
+  auto vertex_long = vertex_of_corner.to(torch::kInt64);
+  auto csr_corner = std::get<1>(torch::sort(vertex_long, /*stable=*/true, 0, false)).to(torch::kInt32).contiguous();
+  auto counts = torch::bincount(vertex_long, {}, m);
+  auto csr_start = torch::cumsum(counts, 0) - counts;
+  auto chunks_of_vertex = torch::div(counts + (segpost::cuda::kSplatChunk - 1), segpost::cuda::kSplatChunk, "floor");
+  auto vertex_chunk =
+      torch::cat({torch::zeros({1}, dev.dtype(torch::kInt64)), torch::cumsum(chunks_of_vertex, 0)}).contiguous();
+  auto owner = torch::repeat_interleave(chunks_of_vertex);
+  const int64_t chunks = owner.size(0);
+  auto within = torch::arange(chunks, dev.dtype(torch::kInt64)) - vertex_chunk.index_select(0, owner);
+  auto chunk_start = torch::cat({csr_start.index_select(0, owner) + within * segpost::cuda::kSplatChunk,
+                                 torch::full({1}, corners, dev.dtype(torch::kInt64))})
+                         .contiguous();
   auto corner_vertex = (vertex_of_corner + 1).reshape({n, d1}).contiguous();
-  return {corner_vertex, weights, neighbour, csr_start, csr_corner};
+  return {corner_vertex, weights, neighbour, chunk_start, vertex_chunk, csr_corner};
 }
 
 torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::Tensor neighbour,
-                     torch::Tensor csr_start, torch::Tensor csr_corner, torch::Tensor values,
+                     torch::Tensor chunk_start, torch::Tensor vertex_chunk, torch::Tensor csr_corner, torch::Tensor values,
                      c10::optional<torch::Tensor> pre_scale, c10::optional<torch::Tensor> post_scale, bool transpose) {
   TORCH_CHECK(values.is_cuda() && values.dim() == 2, "values must be a 2-D CUDA tensor");
-  for (const torch::Tensor* part : {&weights, &neighbour, &csr_start, &csr_corner})
+  for (const torch::Tensor* part : {&weights, &neighbour, &chunk_start, &vertex_chunk, &csr_corner})
     TORCH_CHECK(part->device() == corner_vertex.device(), "the lattice's tensors must share one device");
   TORCH_CHECK(values.device() == corner_vertex.device(), "values (on ", values.device(),
               ") must be on the lattice's device (", corner_vertex.device(), ")");
@@ -120,8 +144,12 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
   auto next = torch::empty({m + 1, c}, values.options());
   grid[0].zero_();
   next[0].zero_();
-  check(segpost::cuda::launch_splat(csr_start.data_ptr<int64_t>(), csr_corner.data_ptr<int32_t>(),
-                                    weights.data_ptr<float>(), values.data_ptr<float>(), pre, m, d, c,
+  const int64_t chunks = chunk_start.size(0) - 1;
+  torch::Tensor chunk_sums = chunks > m ? torch::empty({chunks, c}, values.options()) : torch::Tensor();
+  check(segpost::cuda::launch_splat(chunk_start.data_ptr<int64_t>(), vertex_chunk.data_ptr<int64_t>(), chunks,
+                                    csr_corner.data_ptr<int32_t>(), weights.data_ptr<float>(),
+                                    values.data_ptr<float>(), pre, m, d, c,
+                                    chunk_sums.defined() ? chunk_sums.data_ptr<float>() : nullptr,
                                     grid.data_ptr<float>(), stream),
         "splat");
   for (int step = 0; step <= d; ++step) {
@@ -143,6 +171,7 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "segpost CUDA lattice kernels (private; use segpost's Python API)";
-  m.def("build", &build, "build a permutohedral lattice on the GPU");
+  m.def("build", &build, "build a permutohedral lattice on the GPU", py::arg("features"),
+        py::arg("points_per_image") = 0);
   m.def("filter", &filter, "filter values on a GPU lattice");
 }

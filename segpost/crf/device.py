@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import MAX_CRF_SCORE, tensor_intensity_scale, two_class_scores, warn_if_probabilities
+from .model import _DIAGONAL, _POTTS, DenseCRF, _check_iterations, _normalization_scales
 
-__all__ = ["mean_field", "grid_features", "kernel_filters", "refine"]
+__all__ = ["mean_field", "grid_features", "kernel_filters", "refine", "DeviceDenseCRF", "on_device"]
 
 # As the CPU path (crf_refine's unary_from_softmax clip).
 PROBABILITY_CLIP = 1e-5
@@ -59,6 +60,17 @@ def _compiled_filter_function():
 CompiledFilter = _compiled_filter_function()
 
 
+def _messages(q, filters, weights, compatibility):
+    """``sum_m weights[m] * (filters[m](q) @ C_m^T)``: what one mean-field update adds to the scores."""
+    messages = 0
+    for m, kernel in enumerate(filters):
+        filtered = kernel(q)
+        if compatibility is not None:
+            filtered = filtered @ compatibility[m].to(filtered.dtype).T
+        messages = messages + weights[m] * filtered
+    return messages
+
+
 def mean_field(scores, filters, weights, compatibility, iterations):
     """``iterations`` mean-field updates of (N, C) scores (negative unary energies): the refined scores.
 
@@ -70,14 +82,7 @@ def mean_field(scores, filters, weights, compatibility, iterations):
 
     out = scores
     for _ in range(iterations):
-        q = torch.softmax(out, dim=1)
-        messages = 0
-        for m, kernel in enumerate(filters):
-            filtered = kernel(q)
-            if compatibility is not None:
-                filtered = filtered @ compatibility[m].to(out.dtype).T
-            messages = messages + weights[m] * filtered
-        out = scores + messages
+        out = scores + _messages(torch.softmax(out, dim=1), filters, weights, compatibility)
     return out
 
 
@@ -103,9 +108,10 @@ def grid_features(image, pos_xy, bi_xy, bi_rgb):
     return positions(pos_xy), torch.cat([positions(bi_xy), colours], 1)
 
 
-def _lattice(features, compiled):
+def _lattice(features, compiled, images=1):
     """The compiled lattice for the features' device when ``compiled`` (CUDA when built; the C++ lattice for
-    CPU tensors), else the torch lattice."""
+    CPU tensors), else the torch lattice; None for a batch (``images`` > 1) that only the CUDA build takes
+    as one lattice."""
     from .._cuda import CudaLattice, cuda_extension
     from ..lattice import PermutohedralLattice
     from ..lattice_torch import TorchLattice
@@ -113,42 +119,73 @@ def _lattice(features, compiled):
     if compiled and features.is_cuda:
         extension = cuda_extension()
         if extension is not None and features.shape[1] <= 16:
-            return CudaLattice(features.detach(), extension)
-    elif compiled and features.device.type == "cpu":
+            return CudaLattice(features.detach(), extension, images=images)
+    if images > 1:
+        return None
+    if compiled and features.device.type == "cpu":
         return PermutohedralLattice(features.detach().numpy())
     return TorchLattice(features)
 
 
-def kernel_filters(features, *, compiled=True):
-    """Normalised filters ``q -> s * K(s * q)`` of each feature set, each lattice built once.
+def _per_image(filters, q):
+    """A batch's rows through each image's own filter."""
+    import torch
+
+    return torch.cat([kernel(rows) for kernel, rows in zip(filters, q.chunk(len(filters)))])
+
+
+def _normalised_filter(lattice, pre, post):
+    """``q -> post * K(pre * q)`` on a lattice, with (N,) scales or None: through :data:`CompiledFilter` (the
+    exact adjoint as gradient) on the compiled lattices, through autograd on the torch lattice."""
+    from .._cuda import CudaLattice
+    from ..lattice import PermutohedralLattice
+
+    if isinstance(lattice, PermutohedralLattice):
+        pre, post = (None if s is None else np.ascontiguousarray(np.asarray(s), np.float32) for s in (pre, post))
+        return lambda q: CompiledFilter.apply(q, lattice._lattice, pre, post)
+    if isinstance(lattice, CudaLattice):
+        pre, post = (None if s is None else s.float().contiguous() for s in (pre, post))
+        return lambda q: CompiledFilter.apply(q, lattice, pre, post)
+
+    def torch_filter(q):
+        rows = q if pre is None else pre.to(q.dtype)[:, None] * q
+        out = lattice.filter(rows)
+        return out if post is None else post.to(q.dtype)[:, None] * out
+
+    return torch_filter
+
+
+def _filtered_ones(lattice):
+    """``K 1`` (N,) float64 on the lattice's device."""
+    import torch
+
+    from ..lattice import PermutohedralLattice
+
+    if isinstance(lattice, PermutohedralLattice):
+        return torch.from_numpy(lattice._lattice.filter_ones().astype(np.float64))
+    return lattice.filtered_ones().double()
+
+
+def kernel_filters(features, *, compiled=True, images=1, normalization="symmetric"):
+    """Normalised filters ``q -> post * K(pre * q)`` of each feature set, each lattice built once.
 
     With ``compiled``, a compiled lattice (CUDA for CUDA features when built,
     C++ for CPU features) through :data:`CompiledFilter`, whose gradient is
     the exact adjoint; otherwise the torch lattice, differentiable through
-    autograd. The scales are the CPU path's (``model._normalization_scales``).
+    autograd. The scales are the CPU path's (``model._normalization_scales``;
+    symmetric by default: ``s * K(s * q)`` with ``s = (K 1)^-1/2``).
+    ``images`` > 1: each feature set is a batch of that many images' rows,
+    point-major each; the CUDA build makes it one lattice (images share no
+    vertex), the others one lattice per image.
     """
-    import torch
-
-    from .._cuda import CudaLattice
-    from ..lattice import PermutohedralLattice
-    from .model import _normalization_scales
-
     filters = []
     for feature_set in features:
-        lattice = _lattice(feature_set, compiled)
-        if isinstance(lattice, PermutohedralLattice):
-            ones = lattice._lattice.filter_ones().astype(np.float64)
-            rows, _ = _normalization_scales(ones, "symmetric")
-            filters.append(lambda q, lattice=lattice._lattice, rows=rows: CompiledFilter.apply(q, lattice, rows, rows))
+        lattice = _lattice(feature_set, compiled, images)
+        if lattice is None:
+            per_image = kernel_filters(feature_set.chunk(images), compiled=compiled, normalization=normalization)
+            filters.append(lambda q, per_image=per_image: _per_image(per_image, q))
             continue
-        # _normalization_scales' arithmetic, in torch ops on the lattice's device
-        scale = 1.0 / torch.sqrt(lattice.filtered_ones().double() + 1e-20)
-        if isinstance(lattice, CudaLattice):
-            rows = scale.float().contiguous()
-            filters.append(lambda q, lattice=lattice, rows=rows: CompiledFilter.apply(q, lattice, rows, rows))
-        else:
-            filters.append(lambda q, lattice=lattice, scale=scale[:, None]: (
-                scale.to(q.dtype) * lattice.filter(scale.to(q.dtype) * q)))
+        filters.append(_normalised_filter(lattice, *_normalization_scales(_filtered_ones(lattice), normalization)))
     return filters
 
 
@@ -242,3 +279,150 @@ def refine(image, scores, *, probabilities, params, iterations, align_corners, r
     if not return_probs:
         return labels
     return labels, torch.softmax(out, dim=1).T.reshape(num_classes, height, width)
+
+
+def on_device(x):
+    """Whether ``x`` is a tensor on an accelerator (the inputs that take this module's path)."""
+    from .._validation import is_torch_tensor
+
+    return is_torch_tensor(x) and x.device.type != "cpu"
+
+
+class DeviceDenseCRF(DenseCRF):
+    """:class:`segpost.DenseCRF` on the unary tensor's device (``DenseCRF(cuda_unary)`` returns one).
+
+    The same terms and results as the CPU class: the features are built
+    by its code (on the host, as it builds them), then the lattices, the
+    normalisation and the mean field run on the device (the CUDA lattice,
+    else the torch lattice) and Q and the labels are device tensors.
+    ``prune`` is accepted and has nothing to prune (a CPU optimisation).
+    """
+
+    def __init__(self, unary):
+        import torch
+
+        if not unary.is_floating_point():
+            raise TypeError(f"unary must be floating-point, got dtype {unary.dtype}")
+        if unary.ndim < 2 or 0 in unary.shape:
+            raise ValueError(f"unary must be a non-empty (L, N) or (L, *spatial) tensor, got shape "
+                             f"{tuple(unary.shape)}")
+        unary = unary.detach().float()
+        if not bool(torch.isfinite(unary).all()) or float(unary.abs().max()) > MAX_CRF_SCORE:
+            raise ValueError(f"unary must be finite and at most {MAX_CRF_SCORE:.3g} in magnitude")
+        self.device = unary.device
+        self._torch = True
+        self.num_labels = int(unary.shape[0])
+        self.spatial_shape = tuple(int(s) for s in unary.shape[1:])
+        self.num_points = int(np.prod(self.spatial_shape))
+        self._row_length = 0
+        _check_device_memory(self.num_points, self.num_labels, [], self.device)
+        self._scores = -unary.reshape(self.num_labels, -1).T.contiguous()  # (N, L) negative energies
+        self._filters, self._weights, self._compat = [], [], []
+        self._feature_dims, self.pairwise_terms, self._term_arguments = [], [], []
+
+    def add_pairwise(self, features, compat=1.0, **options):
+        # Features already on the device are validated there and stay there.
+        if on_device(features):
+            if features.ndim != 2 or features.shape[0] != self.num_points or not features.is_floating_point():
+                raise ValueError(f"features must be a floating ({self.num_points}, D) tensor, got "
+                                 f"{features.dtype} {tuple(features.shape)}")
+            features = features.detach().cpu()
+        return super().add_pairwise(features, compat, **options)
+
+    def add_bilateral(self, image, *args, **options):
+        return super().add_bilateral(image.detach().cpu() if on_device(image) else image, *args, **options)
+
+    def add_gaussian(self, sigma, compat=3.0, *, spacing=None, kernel="diag", normalization="symmetric"):
+        from .model import KERNEL_TYPES, NORMALIZATIONS, _as_compat, _check_choice
+
+        kind, potts, compat_arr = _as_compat(compat, self.num_labels)
+        _check_choice(kernel, "kernel", KERNEL_TYPES)
+        _check_choice(normalization, "normalization", NORMALIZATIONS)
+        positions = self._grid_positions(*self._axis_bandwidths(sigma, spacing))
+        self._add_lattice_term(positions, kind, potts, compat_arr, kernel, normalization, "gaussian")
+
+    def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
+        import torch
+
+        features = torch.tensor(np.asarray(features, np.float32), device=self.device)
+        _check_device_memory(self.num_points, self.num_labels, self._feature_dims + [features.shape[1]],
+                             self.device)
+        lattice = _lattice(features, compiled=True)
+        self._filters.append(_normalised_filter(lattice, *_normalization_scales(_filtered_ones(lattice),
+                                                                                normalization)))
+        # Q <- softmax(-U - sum_m compat_m(K_m Q)): Potts w is -w x, a diagonal v * x, a matrix M x.
+        eye = torch.eye(self.num_labels, device=self.device)
+        if kind == _POTTS:
+            self._weights.append(potts)
+            self._compat.append(eye)
+        else:
+            matrix = torch.from_numpy(compat_arr).to(self.device)
+            self._weights.append(-1.0)
+            self._compat.append(torch.diag(matrix) if kind == _DIAGONAL else matrix)
+        self._feature_dims.append(features.shape[1])
+        self.pairwise_terms.append(
+            {"type": label, "dim": int(features.shape[1]), "kernel": kernel, "normalization": normalization,
+             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices})
+
+    def _run(self, iterations, q=None):
+        """(N, L) scores after ``iterations`` updates from softmax(scores), or one update from ``q``."""
+        import torch
+
+        compatibility = torch.stack(self._compat) if self._compat else None
+        if q is None:
+            return mean_field(self._scores, self._filters, self._weights, compatibility, iterations)
+        return self._scores + _messages(q, self._filters, self._weights, compatibility)
+
+    def _q_points(self, q):
+        import torch
+
+        if not isinstance(q, torch.Tensor) or tuple(q.shape) not in (
+                (self.num_labels, self.num_points), (self.num_labels, *self.spatial_shape)):
+            raise ValueError(f"q must be a tensor shaped like the unary "
+                             f"{(self.num_labels, *self.spatial_shape)}, got {getattr(q, 'shape', q)!r}")
+        return q.detach().to(self.device, torch.float32).reshape(self.num_labels, -1).T
+
+    def _from_points(self, rows):
+        return rows.T.reshape(self.num_labels, *self.spatial_shape).contiguous()
+
+    def initial_q(self):
+        import torch
+
+        return self._from_points(torch.softmax(self._scores, dim=1))
+
+    def step(self, q):
+        import torch
+
+        return self._from_points(torch.softmax(self._run(1, self._q_points(q)), dim=1))
+
+    def inference(self, iterations=10, *, prune=False):
+        import torch
+
+        with torch.no_grad():
+            return self._from_points(torch.softmax(self._run(_check_iterations(iterations)), dim=1))
+
+    def map(self, iterations=10, *, prune=False):
+        import torch
+
+        with torch.no_grad():
+            return self._run(_check_iterations(iterations)).argmax(1).reshape(self.spatial_shape)
+
+    def _infer_points(self, iterations, *, return_q, prune=False):
+        import torch
+
+        with torch.no_grad():
+            out = self._run(_check_iterations(iterations))
+        return (torch.softmax(out, dim=1) if return_q else None), out.argmax(1)
+
+    def kl_divergence(self, q):
+        import torch
+
+        rows = self._q_points(q).double()
+        entropy = float((rows * rows.clamp_min(1e-20).log()).sum())
+        unary = float((-self._scores.double() * rows).sum())
+        # The pairwise energy's messages are minus the mean field's (compat_m(K_m Q) above).
+        compatibility = torch.stack(self._compat) if self._compat else None
+        messages = _messages(rows.float(), self._filters, self._weights, compatibility)
+        return entropy + unary - float((rows * messages.double()).sum())
+
+

@@ -207,6 +207,15 @@ class DenseCRF:
     True
     """
 
+    def __new__(cls, unary=None):
+        # A unary on an accelerator makes the CRF there (segpost.crf.device).
+        if cls is DenseCRF and unary is not None:
+            from .device import DeviceDenseCRF, on_device
+
+            if on_device(unary):
+                return object.__new__(DeviceDenseCRF)
+        return object.__new__(cls)
+
     def __init__(self, unary):
         arr, self._torch = to_numpy(unary, "unary")
         check_float_dtype(arr, "unary")
@@ -527,13 +536,18 @@ def padded_labels(num_labels: int) -> int:
 
 
 def _normalization_scales(ones, normalization):
-    """(pre, post) per-point float32 scales of a kernel normalisation, from K 1 (float64).
+    """(pre, post) per-point float32 scales of a kernel normalisation, from K 1 (float64; a tensor gives
+    float64 tensors on its device).
 
     "none" is the raw lattice sum, as pydensecrf (which computes a mean norm
     but never applies it). Computed in float64 in place: one temporary.
     """
     if normalization == "none":
         return None, None
+    if not isinstance(ones, np.ndarray):  # a torch tensor (segpost.crf.device): on its device, float64
+        scale = ones.double() + 1e-20
+        scale = 1.0 / (scale.sqrt() if normalization == "symmetric" else scale)
+        return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
     scale = ones + 1e-20
     if normalization == "symmetric":
         np.sqrt(scale, out=scale)
