@@ -21,7 +21,7 @@ from glob import glob
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
-CPU_SOURCES = ["csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/cpu/mean_field/*.cpp"]
+CPU_SOURCES = ["csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/cpu/lattice/*.cpp", "csrc/cpu/mean_field/*.cpp"]
 CPU_HEADERS = ["csrc/*.h", "csrc/cpu/*.h", "csrc/cpu/mean_field/*.h"]
 
 

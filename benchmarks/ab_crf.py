@@ -5,7 +5,8 @@ Times ``crf_refine`` at 512x512, 21 labels, 10 iterations (the inputs of
 alternating fresh processes, one with the baseline build on its path and one
 with the segpost of this environment, and prints each side's median and the
 median of the paired ratios. It also checks that both builds give the same
-labels and marginals, bit for bit.
+labels and marginals, bit for bit, there and on every kernel variant (row
+layouts, label counts, compatibility kinds, simplex sizes, grids).
 
 The baseline is a folder holding an importable segpost, e.g.
 ``pip install --no-deps --target /tmp/base dist/segpost-*.whl`` of the commit
@@ -38,6 +39,30 @@ for preset in ("deeplab", "pydensecrf"):
         segpost.crf_refine(image, logits, params=preset, iterations=10)
         times.append(time.perf_counter() - start)
     out[preset] = 1000 * statistics.median(times)
+# Every kernel variant, for the bit-identity check alone (not timed): narrow rows (2-4 labels), wide
+# rows of 1-8 blocks and the run-time width (70 labels), the two-Potts fast path and the generic loop
+# (diagonal and matrix compatibilities, other simplex sizes, a 3-D grid), the messages (kl_divergence).
+digest = hashlib.sha256()
+rng = np.random.default_rng(1)
+for labels in (2, 3, 4, 8, 21, 40, 70):
+    crop = image[:96, :80]
+    scores = rng.normal(scale=2.0, size=(labels, 12, 10)).astype(np.float32)
+    for preset in ("deeplab", "pydensecrf"):
+        labels_out, probs = segpost.crf_refine(crop, scores, params=preset, iterations=5, return_probs=True)
+        digest.update(labels_out.tobytes() + probs.tobytes())
+    unary = rng.normal(scale=2.0, size=(labels, 40, 36)).astype(np.float32)
+    for compat in (4.0, -rng.uniform(1, 3, labels), rng.uniform(-2, 2, (labels, labels))):
+        crf = segpost.DenseCRF(unary)
+        crf.add_bilateral(image[:40, :36], 30, 13, compat=compat)
+        crf.add_gaussian(3, compat=compat)
+        crf.add_pairwise(rng.uniform(0, 5, (40 * 36, 3)).astype(np.float32), compat=compat)
+        q = crf.inference(4)
+        digest.update(q.tobytes() + np.float64(crf.kl_divergence(q)).tobytes())
+    volume = segpost.DenseCRF(rng.normal(size=(labels, 6, 20, 18)).astype(np.float32))
+    volume.add_gaussian(2, compat=3)
+    volume.add_bilateral(rng.integers(0, 255, (6, 20, 18, 2)), 3, 20, compat=5)
+    digest.update(volume.inference(4).tobytes())
+out["variants_digest"] = digest.hexdigest()
 print(json.dumps(out))
 """
 
@@ -74,6 +99,9 @@ def main():
         print(f"{preset:>10}: baseline {statistics.median(old_ms):.0f} ms, this {statistics.median(new_ms):.0f} ms, "
               f"paired ratio median {statistics.median(ratios):.3f} (range {min(ratios):.2f}-{max(ratios):.2f}), "
               f"labels and marginals {'bit-identical' if same else 'DIFFER'}")
+    same = base["variants_digest"] == new["variants_digest"]
+    print(f"every kernel variant (2-70 labels, Potts/diagonal/matrix, 2-D and 3-D grids, messages): "
+          f"{'bit-identical' if same else 'DIFFER'}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu/mean_field_model.h"
+#include "cpu/mean_field/model.h"
 #include "memory_pool.h"
 #include "parallel.h"
 #include "permutohedral.h"

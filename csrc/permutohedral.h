@@ -111,6 +111,8 @@ class PermutohedralLattice {
   std::size_t nbytes() const;
 
  private:
+  // The construction's steps (cpu/lattice/builder.h).
+  struct Builder;
   template <typename T>
   void build(const T* features, int64_t row_length, const std::function<void()>& between_phases);
   // Calls fn(chain, begin, end) in parallel on ranges of whole chains of

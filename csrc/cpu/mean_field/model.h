@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "../mean_field.h"
-#include "../permutohedral.h"
-#include "../python_arrays.h"
-#include "../python_gil.h"
+#include "../../mean_field.h"
+#include "../../permutohedral.h"
+#include "../../python_arrays.h"
+#include "../../python_gil.h"
 
 namespace segpost {
 namespace python {

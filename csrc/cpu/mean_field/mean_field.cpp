@@ -11,15 +11,15 @@
 // are identical whatever the thread count.
 //
 // This file is the orchestration: the workspace, the partitions, the
-// gather-and-blur between iterations. The point kernels are in mean_field/.
-#include "../mean_field.h"
+// gather-and-blur between iterations. The point loops are in point_loops.h.
+#include "../../mean_field.h"
 
 #include <algorithm>
 #include <vector>
 
-#include "../parallel.h"
-#include "../tiles.h"
-#include "mean_field/kernels.h"
+#include "../../parallel.h"
+#include "../../tiles.h"
+#include "point_loops.h"
 
 namespace segpost {
 
