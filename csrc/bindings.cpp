@@ -1,5 +1,5 @@
 // pybind11 binding of the CPU kernels as segpost._C: it converts buffers and
-// registers; the mean-field model it exposes lives in cpu/mean_field_model.h.
+// registers; the mean-field model it exposes lives in cpu/mean_field/model.h.
 //
 // Plain buffers only (no torch ABI): the Python wrappers in segpost/ validate
 // and convert every input once; the checks here are a last line of defence so

@@ -125,7 +125,7 @@ SEGPOST_HOST_DEVICE uint64_t mix_hash(uint64_t h) {
 
 // Polynomial hash of a key's coordinates, mixed: the CUDA table's. The CPU
 // build hashes a linear form instead, which it updates in O(1) from vertex
-// to vertex (KeyHash in cpu/permutohedral_cpu.cpp).
+// to vertex (KeyHash in cpu/lattice/key_table.h).
 SEGPOST_HOST_DEVICE uint64_t hash_key(const int32_t* key, int key_size) {
   uint64_t h = 0;
   for (int i = 0; i < key_size; ++i) h = h * 0x100000001B3ull + static_cast<uint32_t>(key[i]);

@@ -4,7 +4,7 @@ Runs on any device torch runs on, in float32 or float64, and is differentiable
 through autograd with respect to the filtered values (index_add / gather):
 the fallback where the compiled extensions are unavailable and the oracle
 for them. The construction follows the same steps as the C++ lattice
-(csrc/cpu/permutohedral_cpu.cpp); vertices are numbered by sorting their keys
+(csrc/cpu/lattice/); vertices are numbered by sorting their keys
 (``torch.unique``) instead of hashing, so no hash table is needed on any device.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
 // (bindings_cuda.cpp) allocates the buffers and does the scans and sorts with
 // torch ops between these launches.
 //
-// Pipeline (mirrors csrc/cpu/permutohedral_cpu.cpp):
+// Pipeline (mirrors csrc/cpu/lattice/):
 //   1. simplex:    per point, the d+1 vertex keys and barycentric weights
 //                  (keys carry the image's index as one more component in a
 //                  batched build, so a batch is one lattice of disjoint parts);
