@@ -189,16 +189,16 @@ def _refine_dataset(args) -> int:
         raise UserError(f"cannot create {args.output}: the folder {parent} does not exist")
     if not os.access(out_dir if out_dir.exists() else parent, os.W_OK):
         raise UserError(f"cannot write into {args.output}: not writable")
-    if Path(args.images).is_dir() and out_dir.exists() and out_dir.resolve() == Path(args.images).resolve():
+    if Path(args.image).is_dir() and out_dir.exists() and out_dir.resolve() == Path(args.image).resolve():
         raise UserError("-o/--output is the IMAGES folder: the labels would replace the images")
     params = _crf_params(args)
     rank, world, _ = shard_spec(args.shard)
-    images = list_files(args.images, suffix=args.image_suffix, recursive=args.recursive, name="IMAGES")
+    images = list_files(args.image, suffix=args.image_suffix, recursive=args.recursive, name="IMAGES")
     scores = list_files(args.logits, suffix=args.logits_suffix, extensions=SCORE_SUFFIXES, recursive=args.recursive,
                         name="LOGITS")
     pairs, no_scores, no_image = pair_files(images, scores)
     if not pairs:
-        raise UserError(f"no image in {args.images} has scores of the same name in {args.logits} "
+        raise UserError(f"no image in {args.image} has scores of the same name in {args.logits} "
                         f"({len(images)} images, {len(scores)} score files; see --image-suffix, --logits-suffix, -r)")
     out_dir.mkdir(exist_ok=True)
     mine = shard(pairs, rank, world)
