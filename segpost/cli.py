@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from ._datasets import (IMAGE_SUFFIXES, LOSSY_SUFFIXES, SCORE_SUFFIXES, UserError, list_files, pair_files,
-                        read_image, read_label_map, read_palette, read_scores, save_npy, shard, shard_spec,
+                        read_ahead, read_image, read_label_map, read_palette, read_scores, save_npy, shard, shard_spec,
                         write_palette_png)
 
 
@@ -282,8 +282,6 @@ def _init_distributed():
 
 
 def _eval(args) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm.auto import tqdm
 
     from .metrics import SegMetrics
@@ -335,16 +333,15 @@ def _eval(args) -> int:
     dist = _init_distributed() if launcher == "torchrun" else None
     try:
         mine = shard(pairs, rank, world)
-        with ThreadPoolExecutor(max(1, args.workers)) as pool:  # decoding releases the GIL
-            for key, pred, gt in tqdm(pool.map(load, mine), total=len(mine), desc="eval", unit="img",
-                                      disable=args.quiet or not lead or not sys.stderr.isatty()):
-                if gt is None:
-                    unreadable.append(str(pred))
-                elif pred.shape != gt.shape:
-                    mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
-                else:
-                    metrics.update(pred, gt)
-                    evaluated += 1
+        for key, pred, gt in tqdm(read_ahead(load, mine, max(1, args.workers)), total=len(mine), desc="eval",
+                                  unit="img", disable=args.quiet or not lead or not sys.stderr.isatty()):
+            if gt is None:
+                unreadable.append(str(pred))
+            elif pred.shape != gt.shape:
+                mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
+            else:
+                metrics.update(pred, gt)
+                evaluated += 1
         if dist is not None:  # one table: the counts summed over the ranks, the skipped files gathered
             metrics.sync()
             gathered = [None] * world
