@@ -163,15 +163,54 @@ def _threads_per_worker(workers):
     return min(threads, get_num_threads()) if os.environ.get("SEGPOST_NUM_THREADS") else threads
 
 
-def _report(counter, what):
-    for message, keys in counter.items():
-        print(f"warning: {len(keys)} {what}: {message} (e.g. {keys[0]})", file=sys.stderr)
+def _check_output_folder(out_dir, images):
+    """Refuse -o for a folder of images before any work: a file name, an unwritable place, the images' folder."""
+    if out_dir.suffix.lower() in IMAGE_SUFFIXES + SCORE_SUFFIXES:
+        raise UserError(f"with a folder of images -o/--output is a folder, got {out_dir}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"-o/--output {out_dir} exists and is not a folder")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not out_dir.exists() and not parent.is_dir():
+        raise UserError(f"cannot create {out_dir}: the folder {parent} does not exist")
+    if not os.access(out_dir if out_dir.exists() else parent, os.W_OK):
+        raise UserError(f"cannot write into {out_dir}: not writable")
+    if images.is_dir() and out_dir.exists() and out_dir.resolve() == images.resolve():
+        raise UserError("-o/--output is the IMAGES folder: the labels would replace the images")
+
+
+def _run_tasks(tasks, workers, threads, desc, quiet):
+    """``_refine_task`` over ``tasks``: in this process for one worker, else in a pool; results as they finish."""
+    from tqdm.auto import tqdm
+
+    results = []
+    with tqdm(total=len(tasks), desc=desc, unit="img", disable=quiet or not sys.stderr.isatty()) as bar:
+        if workers == 1:
+            from ._threads import set_num_threads
+
+            set_num_threads(threads)
+            for task in tasks:
+                results.append(_refine_task(task))
+                bar.update()
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a fresh interpreter per worker whatever threads this process has started.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(_refine_task, task) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update()
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)
+                raise
+    return results
 
 
 def _refine_dataset(args) -> int:
     """A folder (or list) of images and one of scores to a folder of label PNGs, resumable and sharded."""
-    from tqdm.auto import tqdm
-
     if args.overlay:
         raise UserError("--overlay writes one picture: use it with one IMAGE, not a folder or a list")
     if args.save_probs not in (None, True):
@@ -180,17 +219,7 @@ def _refine_dataset(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out_dir = Path(args.output)
-    if out_dir.suffix.lower() in IMAGE_SUFFIXES + SCORE_SUFFIXES:
-        raise UserError(f"with a folder of images -o/--output is a folder, got {args.output}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"-o/--output {args.output} exists and is not a folder")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not out_dir.exists() and not parent.is_dir():
-        raise UserError(f"cannot create {args.output}: the folder {parent} does not exist")
-    if not os.access(out_dir if out_dir.exists() else parent, os.W_OK):
-        raise UserError(f"cannot write into {args.output}: not writable")
-    if Path(args.image).is_dir() and out_dir.exists() and out_dir.resolve() == Path(args.image).resolve():
-        raise UserError("-o/--output is the IMAGES folder: the labels would replace the images")
+    _check_output_folder(out_dir, Path(args.image))
     params = _crf_params(args)
     rank, world, _ = shard_spec(args.shard)
     images = list_files(args.image, suffix=args.image_suffix, recursive=args.recursive, name="IMAGES")
@@ -200,6 +229,11 @@ def _refine_dataset(args) -> int:
     if not pairs:
         raise UserError(f"no image in {args.image} has scores of the same name in {args.logits} "
                         f"({len(images)} images, {len(scores)} score files; see --image-suffix, --logits-suffix, -r)")
+    if rank == 0:  # every rank pairs the same files: one of them says what was left out
+        if no_scores:
+            print(f"warning: {len(no_scores)} image(s) have no scores, e.g. {no_scores[:3]}", file=sys.stderr)
+        if no_image:
+            print(f"warning: {len(no_image)} score file(s) have no image, e.g. {no_image[:3]}", file=sys.stderr)
     out_dir.mkdir(exist_ok=True)
     mine = shard(pairs, rank, world)
     tasks, existing = [], []
@@ -212,44 +246,16 @@ def _refine_dataset(args) -> int:
         else:
             tasks.append((key, image_path, scores_path, out, probs_out, settings))
     where = f"shard {rank}/{world}: " if world > 1 else ""
-    if rank == 0:  # every rank pairs the same files: one of them says what was left out
-        if no_scores:
-            print(f"warning: {len(no_scores)} image(s) have no scores, e.g. {no_scores[:3]}", file=sys.stderr)
-        if no_image:
-            print(f"warning: {len(no_image)} score file(s) have no image, e.g. {no_image[:3]}", file=sys.stderr)
     workers = min(args.workers, max(1, len(tasks)))
     threads = _threads_per_worker(workers)
-    results = []
-    with tqdm(total=len(tasks), desc=f"refine {where}".strip(": "), unit="img",
-              disable=args.quiet or not sys.stderr.isatty()) as bar:
-        if workers == 1:
-            from ._threads import set_num_threads
-
-            set_num_threads(threads)
-            for task in tasks:
-                results.append(_refine_task(task))
-                bar.update()
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # spawn, not fork: a fresh interpreter per worker whatever threads this process has started.
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(_refine_task, task) for task in tasks]
-                try:
-                    for future in as_completed(futures):
-                        results.append(future.result())
-                        bar.update()
-                except KeyboardInterrupt:
-                    pool.shutdown(cancel_futures=True)
-                    raise
-    failed = sorted((key, message) for status, key, message, _ in results if status == "failed")
-    warned = {}
+    results = _run_tasks(tasks, workers, threads, f"refine {where}".strip(": "), args.quiet)
+    warned = {}  # message -> the images that raised it: each kind reported once
     for _, key, _, messages in sorted(results):
         for message in messages:
             warned.setdefault(message, []).append(key)
-    _report(warned, "image(s)")
+    for message, keys in warned.items():
+        print(f"warning: {len(keys)} image(s): {message} (e.g. {keys[0]})", file=sys.stderr)
+    failed = sorted((key, message) for status, key, message, _ in results if status == "failed")
     for key, message in failed[:10]:
         print(f"failed: {key}: {message}", file=sys.stderr)
     if len(failed) > 10:
@@ -257,7 +263,7 @@ def _refine_dataset(args) -> int:
     print(f"{where}refined {len(results) - len(failed)}, skipped {len(existing)} (output exists; --overwrite "
           f"redoes them), failed {len(failed)}; {len(mine)} of {len(pairs)} pairs, {workers} worker(s) x "
           f"{threads} thread(s); labels in {out_dir}")
-    return 1 if failed else 0
+    return 1 if failed else 0  # the run went on past failures; a script still learns of them
 
 
 def _refine(args) -> int:

@@ -386,6 +386,22 @@ def test_refine_a_list_file(image_folder):
         np.testing.assert_array_equal(_labels(tmp / "out" / f"{key}.png"), expected[key])
 
 
+def test_refine_folder_warns_once_per_kind_and_saves_probs_by_default_name(image_folder):
+    tmp, _ = image_folder
+    rng = np.random.default_rng(4)
+    for key in ("p0", "p1", "p2"):  # softmax outputs passed as logits: warned once, with the count
+        probs = rng.random((3, 6, 8)).astype(np.float32)
+        np.save(tmp / "scores" / f"{key}.npy", probs / probs.sum(0))
+    result = run("refine", tmp / "images", tmp / "scores", "-o", tmp / "out", "--image-suffix", "_img.png")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "--probs" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 3 image(s):"), result.stderr
+    single = run("refine", tmp / "images" / "p3_img.png", tmp / "scores" / "p3.npy", "-o", tmp / "one.png",
+                 "--save-probs")
+    assert single.returncode == 0, single.stderr
+    assert np.load(tmp / "one_probs.npy").shape == (3, 48, 64)
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["-o", "out.png"], "is a folder"),
     (["-o", "missing/out"], "does not exist"),
