@@ -187,7 +187,8 @@ def main():
             print(f"\n(a) segpost eval, {args.pairs} pairs of 1024x2048 uint8 PNGs, --workers 2, median of "
                   f"{args.repeats}")
             print_table(["what", "s", "pairs/s"], [
-                ["PNG decoding alone (2 threads, same reader)", f"{t['decode']:.2f}", f"{args.pairs / t['decode']:.1f}"],
+                ["PNG decoding alone (2 threads, same reader)", f"{t['decode']:.2f}",
+                 f"{args.pairs / t['decode']:.1f}"],
                 ["counting alone (SegMetrics.update)", f"{t['count']:.2f}", f"{args.pairs / t['count']:.1f}"],
                 ["segpost eval, whole command", f"{t['command']:.2f}", f"{args.pairs / t['command']:.1f}"],
             ])
