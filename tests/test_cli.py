@@ -588,3 +588,22 @@ def test_eval_sharded_over_two_gloo_ranks_prints_one_table(tmp_path):
         assert result.returncode == 0 and f"shard {rank}/2" in result.stdout, result.stderr
         confusion = confusion + np.array(json.loads((tmp_path / f"s{rank}.json").read_text())["confusion"])
     assert confusion.tolist() == json.loads((tmp_path / "whole.json").read_text())["confusion"]
+
+
+def test_under_the_real_torchrun(image_folder):
+    # The launcher users have, not an imitation of its variables: torchrun --standalone on loopback.
+    tmp, expected = image_folder
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "segpost"]
+    env = dict(os.environ, SEGPOST_NUM_THREADS="1")
+    refine = subprocess.run(torchrun + ["refine", str(tmp / "images"), str(tmp / "scores"), "-o", str(tmp / "out"),
+                                        "-r", "--image-suffix", "_img.png"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert refine.returncode == 0, refine.stderr
+    assert "shard 0/2: refined 3" in refine.stdout and "shard 1/2: refined 3" in refine.stdout
+    for key, labels in expected.items():
+        np.testing.assert_array_equal(_labels(tmp / "out" / f"{key}.png"), labels)
+    # Score the refined labels against themselves: one table, from rank 0, over all 6 pairs.
+    ev = subprocess.run(torchrun + ["eval", str(tmp / "out"), str(tmp / "out"), "-r", "--num-classes", "3"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert ev.stdout.count("mIoU 100.00") == 1 and "6 image pairs evaluated on 2 ranks" in ev.stdout
