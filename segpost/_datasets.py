@@ -79,11 +79,11 @@ def list_files(source, *, suffix=None, extensions=IMAGE_SUFFIXES, recursive=Fals
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            path = Path(line)
-            if path.is_absolute():  # an absolute path's key is its name: outputs must stay under the output folder
-                relative = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
-            else:
-                relative, path = path.as_posix().removeprefix("./"), base / path
+            path = Path(os.path.normpath(base / line))
+            # A path outside the list's folder (absolute, or through ..) is keyed by its name alone: the
+            # outputs, named by key, must stay inside the output folder.
+            norm_base = Path(os.path.normpath(base))
+            relative = path.relative_to(norm_base).as_posix() if path.is_relative_to(norm_base) else path.name
             key = _key(relative, suffix, extensions)
             if key is None:
                 raise UserError(f"{root} lists {line}, which does not end in "

@@ -402,6 +402,20 @@ def test_refine_folder_warns_once_per_kind_and_saves_probs_by_default_name(image
     assert np.load(tmp / "one_probs.npy").shape == (3, 48, 64)
 
 
+def test_list_file_paths_outside_its_folder_are_keyed_by_name(tmp_path):
+    # Outputs are named by key under OUT: a key with .. or a leading / would write outside it.
+    from segpost._datasets import UserError, list_files
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "val.txt").write_text(f"a/b.png\n./c.png\n../elsewhere/d.png\n{tmp_path}/e.jpg\n")
+    found = list_files(tmp_path / "lists" / "val.txt")
+    assert found == {"a/b": tmp_path / "lists" / "a" / "b.png", "c": tmp_path / "lists" / "c.png",
+                     "d": tmp_path / "elsewhere" / "d.png", "e": tmp_path / "e.jpg"}
+    (tmp_path / "lists" / "bad.txt").write_text("a/b.npy\n")
+    with pytest.raises(UserError, match="does not end in"):
+        list_files(tmp_path / "lists" / "bad.txt")
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["-o", "out.png"], "is a folder"),
     (["-o", "missing/out"], "does not exist"),
