@@ -12,11 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
-
-
-class UserError(Exception):
-    """A mistake on the command line: reported as one sentence, exit code 2."""
+from ._datasets import (IMAGE_SUFFIXES, LOSSY_SUFFIXES, SCORE_SUFFIXES, UserError, list_files, pair_files,
+                        read_ahead, read_image, read_label_map, read_palette, read_scores, save_npy, shard, shard_spec,
+                        write_palette_png)
 
 
 # ------------------------------------------------------------------------------ demo
@@ -37,60 +35,6 @@ def _demo(args) -> int:
 
 # ---------------------------------------------------------------------------- refine
 
-def _read_image(path):
-    import numpy as np
-    from skimage import io
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"image file not found: {path}")
-    try:
-        image = io.imread(p)
-    except Exception as exc:  # any decoder error is a user-facing "cannot read"
-        raise UserError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from None
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]  # drop alpha
-    if image.dtype == np.uint16:
-        # A file's bit depth says its range: 16-bit PNG/TIFF to [0, 1] floats (segpost's rule reads
-        # integer arrays as 0..255 whatever their dtype).
-        image = image.astype(np.float32) / 65535
-    return image
-
-
-def _read_scores(path):
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"scores file not found: {path}")
-    try:
-        if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                key = "logits" if "logits" in z.files else ("probs" if "probs" in z.files else z.files[0])
-                arr = z[key]
-        elif p.suffix in (".pt", ".pth"):
-            import torch
-
-            arr = torch.load(p, map_location="cpu", weights_only=True)
-            if isinstance(arr, dict):
-                arr = arr.get("logits", arr.get("out", next(iter(arr.values()))))
-            arr = arr.detach().float().numpy()
-        else:
-            raise UserError(f"unsupported scores format {p.suffix!r}: use .npy, .npz or .pt")
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot read scores from {path} ({type(exc).__name__}: {exc})") from None
-    arr = np.asarray(arr)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise UserError(f"scores in {path} must be (C, h, w), got shape {arr.shape}")
-    return arr.astype(np.float32)
-
-
 def _check_output(path, suffixes, option):
     """Refuse an output path before any work: a wrong extension or a folder that cannot be written."""
     p = Path(path)
@@ -103,32 +47,10 @@ def _check_output(path, suffixes, option):
         raise UserError(f"cannot write {path}: the folder {folder} is not writable")
 
 
-def _write_palette_png(path, labels):
-    import numpy as np
-    from PIL import Image
+def _crf_params(args):
+    """The preset with ``--params`` applied, and ``--iterations`` checked, before any image is read."""
+    from .crf import CRFParams
 
-    from .viz import voc_palette
-
-    if labels.max() > 255:
-        raise UserError(f"cannot write {labels.max() + 1} classes as a palette PNG (at most 256)")
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(voc_palette().reshape(-1).tolist())
-    img.save(path)
-
-
-def _refine(args) -> int:
-    import numpy as np
-
-    from ._validation import warn_if_probabilities
-    from .crf import CRFParams, crf_refine
-
-    _check_output(args.output, (".png",), "-o/--output (a palette PNG of labels)")
-    if args.overlay:
-        _check_output(args.overlay, (".png", ".jpg", ".jpeg"), "--overlay")
-    if args.save_probs:
-        _check_output(args.save_probs, (".npy",), "--save-probs")
-    image = _read_image(args.image)
-    scores = _read_scores(args.logits)
     params = CRFParams.coerce(args.preset)
     if args.params:
         try:
@@ -138,13 +60,45 @@ def _refine(args) -> int:
         if not isinstance(changes, dict):
             raise UserError("--params must be a JSON object such as '{\"bi_weight\": 5}'")
         params = CRFParams.coerce({**{f: getattr(params, f) for f in params.__dataclass_fields__}, **changes})
-    kwargs = {"probs": scores} if args.probs else {"logits": scores}
+    if args.iterations is not None and args.iterations < 0:
+        raise UserError(f"--iterations must be at least 0, got {args.iterations}")
+    return params
+
+
+def _refine_arrays(image, scores, *, probs, params, iterations):
+    """crf_refine as the command line runs it: labels and probabilities; the probabilities warning names --probs."""
+    from ._validation import warn_if_probabilities
+    from .crf import crf_refine
+
+    kwargs = {"probs": scores} if probs else {"logits": scores}
     with warnings.catch_warnings():
-        if not args.probs:  # the same check, naming the command line's option instead of the API's
+        if not probs:  # the same check, naming the command line's option instead of the API's
             warn_if_probabilities(scores, fix="--probs")
             warnings.filterwarnings("ignore", message="the logits are all in")
-        labels, probs = crf_refine(image, iterations=args.iterations, params=params, return_probs=True, **kwargs)
-    _write_palette_png(args.output, labels)
+        return crf_refine(image, iterations=iterations, params=params, return_probs=True, **kwargs)
+
+
+def _one_line(exc):
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _refine_image(args) -> int:
+    """One IMAGE and its LOGITS to one label PNG (and optionally an overlay and the probabilities)."""
+    import numpy as np
+
+    _check_output(args.output, (".png",), "-o/--output (a palette PNG of labels)")
+    if args.overlay:
+        _check_output(args.overlay, (".png", ".jpg", ".jpeg"), "--overlay")
+    probs_path = args.save_probs
+    if probs_path is True:  # --save-probs without a name: beside the labels, as in folder mode
+        probs_path = str(Path(args.output).with_name(Path(args.output).stem + "_probs.npy"))
+    if probs_path:
+        _check_output(probs_path, (".npy",), "--save-probs")
+    params = _crf_params(args)
+    image = read_image(args.image)
+    scores = read_scores(args.logits)
+    labels, probs = _refine_arrays(image, scores, probs=args.probs, params=params, iterations=args.iterations)
+    write_palette_png(args.output, labels)
     print(f"wrote {args.output} ({labels.shape[1]}x{labels.shape[0]}, {scores.shape[0]} classes)")
     if args.overlay:
         from skimage import io
@@ -153,46 +107,187 @@ def _refine(args) -> int:
 
         io.imsave(args.overlay, overlay(image, labels), check_contrast=False)
         print(f"wrote {args.overlay}")
-    if args.save_probs:
-        np.save(args.save_probs, probs)
-        print(f"wrote {args.save_probs} (float32 {probs.shape})")
+    if probs_path:
+        np.save(probs_path, probs)
+        print(f"wrote {probs_path} (float32 {probs.shape})")
     return 0
+
+
+def _refine_task(task):
+    """Refine one pair (in a worker process or in this one).
+
+    Returns
+    -------
+    status : {"done", "failed"}
+    key, message : str
+        ``message``: why it failed (one sentence), else "".
+    warnings : list of str
+        The distinct warnings it raised (the parent reports each once, with a count).
+    """
+    key, image_path, scores_path, out, probs_out, settings = task
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            labels, probs = _refine_arrays(read_image(image_path), read_scores(scores_path), **settings)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if probs_out is not None:  # the labels last: resuming looks for them
+                save_npy(probs_out, probs)
+            write_palette_png(out, labels)
+            status, message = "done", ""
+        except (UserError, ValueError, TypeError, OSError, MemoryError) as exc:  # listed in the summary, not fatal
+            status, message = "failed", _one_line(exc)
+    return status, key, message, sorted({_one_line(w.message) for w in caught})
+
+
+def _init_worker(threads):
+    import signal
+
+    from ._threads import set_num_threads
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops handing out work
+    set_num_threads(threads)
+
+
+def _threads_per_worker(workers):
+    """The kernels' threads in each of ``workers`` processes: workers x threads <= this machine's cores.
+
+    Under torchrun the ranks on one machine (``LOCAL_WORLD_SIZE``) share its cores too;
+    ``SEGPOST_NUM_THREADS``, where set, caps the result.
+    """
+    from ._threads import get_num_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    local = int(local) if local.isdigit() and int(local) > 0 else 1
+    threads = max(1, cores // (workers * local))
+    return min(threads, get_num_threads()) if os.environ.get("SEGPOST_NUM_THREADS") else threads
+
+
+def _check_output_folder(out_dir, images):
+    """Refuse -o for a folder of images before any work: a file name, an unwritable place, the images' folder."""
+    if out_dir.suffix.lower() in IMAGE_SUFFIXES + SCORE_SUFFIXES:
+        raise UserError(f"with a folder of images -o/--output is a folder, got {out_dir}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"-o/--output {out_dir} exists and is not a folder")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not out_dir.exists() and not parent.is_dir():
+        raise UserError(f"cannot create {out_dir}: the folder {parent} does not exist")
+    if not os.access(out_dir if out_dir.exists() else parent, os.W_OK):
+        raise UserError(f"cannot write into {out_dir}: not writable")
+    if images.is_dir() and out_dir.exists() and out_dir.resolve() == images.resolve():
+        raise UserError("-o/--output is the IMAGES folder: the labels would replace the images")
+
+
+def _run_tasks(tasks, workers, threads, desc, quiet):
+    """``_refine_task`` over ``tasks``: in this process for one worker, else in a pool; results as they finish."""
+    from tqdm.auto import tqdm
+
+    results = []
+    with tqdm(total=len(tasks), desc=desc, unit="img", disable=quiet or not sys.stderr.isatty()) as bar:
+        if workers == 1:
+            from ._threads import set_num_threads
+
+            set_num_threads(threads)
+            for task in tasks:
+                results.append(_refine_task(task))
+                bar.update()
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a fresh interpreter per worker whatever threads this process has started.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(_refine_task, task) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update()
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)
+                raise
+    return results
+
+
+def _refine_dataset(args) -> int:
+    """A folder (or list) of images and one of scores to a folder of label PNGs, resumable and sharded."""
+    if args.overlay:
+        raise UserError("--overlay writes one picture: use it with one IMAGE, not a folder or a list")
+    if args.save_probs not in (None, True):
+        raise UserError("with a folder of images --save-probs takes no file name: it writes NAME_probs.npy beside "
+                        "each NAME.png")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    out_dir = Path(args.output)
+    _check_output_folder(out_dir, Path(args.image))
+    params = _crf_params(args)
+    rank, world, _ = shard_spec(args.shard)
+    images = list_files(args.image, suffix=args.image_suffix, recursive=args.recursive, name="IMAGES")
+    scores = list_files(args.logits, suffix=args.logits_suffix, extensions=SCORE_SUFFIXES, recursive=args.recursive,
+                        name="LOGITS")
+    pairs, no_scores, no_image = pair_files(images, scores)
+    if not pairs:
+        raise UserError(f"no image in {args.image} has scores of the same name in {args.logits} "
+                        f"({len(images)} images, {len(scores)} score files; see --image-suffix, --logits-suffix, -r)")
+    if rank == 0:  # every rank pairs the same files: one of them says what was left out
+        if no_scores:
+            print(f"warning: {len(no_scores)} image(s) have no scores, e.g. {no_scores[:3]}", file=sys.stderr)
+        if no_image:
+            print(f"warning: {len(no_image)} score file(s) have no image, e.g. {no_image[:3]}", file=sys.stderr)
+    out_dir.mkdir(exist_ok=True)
+    mine = shard(pairs, rank, world)
+    tasks, existing = [], []
+    settings = {"probs": args.probs, "params": params, "iterations": args.iterations}
+    for key, image_path, scores_path in mine:
+        out = out_dir / f"{key}.png"
+        probs_out = out_dir / f"{key}_probs.npy" if args.save_probs else None
+        if not args.overwrite and out.is_file() and (probs_out is None or probs_out.is_file()):
+            existing.append(key)
+        else:
+            tasks.append((key, image_path, scores_path, out, probs_out, settings))
+    where = f"shard {rank}/{world}: " if world > 1 else ""
+    workers = min(args.workers, max(1, len(tasks)))
+    threads = _threads_per_worker(workers)
+    results = _run_tasks(tasks, workers, threads, f"refine {where}".strip(": "), args.quiet)
+    warned = {}  # message -> the images that raised it: each kind reported once
+    for _, key, _, messages in sorted(results):
+        for message in messages:
+            warned.setdefault(message, []).append(key)
+    for message, keys in warned.items():
+        print(f"warning: {len(keys)} image(s): {message} (e.g. {keys[0]})", file=sys.stderr)
+    failed = sorted((key, message) for status, key, message, _ in results if status == "failed")
+    for key, message in failed[:10]:
+        print(f"failed: {key}: {message}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"failed: ... and {len(failed) - 10} more", file=sys.stderr)
+    print(f"{where}refined {len(results) - len(failed)}, skipped {len(existing)} (output exists; --overwrite "
+          f"redoes them), failed {len(failed)}; {len(mine)} of {len(pairs)} pairs, {workers} worker(s) x "
+          f"{threads} thread(s); labels in {out_dir}")
+    return 1 if failed else 0  # the run went on past failures; a script still learns of them
+
+
+def _refine(args) -> int:
+    source = Path(args.image)
+    folder_mode = source.is_dir() or source.suffix.lower() == ".txt"
+    return _refine_dataset(args) if folder_mode else _refine_image(args)
 
 
 # ------------------------------------------------------------------------------ eval
 
-def _read_label_map(path):
-    """Integer labels from a palette, 8-bit or 16-bit PNG (palette indices, not colours)."""
-    import numpy as np
-    from PIL import Image
+def _init_distributed():
+    """Join torchrun's process group (gloo: the matrices are small and on the CPU)."""
+    import torch.distributed as dist
 
-    try:
-        with Image.open(path) as img:
-            if img.mode == "P":
-                return np.asarray(img, dtype=np.uint8)
-            if img.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
-                return np.asarray(img).astype(np.int64)
-            raise UserError(f"{path} is a {img.mode} image; label maps must be palette, 8-bit or 16-bit gray")
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as a label map ({type(exc).__name__})") from None
-
-
-def _pairs(pred_dir, gt_dir):
-    pred_root, gt_root = Path(pred_dir), Path(gt_dir)
-    for root, name in ((pred_root, "PRED_DIR"), (gt_root, "GT_DIR")):
-        if not root.is_dir():
-            raise UserError(f"{name} is not a folder: {root}")
-    preds = {p.stem: p for p in sorted(pred_root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    gts = {p.stem: p for p in sorted(gt_root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    common = sorted(set(preds) & set(gts))
-    return [(preds[s], gts[s]) for s in common], sorted(set(gts) - set(preds)), sorted(set(preds) - set(gts))
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch has no torch.distributed: pass --shard I/N instead")
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise UserError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set: launch with torchrun, or pass "
+                        "--shard I/N")
+    dist.init_process_group("gloo")
+    return dist
 
 
 def _eval(args) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm.auto import tqdm
 
     from .metrics import SegMetrics
@@ -205,48 +300,84 @@ def _eval(args) -> int:
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if len(names) != args.num_classes:
             raise UserError(f"{path} has {len(names)} names but --num-classes is {args.num_classes}")
-    pairs, missing, unmatched = _pairs(args.pred_dir, args.gt_dir)
-    if missing:
-        print(f"warning: {len(missing)} ground-truth file(s) have no prediction, e.g. {missing[:3]}", file=sys.stderr)
-    if unmatched:
-        print(f"warning: {len(unmatched)} prediction(s) have no ground truth, e.g. {unmatched[:3]}", file=sys.stderr)
+    if args.json:
+        _check_output(args.json, (".json",), "--json")
+    if args.plot:
+        _check_output(args.plot, (".png", ".pdf", ".svg"), "--plot")
+    palette = read_palette(args.gt_palette) if args.gt_palette else None
+    rank, world, launcher = shard_spec(args.shard)
+    preds = list_files(args.pred_dir, suffix=args.pred_suffix, recursive=args.recursive, name="PRED_DIR")
+    gts = list_files(args.gt_dir, suffix=args.gt_suffix, recursive=args.recursive, name="GT_DIR")
+    pairs, unmatched, missing = pair_files(preds, gts)
+    lead = rank == 0 or launcher == "shard"  # under torchrun rank 0 speaks for all
+    if lead:
+        if missing:
+            print(f"warning: {len(missing)} ground-truth file(s) have no prediction, e.g. {missing[:3]}",
+                  file=sys.stderr)
+        if unmatched:
+            print(f"warning: {len(unmatched)} prediction(s) have no ground truth, e.g. {unmatched[:3]}",
+                  file=sys.stderr)
+        lossy = [str(p) for _, p, _ in pairs if p.suffix.lower() in LOSSY_SUFFIXES]
+        if lossy:
+            print(f"warning: {len(lossy)} prediction(s) are lossy (JPEG/WebP), e.g. {lossy[0]}: compression changes "
+                  f"labels along edges; save label maps as PNG", file=sys.stderr)
     if not pairs:
-        raise UserError("no prediction/ground-truth pairs with the same file name stem were found")
+        raise UserError("no prediction/ground-truth pairs with the same name were found (see --pred-suffix, "
+                        "--gt-suffix, -r)")
     # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
     metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
                          boundary=args.boundary)
-    mismatched, unreadable = [], []
+    mismatched, unreadable, evaluated = [], [], 0
 
     def load(pair):
+        key, pred_path, gt_path = pair
         try:
-            return pair, _read_label_map(pair[0]), _read_label_map(pair[1])
+            return key, read_label_map(pred_path), read_label_map(gt_path, palette)
         except UserError as exc:  # one bad file is listed and skipped, not fatal
-            return pair, exc, None
+            return key, exc, None
 
-    with ThreadPoolExecutor(max(1, args.workers)) as pool:  # decoding releases the GIL
-        for (pred_path, gt_path), pred, gt in tqdm(pool.map(load, pairs), total=len(pairs), desc="eval", unit="img",
-                                                   disable=not sys.stderr.isatty()):
+    dist = _init_distributed() if launcher == "torchrun" else None
+    try:
+        mine = shard(pairs, rank, world)
+        for key, pred, gt in tqdm(read_ahead(load, mine, max(1, args.workers)), total=len(mine), desc="eval",
+                                  unit="img", disable=args.quiet or not lead or not sys.stderr.isatty()):
             if gt is None:
                 unreadable.append(str(pred))
-                continue
-            if pred.shape != gt.shape:
-                mismatched.append(f"{pred_path.name} {pred.shape} vs {gt.shape}")
-                continue
-            metrics.update(pred, gt)
-    evaluated = len(pairs) - len(mismatched) - len(unreadable)
+            elif pred.shape != gt.shape:
+                mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
+            else:
+                metrics.update(pred, gt)
+                evaluated += 1
+        if dist is not None:  # one table: the counts summed over the ranks, the skipped files gathered
+            metrics.sync()
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched))
+            evaluated = sum(count for count, _, _ in gathered)
+            unreadable = [item for _, items, _ in gathered for item in items]
+            mismatched = [item for _, _, items in gathered for item in items]
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+    # From here on every rank holds the same numbers, so all raise or none does.
     if evaluated == 0:
         raise UserError(f"no pair could be evaluated: {'; '.join((unreadable + mismatched)[:3])}")
-    if unreadable:
-        print(f"warning: skipped {len(unreadable)} unreadable pair(s): {'; '.join(unreadable[:3])}", file=sys.stderr)
-    if mismatched:
-        print(f"warning: skipped {len(mismatched)} pair(s) of different sizes, e.g. {mismatched[:3]}", file=sys.stderr)
     if metrics.num_invalid and not args.drop_invalid:
         raise UserError(f"{metrics.num_invalid} pixels have labels outside [0, {args.num_classes}) that are not "
                         f"ignored: is --num-classes right? (--ignore-index for void labels, or --drop-invalid to "
                         f"count and skip them)")
+    if not lead:
+        return 0
+    if unreadable:
+        print(f"warning: skipped {len(unreadable)} unreadable pair(s): {'; '.join(unreadable[:3])}", file=sys.stderr)
+    if mismatched:
+        print(f"warning: skipped {len(mismatched)} pair(s) of different sizes, e.g. {mismatched[:3]}", file=sys.stderr)
     result = metrics.compute()
     print(result.table())
-    print(f"{evaluated} image pairs evaluated")
+    if launcher == "shard":
+        print(f"shard {rank}/{world}: {evaluated} image pairs evaluated, of {len(pairs)} in all (this shard's table; "
+              f"sum the --json confusion matrices, or run under torchrun for one table)")
+    else:
+        print(f"{evaluated} image pairs evaluated" + (f" on {world} ranks" if world > 1 else ""))
     if result.num_invalid:
         print(f"warning: {result.num_invalid} pixels had labels outside [0, {args.num_classes}) and were not counted "
               f"(--drop-invalid)", file=sys.stderr)
@@ -296,34 +427,77 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", default="deeplab", choices=["deeplab", "pydensecrf"], help="CRF parameters")
     demo.set_defaults(func=_demo)
 
-    refine = sub.add_parser("refine", help="refine a model's scores for one image with the dense CRF",
-                            description="Reads IMAGE (any format scikit-image reads) and LOGITS (.npy, .npz or .pt, "
-                                        "shape (C, h, w)), writes the refined labels as a palette PNG (VOC colours).")
-    refine.add_argument("image", metavar="IMAGE")
-    refine.add_argument("logits", metavar="LOGITS")
-    refine.add_argument("-o", "--output", required=True, metavar="OUT.png", help="label map to write")
+    refine = sub.add_parser(
+        "refine", help="refine a model's scores with the dense CRF: one image, or a folder in parallel",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Reads IMAGE (any format scikit-image reads) and LOGITS (.npy, .npz or .pt, shape (C, h, w)),\n"
+                    "writes the refined labels as a palette PNG (VOC colours).\n\n"
+                    "With a folder (or a .txt list of paths) as IMAGES, LOGITS is a folder too: files pair by their\n"
+                    "path relative to the folder minus the suffix (or the extension), OUT is a folder of NAME.png\n"
+                    "(and NAME_probs.npy), and a run that stopped resumes where it was. Under torchrun, or with\n"
+                    "--shard I/N, each process refines every N-th pair.",
+        epilog="example:\n  segpost refine leftImg8bit/val scores/ -o refined/ -r --image-suffix _leftImg8bit.png "
+               "--workers 2\n  torchrun --nproc-per-node 4 -m segpost refine images/ scores/ -o refined/")
+    refine.add_argument("image", metavar="IMAGES", help="an image, a folder of images, or a .txt list of them")
+    refine.add_argument("logits", metavar="LOGITS", help="its scores, or a folder of them")
+    refine.add_argument("-o", "--output", required=True, metavar="OUT", help="label map to write (OUT.png), or a "
+                                                                             "folder for a folder of images")
     refine.add_argument("--probs", action="store_true", help="LOGITS holds softmax probabilities, not logits")
     refine.add_argument("--preset", default="deeplab", choices=["deeplab", "pydensecrf"], help="CRF parameters")
     refine.add_argument("--params", metavar="JSON", help='override parameters, e.g. \'{"bi_weight": 5}\'')
     refine.add_argument("--iterations", type=int, help="mean-field iterations (default: the preset's)")
-    refine.add_argument("--overlay", metavar="OVERLAY.png", help="also write the labels blended over the image")
-    refine.add_argument("--save-probs", metavar="P.npy", help="also write the refined (C, H, W) probabilities")
+    refine.add_argument("--overlay", metavar="OVERLAY.png", help="also write the labels blended over the image "
+                                                                 "(one image only)")
+    refine.add_argument("--save-probs", nargs="?", const=True, metavar="P.npy",
+                        help="also write the refined (C, H, W) probabilities (default name: OUT's name + _probs.npy)")
+    refine.add_argument("--image-suffix", metavar="S", help="the end of every image's name, cut off to pair "
+                                                            "(e.g. _leftImg8bit.png; default: any image extension)")
+    refine.add_argument("--logits-suffix", metavar="S", help="the end of every scores file's name (default: .npy, "
+                                                             ".npz, .pt or .pth)")
+    refine.add_argument("-r", "--recursive", action="store_true", help="pair files in subfolders too")
+    refine.add_argument("--workers", type=int, default=1,
+                        help="processes (default 1); each runs cores / N threads")
+    refine.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist (default: skip)")
+    refine.add_argument("--shard", metavar="I/N", help="refine pairs I, I + N, ... only (default under torchrun: "
+                                                       "RANK/WORLD_SIZE)")
+    refine.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     refine.set_defaults(func=_refine)
 
-    ev = sub.add_parser("eval", help="score a folder of predicted label maps against the ground truth",
-                        description="Pairs files by name stem; reads palette, 8-bit and 16-bit PNGs; prints the "
-                                    "per-class table and means.")
-    ev.add_argument("pred_dir", metavar="PRED_DIR")
-    ev.add_argument("gt_dir", metavar="GT_DIR")
+    ev = sub.add_parser(
+        "eval", help="score a folder of predicted label maps against the ground truth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pairs files by their path relative to each folder minus the suffix (or the extension); reads "
+                    "palette,\n8-bit and 16-bit PNGs; lists and skips unreadable, RGB and mismatched files; prints "
+                    "the per-class\ntable and means. Under torchrun every rank reads its share and rank 0 prints one "
+                    "table.",
+        epilog="examples:\n"
+               "  Cityscapes (predictions as trainIds, e.g. refined/frankfurt/frankfurt_000000_000294.png; the GT's\n"
+               "  *_gtFine_labelTrainIds.png from cityscapesscripts' createTrainIdLabelImgs):\n"
+               "    segpost eval refined/ gtFine/val -r --gt-suffix _gtFine_labelTrainIds.png --num-classes 19 "
+               "--ignore-index 255\n"
+               "  PASCAL VOC (SegmentationClass holds palette PNGs: indices, 255 on the borders):\n"
+               "    segpost eval refined/ VOC2012/SegmentationClass --num-classes 21 --ignore-index 255\n"
+               "  colour-coded (RGB) ground truths: --gt-palette voc, or a file of r,g,b lines (class = line)")
+    ev.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label maps: a folder or a .txt list")
+    ev.add_argument("gt_dir", metavar="GT_DIR", help="ground-truth label maps: a folder or a .txt list")
     ev.add_argument("--num-classes", type=int, required=True, help="number of classes K")
     ev.add_argument("--ignore-index", type=int, action="append", help="target label to ignore (repeatable), e.g. 255")
     ev.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
-    ev.add_argument("--json", metavar="OUT", help="write all results as JSON")
+    ev.add_argument("--json", metavar="OUT.json", help="write all results as JSON")
     ev.add_argument("--plot", metavar="CM.png", help="write a confusion-matrix heatmap")
     ev.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
     ev.add_argument("--drop-invalid", action="store_true",
                     help="count and skip labels outside [0, K) instead of stopping (default: an error)")
     ev.add_argument("--boundary", action="store_true", help="also report the dataset-level Boundary IoU")
+    ev.add_argument("--pred-suffix", metavar="S", help="the end of every prediction's name, cut off to pair "
+                                                       "(default: any image extension)")
+    ev.add_argument("--gt-suffix", metavar="S", help="the end of every ground truth's name, e.g. "
+                                                     "_gtFine_labelTrainIds.png")
+    ev.add_argument("-r", "--recursive", action="store_true", help="pair files in subfolders too")
+    ev.add_argument("--gt-palette", metavar="voc|FILE", help="read RGB ground truths through a colour map")
+    ev.add_argument("--shard", metavar="I/N", help="score pairs I, I + N, ... only (under torchrun: RANK/WORLD_SIZE, "
+                                                   "summed into one table)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
 
     bench = sub.add_parser("bench", help="a short benchmark summary on this machine",
@@ -343,8 +517,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args))
     except (UserError, ValueError, TypeError, OSError, MemoryError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"segpost {args.command}: error: {message}", file=sys.stderr)
+        print(f"segpost {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"segpost {args.command}: interrupted", file=sys.stderr)
