@@ -10,6 +10,7 @@ rows, and the generic loop (a matrix compatibility). Bit-identity of the
 results is checked too (ab_crf.py checks it on every kernel variant).
 
 Run:  python benchmarks/ab_kernels.py --baseline /tmp/base [--pairs 15]
+(SEGPOST_NUM_THREADS=1 for one core: steadier on a shared machine).
 """
 import argparse
 import glob
@@ -53,6 +54,7 @@ def main():
     parser.add_argument("--pairs", type=int, default=15, help="timed call pairs per case")
     args = parser.parse_args()
     baseline = load_extension(args.baseline)
+    baseline.set_num_threads(current.get_num_threads())  # SEGPOST_NUM_THREADS reached only this build
     image = photo(512)
     rng = np.random.default_rng(0)
     print(f"baseline {baseline.__file__}\nthis     {current.__file__}")

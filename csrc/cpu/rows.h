@@ -117,17 +117,18 @@ struct Narrow {
   SEGPOST_INLINE void accumulate(Acc& acc, float w, const float* src) const { acc[0] += w * load_row(src); }
 
   SEGPOST_INLINE void add(float* dst, float w, const Acc& row) const {
+    const Block value = row[0];  // a copy: the stores through dst need not reload the row
     if constexpr (W == 4) {
       typedef float Half __attribute__((vector_size(16), aligned(4)));
       Half v;
       __builtin_memcpy(&v, dst, sizeof(v));
-      v += w * __builtin_shufflevector(row[0], row[0], 0, 1, 2, 3);
+      v += w * __builtin_shufflevector(value, value, 0, 1, 2, 3);
       __builtin_memcpy(dst, &v, sizeof(v));
     } else {
       typedef float Quarter __attribute__((vector_size(8), aligned(4)));
       Quarter v;
       __builtin_memcpy(&v, dst, sizeof(v));
-      v += w * __builtin_shufflevector(row[0], row[0], 0, 1);
+      v += w * __builtin_shufflevector(value, value, 0, 1);
       __builtin_memcpy(dst, &v, sizeof(v));
     }
   }

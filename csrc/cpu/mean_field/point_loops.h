@@ -79,9 +79,9 @@ SEGPOST_INLINE void message_loop(int64_t begin, int64_t end, int64_t labels, row
   for (int64_t p = begin; p < end; ++p) {
     rows::zero(acc);
     for (const TermView& t : terms)
-      rows::with_simplex_size(t.sliced.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
         rows::zero(msg);
-        rows::slice<decltype(d1)::value>(layout, t.sliced, p, t.slice_scale(p, 1.0f), t.blurred, msg);
+        rows::slice<decltype(d1)::value>(layout, t.sliced(), p, t.slice_scale(p, 1.0f), t.blurred, msg);
         subtract_compat(t, msg, acc, labels);
       });
     for (int64_t b = 0; b < acc.blocks; ++b) store_labels(out + p * labels, b, labels, -acc[b]);

@@ -49,8 +49,10 @@ struct TermBuffers {
 // A term's pointers and constants, read once per partition instead of
 // through the term and lattice objects at every point.
 struct TermView {
-  rows::Corners sliced;     // corner rows of the blurred buffer (slice)
-  rows::Corners scattered;  // corner rows of the splat buffer (scatter)
+  const int32_t* vertex;  // corner rows of the blurred buffer (slice)
+  const int32_t* local;   // corner rows of the splat buffer (scatter)
+  const float* weight;    // shared by both: one pointer to keep in a register, not two
+  int d1;
   const uint8_t* fresh;
   const float* pre;
   const float* post;
@@ -62,12 +64,13 @@ struct TermView {
   const float* compat;
 
   explicit TermView(const TermBuffers& t)
-      : sliced{t.lattice->corner_vertex(), t.lattice->corner_weight(), t.d1},
-        scattered{t.lattice->corner_local(), t.lattice->corner_weight(), t.d1},
-        fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale), blurred(t.blurred),
-        target(t.target), alpha(t.alpha), kind(t.term->kind), potts_weight(t.term->potts_weight),
+      : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
+        d1(t.d1), fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale),
+        blurred(t.blurred), target(t.target), alpha(t.alpha), kind(t.term->kind), potts_weight(t.term->potts_weight),
         compat(t.term->compat) {}
 
+  SEGPOST_INLINE rows::Corners sliced() const { return {vertex, weight, d1}; }
+  SEGPOST_INLINE rows::Corners scattered() const { return {local, weight, d1}; }
   // The slice's scale at p, times `factor`: alpha * post[p] (the lattice's
   // constant and the normalisation after the filter).
   SEGPOST_INLINE float slice_scale(int64_t p, float factor) const { return factor * (post ? alpha * post[p] : alpha); }
@@ -88,19 +91,19 @@ inline std::vector<TermView> views(const std::vector<TermBuffers>& terms) {
 template <int D1>
 SEGPOST_INLINE void prefetch_fresh_rows(const TermView& t, int64_t p, const float* blurred, const float* target,
                                         int64_t row_floats) {
-  const int64_t n = D1 > 0 ? D1 : t.sliced.d1;
+  const int64_t n = D1 > 0 ? D1 : t.d1;
   const int64_t bytes = row_floats * static_cast<int64_t>(sizeof(float));
   for (unsigned mask = t.fresh[p]; mask; mask &= mask - 1) {
     const int r = __builtin_ctz(mask);
     if (blurred) {
-      const char* src = reinterpret_cast<const char*>(blurred + static_cast<int64_t>(t.sliced.vertex[p * n + r]) *
+      const char* src = reinterpret_cast<const char*>(blurred + static_cast<int64_t>(t.vertex[p * n + r]) *
                                                                     row_floats);
       for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(src + k);
       if (bytes > 32) __builtin_prefetch(src + bytes - 1);
     }
     if (!target) continue;
     const char* dst =
-        reinterpret_cast<const char*>(target + static_cast<int64_t>(t.scattered.vertex[p * n + r]) * row_floats);
+        reinterpret_cast<const char*>(target + static_cast<int64_t>(t.local[p * n + r]) * row_floats);
     for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(dst + k, 1);
     if (bytes > 32) __builtin_prefetch(dst + bytes - 1, 1);
   }
@@ -138,11 +141,11 @@ SEGPOST_INLINE void add_potts_message(const TermView& t, const Layout& layout, i
                                       typename Layout::Acc& acc) {
   const float scale = t.slice_scale(p, t.potts_weight);
   if constexpr (Layout::kSliceIntoAccumulator) {
-    rows::slice<D1>(layout, t.sliced, p, scale, t.blurred, acc);
+    rows::slice<D1>(layout, t.sliced(), p, scale, t.blurred, acc);
   } else {
     typename Layout::Acc sum = layout.accumulator();
     rows::zero(sum);
-    rows::slice<D1>(layout, t.sliced, p, scale, t.blurred, sum);
+    rows::slice<D1>(layout, t.sliced(), p, scale, t.blurred, sum);
     for (int64_t b = 0; b < acc.blocks; ++b) acc[b] += sum[b];
   }
 }
@@ -153,7 +156,7 @@ SEGPOST_INLINE void add_message(const TermView& t, const Layout& layout, int64_t
                                 typename Layout::Acc& acc, int64_t labels) {
   if (t.kind == Compatibility::kPotts) return add_potts_message<D1>(t, layout, p, acc);
   rows::zero(msg);
-  rows::slice<D1>(layout, t.sliced, p, t.slice_scale(p, 1.0f), t.blurred, msg);
+  rows::slice<D1>(layout, t.sliced(), p, t.slice_scale(p, 1.0f), t.blurred, msg);
   subtract_compat(t, msg, acc, labels);
 }
 
@@ -161,7 +164,7 @@ SEGPOST_INLINE void add_message(const TermView& t, const Layout& layout, int64_t
 template <int D1, class Layout>
 SEGPOST_INLINE void scatter_point(const TermView& t, const Layout& layout, int64_t p,
                                   const typename Layout::Acc& row) {
-  rows::scatter<D1>(layout, t.scattered, p, t.scatter_scale(p), t.target, row);
+  rows::scatter<D1>(layout, t.scattered(), p, t.scatter_scale(p), t.target, row);
 }
 
 // The reference path: any terms, their simplex sizes picked per call.
@@ -178,7 +181,7 @@ struct GenericTerms {
 
   SEGPOST_INLINE void add_message(int64_t p, Acc& acc) {
     for (const TermView& t : terms)
-      rows::with_simplex_size(t.sliced.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
         mean_field_detail::add_message<decltype(d1)::value>(t, layout, p, msg, acc, labels);
       });
   }
@@ -187,20 +190,20 @@ struct GenericTerms {
   // a time.
   SEGPOST_INLINE void add_messages(int64_t p, Acc& acc, Acc& next) {
     for (const TermView& t : terms)
-      rows::with_simplex_size(t.sliced.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
         mean_field_detail::add_message<decltype(d1)::value>(t, layout, p, msg, acc, labels);
         mean_field_detail::add_message<decltype(d1)::value>(t, layout, p + 1, msg, next, labels);
       });
   }
   SEGPOST_INLINE void scatter_one(int64_t p, const Acc& row) const {
     for (const TermView& t : terms)
-      rows::with_simplex_size(t.sliced.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
         scatter_point<decltype(d1)::value>(t, layout, p, row);
       });
   }
   SEGPOST_INLINE void scatter(int64_t p, const Acc& acc, const Acc& next) const {
     for (const TermView& t : terms)
-      rows::with_simplex_size(t.sliced.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
         scatter_point<decltype(d1)::value>(t, layout, p, acc);
         scatter_point<decltype(d1)::value>(t, layout, p + 1, next);
       });
