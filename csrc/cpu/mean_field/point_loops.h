@@ -47,22 +47,26 @@ SEGPOST_INLINE void update_loop(int64_t begin, int64_t end, const float* unary, 
 }
 
 // The first scatter: the rows of q (or, with q null, of softmax(-unary)) into
-// every term's splat target, two points at a time as in the update.
+// every term's splat target; two points at a time as in the update when the
+// policy says so (Terms::kScatterPairs), one at a time otherwise.
 template <class Terms>
 SEGPOST_INLINE void scatter_loop(int64_t begin, int64_t end, const float* q, const float* unary, int64_t labels,
                                  const Terms& terms) {
-  auto acc = terms.layout.accumulator(), next = terms.layout.accumulator();
+  auto acc = terms.layout.accumulator();
   int64_t p = begin;
-  for (; p + 1 < end; p += 2) {
-    if (p + kRowsAhead + 1 < end) terms.prefetch_targets(p + kRowsAhead);
-    if (q) {
-      load_q(acc, p, q, unary, labels);
-      load_q(next, p + 1, q, unary, labels);
-    } else {
-      load_negated_pair(acc, next, p, end, unary, labels);
-      softmax_pair(acc, next);
+  if constexpr (Terms::kScatterPairs) {
+    auto next = terms.layout.accumulator();
+    for (; p + 1 < end; p += 2) {
+      if (p + kRowsAhead + 1 < end) terms.prefetch_targets(p + kRowsAhead);
+      if (q) {
+        load_q(acc, p, q, unary, labels);
+        load_q(next, p + 1, q, unary, labels);
+      } else {
+        load_negated_pair(acc, next, p, end, unary, labels);
+        softmax_pair(acc, next);
+      }
+      terms.scatter(p, acc, next);
     }
-    terms.scatter(p, acc, next);
   }
   for (; p < end; ++p) {
     load_q(acc, p, q, unary, labels);
@@ -78,12 +82,13 @@ SEGPOST_INLINE void message_loop(int64_t begin, int64_t end, int64_t labels, row
   Row<B> acc = layout.accumulator(), msg = layout.accumulator();
   for (int64_t p = begin; p < end; ++p) {
     rows::zero(acc);
-    for (const TermView& t : terms)
+    for (const TermView& t : terms) {
+      rows::zero(msg);
       rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
-        rows::zero(msg);
         rows::slice<decltype(d1)::value>(layout, t.sliced(), p, t.slice_scale(p, 1.0f), t.blurred, msg);
-        subtract_compat(t, msg, acc, labels);
       });
+      subtract_compat(t, msg, acc, labels);
+    }
     for (int64_t b = 0; b < acc.blocks; ++b) store_labels(out + p * labels, b, labels, -acc[b]);
   }
 }

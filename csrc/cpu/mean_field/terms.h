@@ -151,12 +151,20 @@ SEGPOST_INLINE void add_potts_message(const TermView& t, const Layout& layout, i
 }
 
 // acc += (Potts) or -= compat of (the filtered signal at p); msg is scratch.
-template <int D1, class Layout>
+// Only the slice depends on the simplex size: the compatibility is compiled once.
+template <class Layout>
 SEGPOST_INLINE void add_message(const TermView& t, const Layout& layout, int64_t p, typename Layout::Acc& msg,
                                 typename Layout::Acc& acc, int64_t labels) {
-  if (t.kind == Compatibility::kPotts) return add_potts_message<D1>(t, layout, p, acc);
+  if (t.kind == Compatibility::kPotts) {
+    rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+      add_potts_message<decltype(d1)::value>(t, layout, p, acc);
+    });
+    return;
+  }
   rows::zero(msg);
-  rows::slice<D1>(layout, t.sliced(), p, t.slice_scale(p, 1.0f), t.blurred, msg);
+  rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
+    rows::slice<decltype(d1)::value>(layout, t.sliced(), p, t.slice_scale(p, 1.0f), t.blurred, msg);
+  });
   subtract_compat(t, msg, acc, labels);
 }
 
@@ -171,6 +179,9 @@ SEGPOST_INLINE void scatter_point(const TermView& t, const Layout& layout, int64
 template <class Layout>
 struct GenericTerms {
   using Acc = typename Layout::Acc;
+  // The first scatter a point at a time: it runs once per inference, and
+  // pairs would only add build time.
+  static constexpr bool kScatterPairs = false;
   const std::vector<TermView> terms;
   Layout layout;
   int64_t labels;
@@ -180,20 +191,16 @@ struct GenericTerms {
       : terms(views(buffers)), layout(layout_), labels(labels_), msg(layout_.accumulator()) {}
 
   SEGPOST_INLINE void add_message(int64_t p, Acc& acc) {
-    for (const TermView& t : terms)
-      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
-        mean_field_detail::add_message<decltype(d1)::value>(t, layout, p, msg, acc, labels);
-      });
+    for (const TermView& t : terms) mean_field_detail::add_message(t, layout, p, msg, acc, labels);
   }
   // Points p and p + 1, term by term: each vertex row still receives point
   // p's scatter before point p + 1's, so the sums are those of one point at
   // a time.
   SEGPOST_INLINE void add_messages(int64_t p, Acc& acc, Acc& next) {
-    for (const TermView& t : terms)
-      rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
-        mean_field_detail::add_message<decltype(d1)::value>(t, layout, p, msg, acc, labels);
-        mean_field_detail::add_message<decltype(d1)::value>(t, layout, p + 1, msg, next, labels);
-      });
+    for (const TermView& t : terms) {
+      mean_field_detail::add_message(t, layout, p, msg, acc, labels);
+      mean_field_detail::add_message(t, layout, p + 1, msg, next, labels);
+    }
   }
   SEGPOST_INLINE void scatter_one(int64_t p, const Acc& row) const {
     for (const TermView& t : terms)
@@ -222,6 +229,7 @@ struct GenericTerms {
 template <int D1a, int D1b, class Layout>
 struct TwoPottsTerms {
   using Acc = typename Layout::Acc;
+  static constexpr bool kScatterPairs = true;
   const TermView& a;
   const TermView& b;
   Layout layout;
