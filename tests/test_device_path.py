@@ -177,6 +177,13 @@ def test_dense_crf_dispatches_on_the_unary_device():
     assert type(segpost.DenseCRF(np.zeros((2, 3, 3), np.float32))) is segpost.DenseCRF
     assert type(segpost.DenseCRF(torch.zeros(2, 3, 3))) is segpost.DenseCRF  # CPU tensors: the compiled model
 
+    class WithOptions(segpost.DenseCRF):  # a user's subclass keeps its own signature
+        def __init__(self, unary, option):
+            super().__init__(unary)
+            self.option = option
+
+    assert WithOptions(np.zeros((2, 3, 3), np.float32), option=1).option == 1
+
 
 @given(st.integers(2, 5), st.sampled_from(["potts", "diag", "matrix"]),
        st.sampled_from(["symmetric", "before", "after", "none"]), st.integers(0, 100), st.booleans())

@@ -207,8 +207,9 @@ class DenseCRF:
     True
     """
 
-    def __new__(cls, unary=None):
-        # A unary on an accelerator makes the CRF there (segpost.crf.device).
+    def __new__(cls, *args, **kwargs):
+        # A unary on an accelerator makes the CRF there (segpost.crf.device); subclasses keep their own.
+        unary = args[0] if args else kwargs.get("unary")
         if cls is DenseCRF and unary is not None:
             from .device import DeviceDenseCRF, on_device
 
