@@ -193,9 +193,7 @@ struct GenericTerms {
   SEGPOST_INLINE void add_message(int64_t p, Acc& acc) {
     for (const TermView& t : terms) mean_field_detail::add_message(t, layout, p, msg, acc, labels);
   }
-  // Points p and p + 1, term by term: each vertex row still receives point
-  // p's scatter before point p + 1's, so the sums are those of one point at
-  // a time.
+  // Points p and p + 1, term by term.
   SEGPOST_INLINE void add_messages(int64_t p, Acc& acc, Acc& next) {
     for (const TermView& t : terms) {
       mean_field_detail::add_message(t, layout, p, msg, acc, labels);
@@ -208,6 +206,9 @@ struct GenericTerms {
         scatter_point<decltype(d1)::value>(t, layout, p, row);
       });
   }
+  // Points p and p + 1, term by term: each vertex row still receives point
+  // p's scatter before point p + 1's, so the sums are those of one point at
+  // a time.
   SEGPOST_INLINE void scatter(int64_t p, const Acc& acc, const Acc& next) const {
     for (const TermView& t : terms)
       rows::with_simplex_size(t.d1, [&](auto d1) SEGPOST_INLINE_LAMBDA {
