@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "is_torch_tensor",
+    "on_device",
     "to_numpy",
     "native_byte_order",
     "like_input",
@@ -53,6 +54,11 @@ def is_torch_tensor(x) -> bool:
     """True for a torch.Tensor, without importing torch when nobody has."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def on_device(x) -> bool:
+    """True for a tensor on an accelerator (the inputs that take the torch-ops paths)."""
+    return is_torch_tensor(x) and x.device.type != "cpu"
 
 
 def to_numpy(x, name: str) -> tuple[np.ndarray, bool]:

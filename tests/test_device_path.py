@@ -172,8 +172,10 @@ def test_layer_device_path_through_the_cuda_interface_equals_the_torch_lattice(m
 # ------------------------------------------------- segpost.DenseCRF on the unary's device
 
 def test_dense_crf_dispatches_on_the_unary_device():
-    assert device.on_device(torch.empty(2, device="meta"))
-    assert not device.on_device(torch.empty(2)) and not device.on_device(np.empty(2))
+    from segpost._validation import on_device
+
+    assert on_device(torch.empty(2, device="meta"))
+    assert not on_device(torch.empty(2)) and not on_device(np.empty(2))
     assert type(segpost.DenseCRF(np.zeros((2, 3, 3), np.float32))) is segpost.DenseCRF
     assert type(segpost.DenseCRF(torch.zeros(2, 3, 3))) is segpost.DenseCRF  # CPU tensors: the compiled model
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import MAX_CRF_SCORE, tensor_intensity_scale, two_class_scores, warn_if_probabilities
+from .._validation import MAX_CRF_SCORE, on_device, tensor_intensity_scale, two_class_scores, warn_if_probabilities
 from .model import _DIAGONAL, _POTTS, DenseCRF, _check_iterations, _normalization_scales
 
-__all__ = ["mean_field", "grid_features", "kernel_filters", "refine", "DeviceDenseCRF", "on_device"]
+__all__ = ["mean_field", "grid_features", "kernel_filters", "refine", "DeviceDenseCRF"]
 
 # As the CPU path (crf_refine's unary_from_softmax clip).
 PROBABILITY_CLIP = 1e-5
@@ -281,13 +281,6 @@ def refine(image, scores, *, probabilities, params, iterations, align_corners, r
     return labels, torch.softmax(out, dim=1).T.reshape(num_classes, height, width)
 
 
-def on_device(x):
-    """Whether ``x`` is a tensor on an accelerator (the inputs that take this module's path)."""
-    from .._validation import is_torch_tensor
-
-    return is_torch_tensor(x) and x.device.type != "cpu"
-
-
 class DeviceDenseCRF(DenseCRF):
     """:class:`segpost.DenseCRF` on the unary tensor's device (``DenseCRF(cuda_unary)`` returns one).
 
@@ -332,14 +325,10 @@ class DeviceDenseCRF(DenseCRF):
     def add_bilateral(self, image, *args, **options):
         return super().add_bilateral(image.detach().cpu() if on_device(image) else image, *args, **options)
 
-    def add_gaussian(self, sigma, compat=3.0, *, spacing=None, kernel="diag", normalization="symmetric"):
-        from .model import KERNEL_TYPES, NORMALIZATIONS, _as_compat, _check_choice
-
-        kind, potts, compat_arr = _as_compat(compat, self.num_labels)
-        _check_choice(kernel, "kernel", KERNEL_TYPES)
-        _check_choice(normalization, "normalization", NORMALIZATIONS)
-        positions = self._grid_positions(*self._axis_bandwidths(sigma, spacing))
-        self._add_lattice_term(positions, kind, potts, compat_arr, kernel, normalization, "gaussian")
+    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization):
+        # No grid cache on the device: the positions are built and moved like any features.
+        self._add_lattice_term(self._grid_positions(sigma, spacing), kind, potts, compat_arr, kernel, normalization,
+                               "gaussian")
 
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
         import torch
@@ -351,27 +340,28 @@ class DeviceDenseCRF(DenseCRF):
         self._filters.append(_normalised_filter(lattice, *_normalization_scales(_filtered_ones(lattice),
                                                                                 normalization)))
         # Q <- softmax(-U - sum_m compat_m(K_m Q)): Potts w is -w x, a diagonal v * x, a matrix M x.
-        eye = torch.eye(self.num_labels, device=self.device)
         if kind == _POTTS:
             self._weights.append(potts)
-            self._compat.append(eye)
+            self._compat.append(torch.eye(self.num_labels, device=self.device))
         else:
             matrix = torch.from_numpy(compat_arr).to(self.device)
             self._weights.append(-1.0)
             self._compat.append(torch.diag(matrix) if kind == _DIAGONAL else matrix)
-        self._feature_dims.append(features.shape[1])
-        self.pairwise_terms.append(
-            {"type": label, "dim": int(features.shape[1]), "kernel": kernel, "normalization": normalization,
-             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices})
+        self._record_term(label, features.shape[1], kernel, normalization, kind, potts, compat_arr,
+                          lattice.num_vertices)
+
+    @property
+    def _compatibility(self):
+        """The terms' (M, L, L) compatibilities for mean_field, or None without terms."""
+        import torch
+
+        return torch.stack(self._compat) if self._compat else None
 
     def _run(self, iterations, q=None):
         """(N, L) scores after ``iterations`` updates from softmax(scores), or one update from ``q``."""
-        import torch
-
-        compatibility = torch.stack(self._compat) if self._compat else None
         if q is None:
-            return mean_field(self._scores, self._filters, self._weights, compatibility, iterations)
-        return self._scores + _messages(q, self._filters, self._weights, compatibility)
+            return mean_field(self._scores, self._filters, self._weights, self._compatibility, iterations)
+        return self._scores + _messages(q, self._filters, self._weights, self._compatibility)
 
     def _q_points(self, q):
         import torch
@@ -415,14 +405,11 @@ class DeviceDenseCRF(DenseCRF):
         return (torch.softmax(out, dim=1) if return_q else None), out.argmax(1)
 
     def kl_divergence(self, q):
-        import torch
-
         rows = self._q_points(q).double()
         entropy = float((rows * rows.clamp_min(1e-20).log()).sum())
         unary = float((-self._scores.double() * rows).sum())
         # The pairwise energy's messages are minus the mean field's (compat_m(K_m Q) above).
-        compatibility = torch.stack(self._compat) if self._compat else None
-        messages = _messages(rows.float(), self._filters, self._weights, compatibility)
+        messages = _messages(rows.float(), self._filters, self._weights, self._compatibility)
         return entropy + unary - float((rows * messages.double()).sum())
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _C
 from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_float_dtype, check_int, environment_number,
-    channels_last, like_input, to_numpy,
+    channels_last, like_input, on_device, to_numpy,
 )
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
 
@@ -211,7 +211,7 @@ class DenseCRF:
         # A unary on an accelerator makes the CRF there (segpost.crf.device); subclasses keep their own.
         unary = args[0] if args else kwargs.get("unary")
         if cls is DenseCRF and unary is not None:
-            from .device import DeviceDenseCRF, on_device
+            from .device import DeviceDenseCRF
 
             if on_device(unary):
                 return object.__new__(DeviceDenseCRF)
@@ -312,11 +312,15 @@ class DenseCRF:
         Features are ordered from the last spatial axis to the first, (x, y) for
         an image, as in pydensecrf's ``DenseCRF2D``.
         """
-        ndim = len(self.spatial_shape)
         sigma, spacing = self._axis_bandwidths(sigma, spacing)
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self._add_grid_term(sigma, spacing, kind, potts, compat_arr, kernel, normalization)
+
+    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization):
+        """add_gaussian's term, its arguments checked: on the smoothness lattice of the grid cache."""
+        ndim = len(self.spatial_shape)
         check_memory(self.num_points, self.num_labels, self._feature_dims + [ndim])
         # The lattice depends on the grid and bandwidths only: reuse it across images.
         key = (self.spatial_shape, tuple(np.float32(spacing / sigma).tolist()))
@@ -411,10 +415,14 @@ class DenseCRF:
         pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._term_arguments.append((lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label))
+        self._record_term(label, dim, kernel, normalization, kind, potts, compat_arr, lattice.num_vertices)
+
+    def _record_term(self, label, dim, kernel, normalization, kind, potts, compat_arr, num_vertices):
+        """Notes a term's feature dimension (for the memory estimates) and its description (pairwise_terms)."""
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
             {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
-             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": lattice.num_vertices}
+             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": num_vertices}
         )
 
     @property

@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, intensity_scale, is_torch_tensor, like_input, to_numpy,
-    two_class_scores,
+    FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, intensity_scale, is_torch_tensor, like_input, on_device,
+    to_numpy, two_class_scores,
     warn_if_probabilities,
 )
 from ..upsample import _resize_points
@@ -289,7 +289,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
-    if any(is_torch_tensor(x) and x.device.type != "cpu" for x in (image, logits, probs)):
+    if any(on_device(x) for x in (image, logits, probs)):
         return _refine_on_device(image, logits, probs, p, its, align_corners, return_probs)
     name, scores, torch_scores = _scores(logits, probs)
     image_view = _image_channels_last(image)

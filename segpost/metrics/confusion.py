@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 
 from .._threads import get_num_threads
-from .._validation import is_torch_tensor, native_byte_order
+from .._validation import is_torch_tensor, native_byte_order, on_device
 
 __all__ = ["confusion_matrix", "ConfusionResult", "warmup"]
 
@@ -333,8 +333,7 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
         raise ValueError(f"on_invalid must be 'raise' or 'ignore', got {on_invalid!r}")
     ignore = _normalise_ignore(ignore_index)
     pred, target = prepare_labels(pred, target)
-    on_device = is_torch_tensor(pred) and pred.device.type != "cpu"
-    if on_device:
+    if on_device(pred):
         out, invalid, first = _torch_confusion(pred, target, k, ignore)
     else:
         arrays = (pred.numpy(), target.numpy()) if is_torch_tensor(pred) else (pred, target)
