@@ -146,6 +146,23 @@ struct Scalar {
   SEGPOST_INLINE void add(float* dst, float w, const Acc& row) const { *dst += w * row.value; }
 };
 
+// Block b of a row (a point's values or labels, not a vertex row) of `count` floats; the last, partial block is zero-padded.
+SEGPOST_INLINE Block load_labels(const float* row, int64_t b, int64_t count) {
+  const int64_t first = 8 * b;
+  if (first + 8 <= count) return simd::load(row + first);
+  float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t k = first; k < count; ++k) tail[k - first] = row[k];
+  return simd::load(tail);
+}
+
+SEGPOST_INLINE void store_labels(float* row, int64_t b, int64_t count, Block value) {
+  const int64_t first = 8 * b;
+  if (first + 8 <= count) return simd::store(row + first, value);
+  float tail[8];
+  simd::store(tail, value);
+  for (int64_t k = first; k < count; ++k) row[k] = tail[k - first];
+}
+
 // A point's corners: vertex ids into a buffer of rows and barycentric
 // weights, (num_points, d1) each.
 struct Corners {

@@ -33,15 +33,8 @@ void splat_points(int64_t begin, int64_t end, rows::Corners corners, int64_t c, 
                   const float* pre_scale, float* buffer) {
   const rows::Wide<0> layout(blocks);
   rows::Row<0> row = layout.accumulator();
-  const int64_t full = c / 8;
   for (int64_t p = begin; p < end; ++p) {
-    const float* src = values + p * c;
-    for (int64_t b = 0; b < full; ++b) row[b] = load(src + 8 * b);
-    if (full < blocks) {
-      float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t k = 8 * full; k < c; ++k) tail[k - 8 * full] = src[k];
-      row[full] = load(tail);
-    }
+    for (int64_t b = 0; b < blocks; ++b) row[b] = rows::load_labels(values + p * c, b, c);
     rows::scatter<0>(layout, corners, p, pre_scale ? pre_scale[p] : 1.0f, buffer, row);
   }
 }
@@ -51,17 +44,10 @@ void slice_points(int64_t begin, int64_t end, rows::Corners corners, int64_t c, 
                   const float* buffer, const float* post_scale, float* out) {
   const rows::Wide<0> layout(blocks);
   rows::Row<0> acc = layout.accumulator();
-  const int64_t full = c / 8;
   for (int64_t p = begin; p < end; ++p) {
     rows::zero(acc);
     rows::slice<0>(layout, corners, p, post_scale ? alpha * post_scale[p] : alpha, buffer, acc);
-    float* dst = out + p * c;
-    for (int64_t b = 0; b < full; ++b) store(dst + 8 * b, acc[b]);
-    if (full < blocks) {
-      float tail[8];
-      store(tail, acc[full]);
-      for (int64_t k = 8 * full; k < c; ++k) dst[k] = tail[k - 8 * full];
-    }
+    for (int64_t b = 0; b < blocks; ++b) rows::store_labels(out + p * c, b, c, acc[b]);
   }
 }
 

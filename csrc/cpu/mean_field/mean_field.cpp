@@ -72,6 +72,19 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
   });
 }
 
+// Lays out the workspace and scatters the rows of q (or, with q null, of
+// softmax(-unary)) into every term's zeroed first target: the start of a
+// mean-field run and of the messages alike.
+std::vector<TermBuffers> first_scatter(const std::vector<PairwiseTerm>& terms, int64_t stride, Workspace& workspace,
+                                       int64_t row_length, const float* q, const float* unary, int64_t labels) {
+  std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
+  zero_targets(buffers, stride);
+  for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
+    scatter_rows(stride, begin, end, q, unary, labels, buffers);
+  });
+  return buffers;
+}
+
 // Gathers each term's scatter target and blurs it in place: it becomes the
 // buffer sliced, and the buffer sliced last time becomes the next target.
 void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
@@ -96,11 +109,7 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     return;
   }
   const int64_t stride = row_width(num_labels, true);
-  std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
-  zero_targets(buffers, stride);
-  for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    scatter_rows(stride, begin, end, q_init, unary, num_labels, buffers);
-  });
+  std::vector<TermBuffers> buffers = first_scatter(terms, stride, workspace, row_length, q_init, unary, num_labels);
   for (int it = 0; it < iterations; ++it) {
     if (between_iterations) between_iterations();
     gather_and_blur(buffers, stride);
@@ -121,11 +130,7 @@ void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, c
     return;
   }
   const int64_t stride = row_width(num_labels, false);
-  std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
-  zero_targets(buffers, stride);
-  for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    scatter_rows(stride, begin, end, q, nullptr, num_labels, buffers);
-  });
+  std::vector<TermBuffers> buffers = first_scatter(terms, stride, workspace, row_length, q, nullptr, num_labels);
   gather_and_blur(buffers, stride);
   parallel_for(num_points, kPointGrain,
                [&](int64_t begin, int64_t end) { message_rows(begin, end, num_labels, buffers, messages); });

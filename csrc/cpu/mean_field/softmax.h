@@ -11,7 +11,9 @@
 namespace segpost {
 namespace mean_field_detail {
 
+using rows::load_labels;
 using rows::Row;
+using rows::store_labels;
 using simd::Block;
 
 // Unary rows prefetched ahead of the update.
@@ -19,23 +21,6 @@ constexpr int64_t kUnaryAhead = 16;
 // The pad lanes' score: it never wins the softmax's maximum, and its exp
 // underflows to exactly 0, so the softmax needs no mask.
 constexpr float kLowest = -3.0e38f;
-
-// Block b of a row of `labels` floats; the last, partial block is zero-padded.
-SEGPOST_INLINE Block load_labels(const float* row, int64_t b, int64_t labels) {
-  const int64_t first = 8 * b;
-  if (first + 8 <= labels) return simd::load(row + first);
-  float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t k = first; k < labels; ++k) tail[k - first] = row[k];
-  return simd::load(tail);
-}
-
-SEGPOST_INLINE void store_labels(float* row, int64_t b, int64_t labels, Block value) {
-  const int64_t first = 8 * b;
-  if (first + 8 <= labels) return simd::store(row + first, value);
-  float tail[8];
-  simd::store(tail, value);
-  for (int64_t k = first; k < labels; ++k) row[k] = tail[k - first];
-}
 
 // Lanes of block b that hold real labels.
 SEGPOST_INLINE simd::IntBlock lane_mask(int64_t b, int64_t labels) {
