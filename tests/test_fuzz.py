@@ -129,6 +129,32 @@ def test_lattice_filter(features, channels, data):
 
 
 @FUZZ
+@given(offset=st.floats(1e14, 1e19), spread=st.sampled_from([0.0, 1e-3, 1.0, 50.0]), n=st.integers(1, 40),
+       d=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_lattice_far_from_the_origin_works_or_refuses_cleanly(offset, spread, n, d, seed):
+    """Features far off the origin (where a whole number of lattice periods no longer rounds exactly) build a
+    lattice whose normalised filter averages, or get a ValueError: never the lattice's internal error."""
+    features = offset + spread * np.random.default_rng(seed).normal(size=(n, d))
+    values = np.random.default_rng(seed + 1).uniform(-1, 1, size=(n, 2)).astype(np.float32)
+    try:
+        out = segpost.PermutohedralLattice(features).filter(values, normalize=True)
+    except ValueError:
+        return
+    assert np.isfinite(out).all() and out.min() >= values.min() - 1e-4 and out.max() <= values.max() + 1e-4
+
+
+@pytest.mark.parametrize("call", [
+    lambda image: segpost.bilateral_filter(image, 52.0, 12.95),
+    lambda image: segpost.joint_bilateral_upsample(np.zeros((2, 4, 4), np.float32), image, sigma_spatial=2.0,
+                                                   sigma_color=12.95),
+])
+def test_constant_image_at_a_huge_offset(call):
+    """A constant image at 9.2e17 (the issue's repro): zero colour span, features at 7e16 bandwidths."""
+    out = np.asarray(call(np.full((16, 7, 3), 9.2e17, np.float32)))
+    assert np.isfinite(out).all()
+
+
+@FUZZ
 @given(image=adversarial(shapes(2, 3, max_side=8), ANY_DTYPES), sigma_spatial=BANDWIDTHS,
        sigma_color=BANDWIDTHS)
 def test_bilateral_filter(image, sigma_spatial, sigma_color):

@@ -120,7 +120,14 @@ void PermutohedralLattice::Builder::scaling_and_hash() {
   // implementation's lattice alignment.
   for (int i = 0; i < d; ++i) {
     const double period = d1 / scale[i];
-    origin[i] = std::floor(origin[i] / period) * period;
+    const double lowest = origin[i];
+    const double shifted = std::floor(lowest / period) * period;
+    // Far from zero (lowest / period beyond 2^52) that product rounds: it can
+    // land above the lowest feature (keys below their bounds) or off the
+    // periods. There the features' own spacing exceeds a period, so the
+    // alignment means nothing: the lowest feature is the origin (and every
+    // feature minus it is exact, by Sterbenz's lemma).
+    origin[i] = shifted <= lowest && lowest - shifted < period ? shifted : lowest;
   }
   std::vector<double> extent(d);
   for (int i = 0; i < d; ++i) extent[i] = (top[i] - origin[i]) * scale[i];
