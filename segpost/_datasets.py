@@ -130,6 +130,56 @@ def pair_files(left, right):
             sorted(set(right) - set(left)))
 
 
+# ------------------------------------------------------------------------------- outputs vs inputs
+
+def _identities(path):
+    """The ways a path can name a file: its resolved path, and its (device, inode) when it exists."""
+    p = Path(path)
+    try:
+        resolved = p.resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop: compared as written
+        resolved = Path(os.path.abspath(p))
+    names = [("path", str(resolved))]
+    try:
+        st = os.stat(p)
+        names.append(("inode", (st.st_dev, st.st_ino)))
+    except OSError:
+        pass
+    return names
+
+
+def refuse_outputs_over_inputs(outputs, inputs):
+    """Refuse, before any work, an output path that names an input file or another output.
+
+    Two paths name the same file when they resolve to the same path (through
+    ``.``, ``..`` and symbolic links) or share a device and inode (hard
+    links).
+
+    Parameters
+    ----------
+    outputs : iterable of (str, path)
+        What the command line calls each output (``"-o/--output"``), and its path.
+    inputs : iterable of path
+        Every file the command reads.
+
+    Raises
+    ------
+    UserError
+        Naming the output's option, its path and the input it would replace.
+    """
+    taken = {}  # identity -> why the path is taken
+    for path in inputs:
+        for identity in _identities(path):
+            taken.setdefault(identity, f"the input {path}: writing it would destroy it")
+    for option, path in outputs:
+        identities = _identities(path)
+        for identity in identities:
+            if identity in taken:
+                raise UserError(f"{option} {path} is {taken[identity]}; choose another output path")
+        for identity in identities:
+            taken[identity] = f"also the output of {option}"
+
+
 # ------------------------------------------------------------------------------------- sharding
 
 def shard_spec(text=None, environ=None):

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 from ._datasets import (IMAGE_SUFFIXES, LOSSY_SUFFIXES, SCORE_SUFFIXES, UserError, list_files, pair_files,
-                        read_ahead, read_image, read_label_map, read_palette, read_scores, save_npy, shard, shard_spec,
-                        write_palette_png)
+                        read_ahead, read_image, read_label_map, read_palette, read_scores, refuse_outputs_over_inputs,
+                        save_npy, shard, shard_spec, write_palette_png)
 
 
 # ------------------------------------------------------------------------------ demo
@@ -94,6 +94,8 @@ def _refine_image(args) -> int:
         probs_path = str(Path(args.output).with_name(Path(args.output).stem + "_probs.npy"))
     if probs_path:
         _check_output(probs_path, (".npy",), "--save-probs")
+    outputs = [("-o/--output", args.output), ("--overlay", args.overlay), ("--save-probs", probs_path)]
+    refuse_outputs_over_inputs([(option, path) for option, path in outputs if path], [args.image, args.logits])
     params = _crf_params(args)
     image = read_image(args.image)
     scores = read_scores(args.logits)
@@ -234,13 +236,20 @@ def _refine_dataset(args) -> int:
             print(f"warning: {len(no_scores)} image(s) have no scores, e.g. {no_scores[:3]}", file=sys.stderr)
         if no_image:
             print(f"warning: {len(no_image)} score file(s) have no image, e.g. {no_image[:3]}", file=sys.stderr)
-    out_dir.mkdir(exist_ok=True)
     mine = shard(pairs, rank, world)
+    outputs = {key: (out_dir / f"{key}.png", out_dir / f"{key}_probs.npy" if args.save_probs else None)
+               for key, _, _ in mine}
+    # Every output against every file read (an image of another pair too, the lists themselves), before any
+    # work: an output that is an input must not pass for a finished output either.
+    refuse_outputs_over_inputs(
+        [(option, path) for out, probs_out in outputs.values()
+         for option, path in (("-o/--output", out), ("--save-probs", probs_out)) if path is not None],
+        [*images.values(), *scores.values(), *(Path(s) for s in (args.image, args.logits) if Path(s).is_file())])
+    out_dir.mkdir(exist_ok=True)
     tasks, existing = [], []
     settings = {"probs": args.probs, "params": params, "iterations": args.iterations}
     for key, image_path, scores_path in mine:
-        out = out_dir / f"{key}.png"
-        probs_out = out_dir / f"{key}_probs.npy" if args.save_probs else None
+        out, probs_out = outputs[key]
         if not args.overwrite and out.is_file() and (probs_out is None or probs_out.is_file()):
             existing.append(key)
         else:
@@ -309,6 +318,10 @@ def _eval(args) -> int:
     preds = list_files(args.pred_dir, suffix=args.pred_suffix, recursive=args.recursive, name="PRED_DIR")
     gts = list_files(args.gt_dir, suffix=args.gt_suffix, recursive=args.recursive, name="GT_DIR")
     pairs, unmatched, missing = pair_files(preds, gts)
+    refuse_outputs_over_inputs(
+        [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot)) if path],
+        [*preds.values(), *gts.values(),
+         *(Path(s) for s in (args.pred_dir, args.gt_dir, args.class_names, args.gt_palette) if s and Path(s).is_file())])
     lead = rank == 0 or launcher == "shard"  # under torchrun rank 0 speaks for all
     if lead:
         if missing:

@@ -435,6 +435,48 @@ def test_refine_folder_mistakes_before_any_work(image_folder, extra, fragment):
     assert not (tmp / "out").exists() or not list((tmp / "out").iterdir())
 
 
+def _bytes_of(folder):
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("args", [
+    ["refine", "img.png", "logits.npy", "-o", "img.png"],
+    ["refine", "img.png", "logits.npy", "-o", "./sub/../img.png"],
+    ["refine", "img.png", "logits.npy", "-o", "link.png"],          # a symbolic link to the image
+    ["refine", "img.png", "logits.npy", "-o", "hard.png"],          # a hard link to the image
+    ["refine", "img.png", "logits.npy", "-o", "o.png", "--save-probs", "logits.npy"],
+    ["refine", "img.png", "probs.npy", "--probs", "-o", "o.png", "--save-probs", "probs.npy"],
+    ["refine", "img.png", "logits.npy", "-o", "o.png", "--overlay", "img.png"],
+    ["refine", "img.png", "logits.npy", "-o", "o.png", "--overlay", "o.png"],   # two outputs, one file
+    ["refine", "folder/list.txt", "scores", "-o", "folder", "--overwrite"],    # a list inside the image folder
+    ["refine", "folder/list.txt", "scores", "-o", "folder"],                   # (not skipped as "done" either)
+    ["refine", "folder/list.txt", "scores", "-o", "folder", "--save-probs"],
+    ["eval", "preds", "gts", "--num-classes", "3", "--plot", "preds/a.png"],
+    ["eval", "preds", "gts", "--num-classes", "3", "--plot", "gts/a.png"],
+    ["eval", "preds", "gts", "--num-classes", "3", "--json", "names.json", "--class-names", "names.json"],
+])
+def test_outputs_never_write_over_inputs(image_and_logits, args):
+    """Every output path, in every mode, is checked against every input before any work: not a byte changes."""
+    tmp, image, logits = image_and_logits
+    (tmp / "sub").mkdir()
+    (tmp / "link.png").symlink_to(tmp / "img.png")
+    os.link(tmp / "img.png", tmp / "hard.png")
+    (tmp / "folder").mkdir()
+    (tmp / "scores").mkdir()
+    for name in ("a", "b"):
+        io.imsave(tmp / "folder" / f"{name}.png", image, check_contrast=False)
+        np.save(tmp / "scores" / f"{name}.npy", logits)
+    (tmp / "folder" / "list.txt").write_text("a.png\nb.png\n")
+    for folder in ("preds", "gts"):
+        (tmp / folder).mkdir()
+        _write_label_png(tmp / folder / "a.png", np.zeros((4, 4), np.uint8), "palette")
+    (tmp / "names.json").write_text("x\ny\nz\n")
+    before = _bytes_of(tmp)
+    result = run(*args, cwd=tmp)
+    assert_user_error(result, "choose another output path")
+    assert _bytes_of(tmp) == before
+
+
 def _run_ranks(args, world=2, cwd=None):
     """The command as torchrun starts it: world processes with RANK, WORLD_SIZE and a loopback master."""
     import socket
