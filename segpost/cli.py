@@ -364,10 +364,11 @@ def _eval(args) -> int:
         if dist is not None:  # one table: the counts summed over the ranks, the skipped files gathered
             metrics.sync()
             gathered = [None] * world
-            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched))
-            evaluated = sum(count for count, _, _ in gathered)
-            unreadable = [item for _, items, _ in gathered for item in items]
-            mismatched = [item for _, _, items in gathered for item in items]
+            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched, metrics.first_invalid))
+            evaluated = sum(count for count, _, _, _ in gathered)
+            unreadable = [item for _, items, _, _ in gathered for item in items]
+            mismatched = [item for _, _, items, _ in gathered for item in items]
+            metrics.first_invalid = next((first for *_, first in gathered if first is not None), None)
     finally:
         if dist is not None:
             dist.destroy_process_group()
@@ -375,9 +376,10 @@ def _eval(args) -> int:
     if evaluated == 0:
         raise UserError(f"no pair could be evaluated: {'; '.join((unreadable + mismatched)[:3])}")
     if metrics.num_invalid and not args.drop_invalid:
+        first = metrics.first_invalid
         raise UserError(f"{metrics.num_invalid} pixels have labels outside [0, {args.num_classes}) that are not "
-                        f"ignored: is --num-classes right? (--ignore-index for void labels, or --drop-invalid to "
-                        f"count and skip them)")
+                        f"ignored (first bad value: {first}): is --num-classes right? (--ignore-index {first} for "
+                        f"void labels, or --drop-invalid to count and skip them)")
     if not lead:
         return 0
     if unreadable:

@@ -191,10 +191,15 @@ def test_eval_labels_beyond_num_classes_are_an_error_unless_dropped(tmp_path):
     labels = np.arange(16).reshape(4, 4) % 5
     _write_label_png(tmp_path / "pred" / "a.png", labels, "8bit")
     _write_label_png(tmp_path / "gt" / "a.png", labels, "8bit")
-    assert_user_error(run("eval", "pred", "gt", "--num-classes", "3", cwd=tmp_path), "--num-classes right")
-    result = run("eval", "pred", "gt", "--num-classes", "3", "--drop-invalid", "--boundary", cwd=tmp_path)
+    assert_user_error(run("eval", "pred", "gt", "--num-classes", "3", cwd=tmp_path),
+                      "(first bad value: 3): is --num-classes right? (--ignore-index 3 for")
+    _write_label_png(tmp_path / "pred" / "b.png", labels, "8bit")
+    _write_label_png(tmp_path / "gt" / "b.png", labels, "8bit")
+    result = run("eval", "pred", "gt", "--num-classes", "3", "--drop-invalid", "--boundary", "--json", "e.json",
+                 cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "were not counted" in result.stderr and "BIoU" in result.stdout
+    assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 2
 
 
 @pytest.mark.parametrize("option, value, fragment", [

@@ -253,8 +253,8 @@ def test_edge_cases():
 
 def test_counts_beyond_two_to_the_32_via_merge():
     a, b = SegMetrics(2), SegMetrics(2)
-    a.load_state_dict({"confusion": np.array([[2**32 - 1, 0], [0, 5]])})
-    b.load_state_dict({"confusion": np.array([[2**32 - 1, 3], [0, 5]])})
+    a.load_state_dict({**a.state_dict(), "confusion": np.array([[2**32 - 1, 0], [0, 5]])})
+    b.load_state_dict({**b.state_dict(), "confusion": np.array([[2**32 - 1, 3], [0, 5]])})
     a.merge(b)
     assert a.confusion[0, 0] == 2 * (2**32 - 1) and a.confusion.dtype == np.int64
     assert a.compute().pixel_accuracy == pytest.approx((2 * (2**32 - 1) + 10) / (2 * (2**32 - 1) + 13))
@@ -276,6 +276,77 @@ def test_result_object_table_dict_and_state():
     assert restored.compute().miou == result.miou
     metrics.reset()
     assert metrics.confusion.sum() == 0
+
+
+def _saved_state():
+    metrics = SegMetrics(3, per_image=True, boundary=True)
+    target = np.zeros((2, 8, 8), np.int64)
+    target[:, 2:6, 2:6] = 1
+    metrics.update(target, target)
+    return metrics, metrics.state_dict()
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("confusion", np.full((3, 3), np.nan), "NaN"),
+    ("confusion", np.full((3, 3), -1), "negative"),
+    ("confusion", np.full((3, 3), 0.5), "fractional"),
+    ("confusion", np.full((3, 3), 1e30), "out-of-range"),
+    ("confusion", np.zeros((2, 2), np.int64), "shape"),
+    ("confusion", "abc", "integer counts"),
+    ("boundary_union", np.zeros(2, np.int64), "shape"),   # after confusion: nothing may be half-loaded
+    ("boundary_intersection", np.full(3, -5), "negative"),
+    ("num_images", -1, "negative"),
+    ("num_images", 2.5, "fractional"),
+    ("num_invalid", float("nan"), "NaN"),
+    ("per_image_sum", float("nan"), "finite"),
+    ("per_image_sum", -1.0, "finite"),
+    ("per_image_sum", 100.0, "exceeds"),
+    ("confusion", None, "no 'confusion'"),
+    ("boundary_union", None, "no 'boundary_union'"),
+    ("per_image_sum", None, "no 'per_image_sum'"),
+])
+def test_a_corrupted_state_never_loads(key, value, fragment):
+    """The whole state is checked before anything is assigned: a ValueError naming the key, the object intact."""
+    import torch
+
+    target_metrics, _ = _saved_state()
+    before = target_metrics.state_dict()
+    _, state = _saved_state()
+    if value is None:
+        del state[key]
+    else:
+        state[key] = torch.from_numpy(value) if isinstance(value, np.ndarray) and value.dtype != object else value
+    with pytest.raises(ValueError, match=f"{key}") as info:
+        target_metrics.load_state_dict(state)
+    assert fragment in str(info.value)
+    after = target_metrics.state_dict()
+    assert all(np.array_equal(np.asarray(after[k]), np.asarray(before[k])) for k in before)
+
+
+def test_states_load_from_floats_that_hold_counts_and_from_before_scored_images_were_counted():
+    metrics, state = _saved_state()
+    state = {**state, "confusion": state["confusion"].double()}
+    del state["num_scored_images"]
+    restored = SegMetrics(3, per_image=True, boundary=True).load_state_dict(state)
+    assert restored.compute().miou == metrics.compute().miou
+    assert restored.num_scored_images == restored.num_images == 2
+
+
+@pytest.mark.parametrize("dtype, bad", [(np.uint64, 2**64 - 1), (np.uint64, 2**63), (np.int64, -(2**63)),
+                                        (np.uint8, 255), (np.int16, -3)])
+def test_the_first_bad_value_reads_as_the_label_does(dtype, bad):
+    target = np.array([0, 1, bad, 1], dtype)
+    with pytest.raises(ValueError, match=f"first bad value: {bad}\\)"):
+        confusion_matrix(target, target, 2)
+    assert confusion_matrix(target, target, 2, on_invalid="ignore").first_invalid == bad
+
+
+def test_num_images_counts_every_image_with_or_without_per_image():
+    metrics = SegMetrics(2)
+    for _ in range(3):
+        metrics.update(np.zeros((2, 4, 4), np.int64), np.zeros((2, 4, 4), np.int64))
+    metrics.update(np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64))
+    assert metrics.compute().to_dict()["num_images"] == 7
 
 
 def test_torch_inputs_and_numpy_agree():

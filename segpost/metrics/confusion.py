@@ -32,6 +32,9 @@ class ConfusionResult(np.ndarray):
     ----------
     num_invalid : int
         Pixels dropped for labels outside [0, K) with ``on_invalid="ignore"``.
+    first_invalid : int or None
+        The first of them in scan order (target before prediction), as the
+        label reads; None when there is none.
 
     Examples
     --------
@@ -43,9 +46,11 @@ class ConfusionResult(np.ndarray):
     """
 
     num_invalid: int = 0
+    first_invalid: int | None = None
 
     def __array_finalize__(self, obj):
         self.num_invalid = getattr(obj, "num_invalid", 0)
+        self.first_invalid = getattr(obj, "first_invalid", None)
 
 
 def _normalise_ignore(ignore_index):
@@ -247,6 +252,8 @@ def _numpy_confusion(pred, target, k, ignore):
     # (Ignore values beyond int64 match no label the kernel reads as int64.)
     representable = np.array([v for v in ignore if -(2**63) <= v < 2**63], np.int64)
     first_value = int(first_invalid(pred, target, k, representable)) if invalid else None
+    if first_value is not None and first_value < 0 and target.dtype == np.uint64:
+        first_value += 2**64  # the kernel reads labels as int64
     return matrix, invalid, first_value
 
 
@@ -349,7 +356,8 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
             f"{invalid} pixel(s) have labels outside [0, {k}) that are not ignored (first bad value: {first}); "
             f"fix num_classes or ignore_index, or pass on_invalid='ignore' to drop and count them"
         )
-    out.num_invalid = invalid  # torch tensors take the attribute too
+    out.num_invalid = invalid  # torch tensors take the attributes too
+    out.first_invalid = first
     return out
 
 

@@ -44,6 +44,11 @@ class SegMetricsResult:
     per_image_miou : float or None
         Mean over images of each image's mIoU (only with ``per_image=True``);
         a different number from the dataset-level ``miou``.
+    num_images : int
+        Images counted (each image of a batch once).
+    num_scored_images : int
+        Images with a per-image mIoU (with ``per_image=True``; an image with
+        no pixel counted has none).
     boundary_iou : (K,) float64 or None
         Dataset-level Boundary IoU per class (only with ``boundary=True``):
         the summed band intersections over the summed band unions, as
@@ -63,7 +68,7 @@ class SegMetricsResult:
     """
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
-                 per_image_miou=None, num_images=0, boundary_counts=None):
+                 per_image_miou=None, num_images=0, num_scored_images=0, boundary_counts=None):
         self.confusion = np.array(confusion, np.int64)  # a copy: later updates never change a result
         k = self.confusion.shape[0]
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -90,6 +95,7 @@ class SegMetricsResult:
         self.num_invalid = int(num_invalid)
         self.per_image_miou = per_image_miou
         self.num_images = int(num_images)
+        self.num_scored_images = int(num_scored_images)
         self.boundary_iou = self.mboundary_iou = None
         if boundary_counts is not None:
             from .boundary import band_iou
@@ -120,7 +126,7 @@ class SegMetricsResult:
                      f"{pct(self.pixel_accuracy)} | mean acc {pct(self.mean_accuracy)} | fwIoU {pct(self.fw_iou)}"
                      + (f" | Boundary IoU {pct(self.mboundary_iou)}" if boundary else ""))
         if self.per_image_miou is not None:
-            lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_images} images")
+            lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_scored_images} images")
         if self.num_invalid:
             lines.append(f"{self.num_invalid} pixels with out-of-range labels were dropped")
         return "\n".join(lines)
@@ -138,7 +144,7 @@ class SegMetricsResult:
 
         out = {name: clean(getattr(self, name)) for name in (
             "miou", "mdice", "mprecision", "mrecall", "weighted_miou", "micro_iou", "pixel_accuracy",
-            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images",
+            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images", "num_scored_images",
             "mboundary_iou")}
         out["boundary_iou"] = None if self.boundary_iou is None else clean(self.boundary_iou)
         out.update({name: clean(np.asarray(getattr(self, name), np.float64)) for name in ("iou", "dice", "precision", "recall")})
@@ -219,8 +225,10 @@ class SegMetrics:
         """Forget everything counted so far (and any synced sums)."""
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.num_invalid = 0
+        self.first_invalid = None  # the first out-of-range label counted, for messages (not part of the state)
         self.per_image_sum = 0.0
         self.num_images = 0
+        self.num_scored_images = 0
         self.boundary_intersection = np.zeros(self.num_classes, np.int64)
         self.boundary_union = np.zeros(self.num_classes, np.int64)
         self._local_state = None  # this process's own counts while the state holds synced sums
@@ -237,6 +245,9 @@ class SegMetrics:
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
         self.confusion += _to_numpy(cm)
         self.num_invalid += int(getattr(cm, "num_invalid", 0))
+        if self.first_invalid is None:
+            self.first_invalid = getattr(cm, "first_invalid", None)
+        self.num_images += 1 if target.ndim <= 2 else target.shape[0]
         if self.per_image or self.boundary:
             images = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
         if self.boundary:
@@ -254,15 +265,17 @@ class SegMetrics:
                                           exclude_classes=self.exclude_classes)
                 if not math.isnan(value):  # an image with nothing counted has no mIoU
                     self.per_image_sum += value
-                    self.num_images += 1
+                    self.num_scored_images += 1
 
     def compute(self) -> SegMetricsResult:
         """Scores of everything counted (dataset-level; per-image mean too if requested)."""
-        per_image = (self.per_image_sum / self.num_images if self.num_images else float("nan")) if self.per_image else None
+        per_image = ((self.per_image_sum / self.num_scored_images if self.num_scored_images else float("nan"))
+                     if self.per_image else None)
         boundary = (self.boundary_intersection, self.boundary_union) if self.boundary else None
         return SegMetricsResult(self.confusion, absent=self.absent, exclude_classes=self.exclude_classes,
                                 class_names=self.class_names, num_invalid=self.num_invalid,
-                                per_image_miou=per_image, num_images=self.num_images, boundary_counts=boundary)
+                                per_image_miou=per_image, num_images=self.num_images,
+                                num_scored_images=self.num_scored_images, boundary_counts=boundary)
 
     def _settings(self):
         """What two states must share to be added: a different one would sum different counts."""
@@ -285,8 +298,11 @@ class SegMetrics:
         self._check_not_synced("merge")
         self.confusion += other.confusion
         self.num_invalid += other.num_invalid
+        if self.first_invalid is None:
+            self.first_invalid = other.first_invalid
         self.per_image_sum += other.per_image_sum
         self.num_images += other.num_images
+        self.num_scored_images += other.num_scored_images
         self.boundary_intersection += other.boundary_intersection
         self.boundary_union += other.boundary_union
         return self
@@ -300,26 +316,40 @@ class SegMetrics:
 
         return {"confusion": torch.from_numpy(self.confusion.copy()), "num_invalid": self.num_invalid,
                 "per_image_sum": self.per_image_sum, "num_images": self.num_images,
+                "num_scored_images": self.num_scored_images,
                 "boundary_intersection": torch.from_numpy(self.boundary_intersection.copy()),
                 "boundary_union": torch.from_numpy(self.boundary_union.copy()), **self._settings()}
 
     def load_state_dict(self, state: dict):
-        """Replace the counts by a ``state_dict()``'s; its settings must agree with this object's."""
+        """Replace the counts by a ``state_dict()``'s; its settings must agree with this object's.
+
+        The whole state is checked before anything is replaced: every count
+        must be there, of the right shape, and a finite non-negative integer
+        (a ValueError names the first key that is not); a failed load leaves
+        this object as it was.
+        """
         self._check_not_synced("load a state")
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
         self._check_compatible(state, "load the state")
-        confusion = _counts(state["confusion"])
-        if confusion.shape != (self.num_classes, self.num_classes):
-            raise ValueError(f"state has a {confusion.shape} matrix, expected {(self.num_classes,) * 2}")
-        self.confusion = confusion
-        self.num_invalid = int(state.get("num_invalid", 0))
-        self.per_image_sum = float(state.get("per_image_sum", 0.0))
-        self.num_images = int(state.get("num_images", 0))
-        zeros = np.zeros(self.num_classes, np.int64)
-        for name in ("boundary_intersection", "boundary_union"):
-            counts = _counts(state.get(name, zeros))
-            if counts.shape != (self.num_classes,):
-                raise ValueError(f"state has {name} of shape {counts.shape}, expected {(self.num_classes,)}")
-            setattr(self, name, counts)
+        k = self.num_classes
+        counts = {name: _checked_counts(state, name, shape) for name, shape in (
+            ("confusion", (k, k)), ("num_invalid", ()), ("num_images", ()),
+            ("boundary_intersection", (k,)), ("boundary_union", (k,)))}
+        # States saved before the count of scored images existed: every counted image was scored.
+        counts["num_scored_images"] = (_checked_counts(state, "num_scored_images", ()) if "num_scored_images" in state
+                                       else counts["num_images"])
+        per_image_sum = _checked_number(state, "per_image_sum")
+        if per_image_sum > counts["num_scored_images"]:
+            raise ValueError(f"state's per_image_sum {per_image_sum} exceeds its {counts['num_scored_images']} "
+                             f"scored images (each adds an mIoU of at most 1)")
+        self.confusion = counts["confusion"]
+        self.num_invalid = int(counts["num_invalid"])
+        self.num_images = int(counts["num_images"])
+        self.num_scored_images = int(counts["num_scored_images"])
+        self.per_image_sum = per_image_sum
+        self.boundary_intersection = counts["boundary_intersection"]
+        self.boundary_union = counts["boundary_union"]
         return self
 
     def sync(self, group=None):
@@ -341,7 +371,7 @@ class SegMetrics:
             self.unsync()
         local = self.state_dict()
         k = self.num_classes
-        flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images],
+        flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images, self.num_scored_images],
                                self.boundary_intersection, self.boundary_union]).astype(np.int64)
         packed = torch.from_numpy(flat)
         extra = torch.tensor([self.per_image_sum], dtype=torch.float64)
@@ -353,9 +383,9 @@ class SegMetrics:
         dist.all_reduce(extra, op=dist.ReduceOp.SUM, group=group)
         packed = packed.cpu().numpy()
         self.confusion = packed[: k * k].reshape(k, k).copy()
-        self.num_invalid, self.num_images = int(packed[k * k]), int(packed[k * k + 1])
-        self.boundary_intersection = packed[k * k + 2: k * k + 2 + k].copy()
-        self.boundary_union = packed[k * k + 2 + k:].copy()
+        self.num_invalid, self.num_images, self.num_scored_images = (int(v) for v in packed[k * k: k * k + 3])
+        self.boundary_intersection = packed[k * k + 3: k * k + 3 + k].copy()
+        self.boundary_union = packed[k * k + 3 + k:].copy()
         self.per_image_sum = float(extra.cpu()[0])
         self._local_state = local
         return self
@@ -368,9 +398,41 @@ class SegMetrics:
         return self
 
 
-def _counts(value):
-    """A state's counts (a tensor, an array or lists) as a new int64 array."""
-    return np.array(_to_numpy(value), np.int64)
+def _checked_counts(state, key, shape):
+    """``state[key]`` as a new int64 array of ``shape``: present, and finite non-negative integers."""
+    if key not in state:
+        raise ValueError(f"state has no {key!r}: pass a dict from SegMetrics.state_dict()")
+    value = state[key]
+    try:
+        arr = np.asarray(_to_numpy(value))
+    except Exception:
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"state's {key!r} must hold integer counts, got {type(value).__name__} of dtype "
+                         f"{arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"state's {key!r} has shape {arr.shape}, expected {shape}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError(f"state's {key!r} holds NaN or infinite values: it is not a count")
+        if (arr != np.round(arr)).any() or np.abs(arr).max(initial=0) >= 2.0**63:
+            raise ValueError(f"state's {key!r} holds fractional or out-of-range values: it is not a count")
+    if (arr < 0).any():
+        raise ValueError(f"state's {key!r} holds negative values (smallest {arr.min()}): it is not a count")
+    return np.array(arr, np.int64)
+
+
+def _checked_number(state, key):
+    """``state[key]`` as a finite, non-negative float."""
+    if key not in state:
+        raise ValueError(f"state has no {key!r}: pass a dict from SegMetrics.state_dict()")
+    try:
+        value = float(_to_numpy(state[key]))
+    except (TypeError, ValueError):
+        raise ValueError(f"state's {key!r} must be a number, got {type(state[key]).__name__}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"state's {key!r} must be a finite non-negative number, got {value}")
+    return value
 
 
 def _to_numpy(cm):
