@@ -33,6 +33,55 @@ def _demo(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- progress
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a dataset run: the message says what was done and how to go on."""
+
+
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (logs, CI, nohup) a line every 10% of the work or every 30 s."""
+
+    LINE_EVERY_S = 30.0
+
+    def __init__(self, total, desc, *, quiet=False):
+        import time
+
+        self.total, self.desc, self.done = total, desc, 0
+        self.bar = None
+        self.lines = not quiet and not sys.stderr.isatty() and total > 0
+        if not quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img")
+        self._clock = time.monotonic
+        self.start = self.last_time = self._clock()
+        self.last_done = 0
+
+    def update(self, n=1):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.lines:
+            now = self._clock()
+            if (self.done == self.total or 10 * (self.done - self.last_done) >= self.total
+                    or now - self.last_time >= self.LINE_EVERY_S):
+                rate = self.done / max(now - self.start, 1e-9)
+                print(f"{self.desc}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%), "
+                      f"{rate:.1f} img/s", file=sys.stderr, flush=True)
+                self.last_time, self.last_done = now, self.done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---------------------------------------------------------------------------- refine
 
 def _check_output(path, suffixes, option):
@@ -180,12 +229,10 @@ def _check_output_folder(out_dir, images):
         raise UserError("-o/--output is the IMAGES folder: the labels would replace the images")
 
 
-def _run_tasks(tasks, workers, threads, desc, quiet):
-    """``_refine_task`` over ``tasks``: in this process for one worker, else in a pool; results as they finish."""
-    from tqdm.auto import tqdm
-
-    results = []
-    with tqdm(total=len(tasks), desc=desc, unit="img", disable=quiet or not sys.stderr.isatty()) as bar:
+def _run_tasks(tasks, workers, threads, desc, quiet, results):
+    """``_refine_task`` over ``tasks``: in this process for one worker, else in a pool; results appended to
+    ``results`` as they finish (so that an interrupted run still knows what it wrote)."""
+    with _Progress(len(tasks), desc, quiet=quiet) as bar:
         if workers == 1:
             from ._threads import set_num_threads
 
@@ -257,7 +304,14 @@ def _refine_dataset(args) -> int:
     where = f"shard {rank}/{world}: " if world > 1 else ""
     workers = min(args.workers, max(1, len(tasks)))
     threads = _threads_per_worker(workers)
-    results = _run_tasks(tasks, workers, threads, f"refine {where}".strip(": "), args.quiet)
+    results = []
+    try:
+        _run_tasks(tasks, workers, threads, f"refine {where}".strip(": "), args.quiet, results)
+    except KeyboardInterrupt:
+        written = sum(status == "done" for status, *_ in results)
+        raise Interrupted(f"interrupted: {written} of {len(tasks)} label maps written to {out_dir} "
+                          f"({len(existing)} were there before); run the same command again to resume (finished "
+                          f"outputs are skipped)") from None
     warned = {}  # message -> the images that raised it: each kind reported once
     for _, key, _, messages in sorted(results):
         for message in messages:
@@ -297,8 +351,6 @@ def _init_distributed():
 
 
 def _eval(args) -> int:
-    from tqdm.auto import tqdm
-
     from .metrics import SegMetrics
 
     names = None
@@ -350,10 +402,11 @@ def _eval(args) -> int:
             return key, exc, None
 
     dist = _init_distributed() if launcher == "torchrun" else None
+    mine = shard(pairs, rank, world)
+    progress = _Progress(len(mine), "eval", quiet=args.quiet or not lead)
     try:
-        mine = shard(pairs, rank, world)
-        for key, pred, gt in tqdm(read_ahead(load, mine, max(1, args.workers)), total=len(mine), desc="eval",
-                                  unit="img", disable=args.quiet or not lead or not sys.stderr.isatty()):
+        for key, pred, gt in read_ahead(load, mine, max(1, args.workers)):
+            progress.update()
             if gt is None:
                 unreadable.append(str(pred))
             elif pred.shape != gt.shape:
@@ -370,6 +423,7 @@ def _eval(args) -> int:
             mismatched = [item for _, _, items, _ in gathered for item in items]
             metrics.first_invalid = next((first for *_, first in gathered if first is not None), None)
     finally:
+        progress.close()
         if dist is not None:
             dist.destroy_process_group()
     # From here on every rank holds the same numbers, so all raise or none does.
@@ -534,8 +588,8 @@ def main(argv=None) -> int:
     except (UserError, ValueError, TypeError, OSError, MemoryError) as exc:
         print(f"segpost {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"segpost {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"segpost {args.command}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -482,6 +482,39 @@ def test_outputs_never_write_over_inputs(image_and_logits, args):
     assert _bytes_of(tmp) == before
 
 
+def test_progress_without_a_terminal_prints_lines(image_folder):
+    """Logs and CI have no terminal: the progress comes as plain lines, not silence until the end."""
+    tmp, _ = image_folder
+    result = run("refine", "images", "scores", "-o", "out", "-r", "--image-suffix", "_img.png", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert "refine: 6/6 (100%)" in result.stderr
+    result = run("eval", "out", "out", "--num-classes", "21", "-r", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert "eval: 6/6 (100%)" in result.stderr
+    assert "(100%)" not in run("eval", "out", "out", "--num-classes", "21", "-r", "-q", cwd=tmp).stderr
+
+
+def test_ctrl_c_in_a_folder_run_says_what_was_written_and_how_to_resume(image_folder, monkeypatch, capsys):
+    from segpost import cli
+
+    tmp, _ = image_folder
+    real, calls = cli._refine_task, []
+
+    def interrupted_on_the_third(task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(cli, "_refine_task", interrupted_on_the_third)
+    code = cli.main(["refine", str(tmp / "images"), str(tmp / "scores"), "-o", str(tmp / "out"), "-r", "-q",
+                     "--image-suffix", "_img.png"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "interrupted: 2 of 6 label maps written" in err and "run the same command again to resume" in err
+    assert len(list((tmp / "out").rglob("*.png"))) == 2
+
+
 def _run_ranks(args, world=2, cwd=None):
     """The command as torchrun starts it: world processes with RANK, WORLD_SIZE and a loopback master."""
     import socket
