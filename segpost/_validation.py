@@ -51,9 +51,13 @@ MAX_FILTER_VALUE = 1e25
 
 
 def is_torch_tensor(x) -> bool:
-    """True for a torch.Tensor, without importing torch when nobody has."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+    """True for a torch.Tensor, without importing torch when nobody has.
+
+    While another thread is still inside ``import torch``, the module is in
+    ``sys.modules`` before it defines ``Tensor``; no tensor exists yet then.
+    """
+    tensor_type = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor_type is not None and isinstance(x, tensor_type)
 
 
 def on_device(x) -> bool:

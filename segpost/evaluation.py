@@ -28,8 +28,9 @@ def _distributed():
 
 
 def _is_dataloader(dataset):
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(dataset, torch.utils.data.DataLoader)
+    # (getattr: torch may be half-imported by another thread, and then no DataLoader exists yet)
+    loader_type = getattr(getattr(getattr(sys.modules.get("torch"), "utils", None), "data", None), "DataLoader", None)
+    return loader_type is not None and isinstance(dataset, loader_type)
 
 
 def _yields_batches(dataset):

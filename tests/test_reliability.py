@@ -12,10 +12,10 @@ import pytest
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, rlimits and signals as on Linux")
 
 
-def run_python(code, timeout=120):
+def run_python(code, timeout=120, env=None):
     """Runs code in a fresh interpreter (-P: the installed segpost); returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=None if env is None else {**os.environ, **env})
 
 
 def test_confusion_matrix_in_a_forked_child_after_a_parallel_call():
@@ -104,6 +104,61 @@ def test_daemon_thread_inside_a_crf_call_at_interpreter_exit():
         print("main exits")
     """)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+def test_public_functions_from_a_thread_while_the_main_thread_imports_torch():
+    # torch sits in sys.modules, half initialised, while its import runs: no AttributeError from segpost.
+    result = run_python("""
+        import threading
+        import numpy as np
+        import segpost
+
+        labels = np.zeros((8, 8), np.uint8)
+        errors, stop = [], threading.Event()
+        segpost.confusion_matrix(labels, labels, 2)  # compiled before the race, so the thread loops fast
+        segpost.resize_labels(labels, (16, 16))
+
+        def work():
+            while not stop.is_set():
+                try:
+                    segpost.confusion_matrix(labels, labels, 2)
+                    segpost.resize_labels(labels, (16, 16))
+                    segpost.SegMetrics(2).update(labels, labels)
+                except Exception as exc:
+                    errors.append(repr(exc))
+                    return
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        import torch
+        stop.set()
+        thread.join()
+        print(errors[:1])
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_non_daemon_thread_counting_at_interpreter_exit():
+    # Python shuts its executors down before it joins the threads still running: counting goes on in the thread.
+    result = run_python("""
+        import threading, time
+        import numpy as np
+        from segpost.metrics import confusion_matrix
+
+        labels = np.zeros(4_000_000, np.uint8)
+        confusion_matrix(labels, labels, 3)
+
+        def late():
+            time.sleep(0.5)
+            for _ in range(3):
+                cm = confusion_matrix(labels, labels, 3)
+            print("counted", int(cm.sum()))
+
+        threading.Thread(target=late).start()
+    """, env={"SEGPOST_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "counted 4000000"
 
 
 def test_ctrl_c_interrupts_a_long_crf_and_leaves_inputs_untouched():

@@ -171,12 +171,20 @@ def _in_chunks(n, count):
     # the pool was slower than one thread: an executor starts a new worker only
     # when none is idle, so after the first call both chunks often queued on
     # one worker (uint8 1024x2048: 1.5 ms for two pool chunks, 0.9 ms this way).
-    others = [_pool(threads - 1).submit(count, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    others = []
+    try:
+        for i in range(1, threads):
+            others.append(_pool(threads - 1).submit(count, bounds[i], bounds[i + 1]))
+    except RuntimeError:
+        # At interpreter exit the executors take no new work before Python joins the threads still running
+        # (a non-daemon thread counting then): this thread counts the chunks the pool did not take.
+        pass
     try:
         first = count(bounds[0], bounds[1])
+        here = [count(bounds[i], bounds[i + 1]) for i in range(1 + len(others), threads)]
     finally:
         wait(others)  # never return (or raise) while a worker still reads the arrays
-    return [first, *(future.result() for future in others)]
+    return [first, *(future.result() for future in others), *here]
 
 
 @functools.lru_cache(maxsize=64)
