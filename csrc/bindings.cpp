@@ -101,6 +101,25 @@ FloatArray resize_bilinear_points(const FloatArray& in, int64_t in_h, int64_t in
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "segpost compiled CPU kernels (private; use the segpost Python API)";
+  // Every allocation failure of the kernels (an address-space limit, a
+  // container's memory limit) as one MemoryError with the size and the fix.
+  py::register_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const segpost::AllocationFailed& failed) {
+      const std::string size = std::to_string((failed.bytes() + (1 << 20) - 1) >> 20) + " MiB";
+      PyErr_SetString(PyExc_MemoryError,
+                      ("segpost's compiled kernels could not allocate " + size +
+                       " (the process's memory limit: ulimit -v, a container, or the machine's memory); free memory, "
+                       "downscale the input or process it in tiles, or set SEGPOST_MAX_MEMORY_GB so that segpost "
+                       "refuses such work before it starts").c_str());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError,
+                      "segpost's compiled kernels could not allocate memory (the process's memory limit: ulimit -v, "
+                      "a container, or the machine's memory); free memory, downscale the input or process it in "
+                      "tiles, or set SEGPOST_MAX_MEMORY_GB so that segpost refuses such work before it starts");
+    }
+  });
   m.def("get_num_threads", &segpost::get_num_threads);
   m.def("set_num_threads", &segpost::set_num_threads, py::arg("n"));
   m.attr("max_lattice_dim") = PermutohedralLattice::kMaxDim;

@@ -57,7 +57,7 @@ Block map_block(std::size_t bytes) {
   const std::size_t capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
 #ifdef SEGPOST_HAVE_MMAP
   void* raw = mmap(nullptr, capacity + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) throw std::bad_alloc();
+  if (raw == MAP_FAILED) throw AllocationFailed(capacity);
   // Trim to a 2 MiB-aligned range so that huge pages can back all of it.
   const auto start = reinterpret_cast<std::uintptr_t>(raw);
   const std::uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
@@ -71,7 +71,7 @@ Block map_block(std::size_t bytes) {
   return {p, capacity};
 #else
   void* p = std::aligned_alloc(kHugePage, capacity);
-  if (!p) throw std::bad_alloc();
+  if (!p) throw AllocationFailed(capacity);
   return {p, capacity};
 #endif
 }

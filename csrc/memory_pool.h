@@ -12,12 +12,25 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <utility>
 #include <vector>
 
 namespace segpost {
 
 constexpr std::size_t kMinPooledBytes = std::size_t(1) << 20;
+
+// A failed allocation of a large block, with its size: the bindings turn it
+// (and any other std::bad_alloc) into a MemoryError that says what to do.
+class AllocationFailed : public std::bad_alloc {
+ public:
+  explicit AllocationFailed(std::size_t bytes) : bytes_(bytes) {}
+  std::size_t bytes() const noexcept { return bytes_; }
+  const char* what() const noexcept override { return "segpost: a large allocation failed"; }
+
+ private:
+  std::size_t bytes_;
+};
 
 void* pool_allocate(std::size_t bytes);
 void pool_deallocate(void* p, std::size_t bytes) noexcept;

@@ -10,11 +10,49 @@ memory stays with the process until released here or reused.
 from __future__ import annotations
 
 import numbers
+import os
 
 from . import _C
 from ._validation import environment_number
 
 __all__ = ["cached_memory_bytes", "release_cached_memory", "set_memory_cache_limit"]
+
+
+# ------------------------------------------------------------------ the working-set limit
+#
+# One rule for every function that allocates in proportion to its input (the
+# CRF, the lattice filters, the resizers): the working set is estimated from
+# the shapes and refused with a MemoryError naming its size before anything
+# is allocated, so that a huge request fails at once instead of after
+# gigabytes of numpy or torch allocations.
+
+def _gigabytes(raw: str) -> float:
+    gigabytes = float(raw)
+    if not gigabytes > 0:  # also refuses NaN
+        raise ValueError(raw)
+    return gigabytes
+
+
+def memory_limit_bytes() -> float:
+    """Largest working set a call may plan: ``SEGPOST_MAX_MEMORY_GB`` (``inf``: no limit) or 75% of physical memory.
+
+    A value that is not a positive number is ignored with a RuntimeWarning.
+    """
+    gigabytes = environment_number("SEGPOST_MAX_MEMORY_GB", _gigabytes, "a positive number of GiB, or inf")
+    if gigabytes is not None:
+        return gigabytes * 2**30
+    try:
+        return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def check_working_set(nbytes: float, what: str, fix: str) -> None:
+    """MemoryError (naming ``what``, its size, the limit and ``fix``) when ``nbytes`` exceeds the limit."""
+    limit = memory_limit_bytes()
+    if nbytes > limit:
+        raise MemoryError(f"{what} needs about {nbytes / 2**30:.1f} GiB, above the limit of {limit / 2**30:.1f} GiB; "
+                          f"{fix}, or raise SEGPOST_MAX_MEMORY_GB")
 
 
 def cached_memory_bytes() -> int:

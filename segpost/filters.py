@@ -5,7 +5,8 @@ import numpy as np
 
 from ._validation import FLOAT32_MAX, check_bandwidth, check_finite, like_input
 from ._validation import channels_last as _channels_last
-from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
+from ._memory import check_working_set
+from .lattice import MAX_LATTICE_DIM, PermutohedralLattice, lattice_bytes
 
 __all__ = ["bilateral_filter"]
 
@@ -72,6 +73,8 @@ def bilateral_filter(image, sigma_spatial, sigma_color, *, channel_axis="auto"):
     if c + 2 > MAX_LATTICE_DIM:
         raise ValueError(f"image has {c} channels; at most {MAX_LATTICE_DIM - 2} are supported")
     check_finite(channels_last, "image", bound=FLOAT32_MAX)
+    check_working_set(lattice_bytes(h * w, 2 + c, c) + 8 * h * w * c, f"bilateral_filter on a {h}x{w} image with "
+                      f"{c} channels", "filter a crop at a time")
     colors = channels_last.reshape(h * w, c).astype(np.float32)
 
     features = np.empty((h * w, 2 + c), np.float64)

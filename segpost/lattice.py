@@ -14,6 +14,18 @@ __all__ = ["PermutohedralLattice", "MAX_LATTICE_DIM"]
 #: Largest feature dimension the lattice accepts.
 MAX_LATTICE_DIM: int = int(_C.max_lattice_dim)
 
+def lattice_bytes(num_points: int, dim: int, channels: int = 0) -> int:
+    """Estimated bytes of a lattice over ``num_points`` points of ``dim`` features, filtering ``channels`` values.
+
+    Each corner's vertex, splat row and weight, a byte of prefetch hints per
+    point and the float64 features; with ``channels``, the values, the
+    output and the vertex rows the filter splats into and blurs.
+    """
+    corners = num_points * (dim + 1)
+    nbytes = corners * 12 + num_points + num_points * dim * 8
+    return nbytes + channels * (num_points * 8 + corners * 8)
+
+
 class PermutohedralLattice:
     """A permutohedral lattice built once over a point set, then used to filter many signals.
 

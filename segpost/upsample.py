@@ -14,6 +14,7 @@ import numbers
 
 import numpy as np
 
+from ._memory import check_working_set
 from ._validation import (
     FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor,
     channels_last, like_input, to_numpy,
@@ -114,6 +115,9 @@ def resize_logits(x, size, *, align_corners=False):
         check_finite(arr, "x", bound=FLOAT32_MAX)
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     batched = t if t.ndim == 4 else t[None]
+    check_working_set(4 * batched.shape[0] * batched.shape[1] * size[0] * size[1],
+                      f"resize_logits to {size[0]}x{size[1]} with {batched.shape[1]} channels",
+                      "resize a crop at a time (upsample_argmax gives labels without the full-size scores)")
     out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
     out = out if t.ndim == 4 else out[0]
     return out if is_torch_tensor(x) else out.numpy()
@@ -257,6 +261,8 @@ def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
     (3, 5, 7)
     """
     multiple = check_int(multiple, "multiple")
+    if not is_torch_tensor(image):
+        image = to_numpy(image, "image")[0]  # lists and other array-likes too
     shape = tuple(image.shape)
     ax = [a % len(shape) for a in axes]
     original = tuple(shape[a] for a in ax)
@@ -299,6 +305,8 @@ def crop_to(x, size, *, axes=(-2, -1)):
     >>> crop_to(np.zeros((3, 8, 8)), (5, 7)).shape
     (3, 5, 7)
     """
+    if not is_torch_tensor(x):
+        x = to_numpy(x, "x")[0]  # lists and other array-likes too
     index = [slice(None)] * x.ndim
     for a, s in zip(axes, size):
         index[a % x.ndim] = slice(0, int(s))
@@ -405,7 +413,7 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     >>> joint_bilateral_upsample(coarse, guide, sigma_spatial=8, sigma_color=20).shape
     (3, 64, 64)
     """
-    from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
+    from .lattice import MAX_LATTICE_DIM, PermutohedralLattice, lattice_bytes
 
     scores, was_torch = to_numpy(coarse_logits.detach().cpu() if is_torch_tensor(coarse_logits) else coarse_logits, "coarse_logits")
     check_float_dtype(scores, "coarse_logits")
@@ -429,6 +437,9 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
             f"guide_image has {guide.shape[2]} channels: with the 2 positions that is more than the lattice's "
             f"{MAX_LATTICE_DIM} feature dimensions; reduce the guide's channels (e.g. PCA)"
         )
+    num_points = height * width + h * w
+    check_working_set(lattice_bytes(num_points, 2 + guide.shape[2], c + 1) + 8 * height * width * c,
+                      f"joint_bilateral_upsample to {height}x{width} with {c} channels", "upsample a crop at a time")
     colors = guide.astype(np.float32).reshape(height, width, -1)
     # Positions of the coarse samples in full-resolution pixel coordinates.
     if align_corners:

@@ -68,7 +68,7 @@ def test_a_wrong_type_is_a_type_error_and_a_wrong_value_a_value_error(name, call
 
 
 def test_bad_environment_variables_warn_and_are_ignored():
-    code = ("import warnings, segpost; from segpost.crf.model import memory_limit_bytes\n"
+    code = ("import warnings, segpost; from segpost._memory import memory_limit_bytes\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always'); limit = memory_limit_bytes()\n"
             "print(limit > 0, any('SEGPOST_MAX_MEMORY_GB' in str(x.message) for x in w))")

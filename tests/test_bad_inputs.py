@@ -121,6 +121,24 @@ def test_max_memory_environment_variable_still_limits(monkeypatch):
         segpost.crf_refine(IMAGE, LOGITS)
 
 
+@pytest.mark.parametrize("call", [
+    lambda: segpost.bilateral_filter(IMAGE, 3.0, 10.0),
+    lambda: segpost.joint_bilateral_upsample(LOGITS, IMAGE, sigma_spatial=2.0, sigma_color=10.0),
+    lambda: segpost.resize_logits(LOGITS, (64, 64)),
+])
+def test_every_allocating_function_obeys_the_memory_limit(monkeypatch, call):
+    monkeypatch.setenv("SEGPOST_MAX_MEMORY_GB", "1e-5")
+    with pytest.raises(MemoryError, match="needs about .* GiB, above the limit .* SEGPOST_MAX_MEMORY_GB"):
+        call()
+
+
+def test_a_huge_resize_is_refused_before_allocating(monkeypatch):
+    """20000 x 20000 x 21 floats (34 GiB): refused at once, not after torch allocated what it could."""
+    monkeypatch.setenv("SEGPOST_MAX_MEMORY_GB", "16")
+    with pytest.raises(MemoryError, match="resize_logits to 20000x20000"):
+        segpost.resize_logits(np.zeros((21, 4, 4), np.float32), (20000, 20000))
+
+
 # --- the probe list: the right exception and a message that names the problem -----------------------------------
 
 @pytest.mark.parametrize("call, error, fragment", [

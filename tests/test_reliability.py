@@ -64,11 +64,12 @@ def test_memory_error_in_worker_threads_reaches_the_caller():
             used = int(f.read().split()[0]) * resource.getpagesize()
         limit = used + int(sys.argv[1]) * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        values = np.ones((400_000, 8), np.float32)
         try:
             lattice = segpost.PermutohedralLattice(features)
-            lattice.filter(np.ones((400_000, 8), np.float32))
-        except MemoryError:
-            print("MemoryError")
+            lattice.filter(values)
+        except MemoryError as exc:
+            print("MemoryError:", exc)
         else:
             print("ok")
     """
@@ -78,7 +79,10 @@ def test_memory_error_in_worker_threads_reaches_the_caller():
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (extra_mib, result.returncode, result.stderr[-2000:])
         outcomes.add(result.stdout.strip())
-    assert "MemoryError" in outcomes  # the limits do bite
+    failures = [o for o in outcomes if o.startswith("MemoryError")]
+    assert failures  # the limits do bite
+    for message in failures:  # never a bare "std::bad_alloc": what failed and what to do
+        assert "segpost's compiled kernels could not allocate" in message and "SEGPOST_MAX_MEMORY_GB" in message, message
 
 
 def test_daemon_thread_inside_a_crf_call_at_interpreter_exit():

@@ -11,7 +11,8 @@ from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_float_dtype, check_int, environment_number,
     channels_last, like_input, on_device, to_numpy,
 )
-from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
+from .._memory import check_working_set
+from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice, lattice_bytes
 
 __all__ = ["DenseCRF", "KERNEL_TYPES", "NORMALIZATIONS"]
 
@@ -20,42 +21,14 @@ NORMALIZATIONS = ("none", "before", "after", "symmetric")
 _POTTS, _DIAGONAL, _MATRIX = 0, 1, 2
 
 
-def _gigabytes(raw: str) -> float:
-    gigabytes = float(raw)
-    if not gigabytes > 0:  # also refuses NaN
-        raise ValueError(raw)
-    return gigabytes
-
-
-def memory_limit_bytes() -> float:
-    """Largest working set a CRF may plan: ``SEGPOST_MAX_MEMORY_GB`` (``inf``: no limit) or 75% of physical memory.
-
-    A value that is not a positive number is ignored with a RuntimeWarning.
-    """
-    gigabytes = environment_number("SEGPOST_MAX_MEMORY_GB", _gigabytes, "a positive number of GiB, or inf")
-    if gigabytes is not None:
-        return gigabytes * 2**30
-    try:
-        return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 16 * 2**30
-
-
 def check_memory(num_points: int, num_labels: int, feature_dims) -> None:
     """Raise MemoryError before allocating a CRF whose working set would exceed the limit."""
     labels_padded = padded_labels(num_labels)
     per_label_arrays = 4 + 2 * len(feature_dims)  # unary, q, q copy, messages; filtered + scratch per term
     estimate = num_points * labels_padded * 4 * per_label_arrays
-    # Per term: each corner's vertex, splat row and weight, a byte of prefetch
-    # hints per point, and the float64 features.
-    estimate += sum(num_points * ((d + 1) * 12 + 1) + num_points * d * 8 for d in feature_dims)
-    limit = memory_limit_bytes()
-    if estimate > limit:
-        raise MemoryError(
-            f"this CRF needs about {estimate / 2**30:.1f} GiB ({num_points} points x {num_labels} labels, "
-            f"{len(feature_dims)} pairwise terms), above the limit of {limit / 2**30:.1f} GiB; downscale the image, "
-            f"refine it in tiles, or raise SEGPOST_MAX_MEMORY_GB"
-        )
+    estimate += sum(lattice_bytes(num_points, d) for d in feature_dims)
+    check_working_set(estimate, f"this CRF ({num_points} points x {num_labels} labels, {len(feature_dims)} pairwise "
+                                f"terms)", "downscale the image, refine it in tiles")
 
 
 class _GridLatticeCache:
