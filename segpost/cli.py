@@ -115,16 +115,15 @@ def _crf_params(args):
 
 
 def _refine_arrays(image, scores, *, probs, params, iterations):
-    """crf_refine as the command line runs it: labels and probabilities; the probabilities warning names --probs."""
-    from ._validation import warn_if_probabilities
+    """crf_refine as the command line runs it: labels and probabilities; probabilities given as logits are refused
+    naming --probs."""
+    from ._validation import refuse_probabilities_as_logits
     from .crf import crf_refine
 
+    if not probs:  # crf_refine's own check, naming the command line's option instead of the API's
+        refuse_probabilities_as_logits(scores, fix="--probs")
     kwargs = {"probs": scores} if probs else {"logits": scores}
-    with warnings.catch_warnings():
-        if not probs:  # the same check, naming the command line's option instead of the API's
-            warn_if_probabilities(scores, fix="--probs")
-            warnings.filterwarnings("ignore", message="the logits are all in")
-        return crf_refine(image, iterations=iterations, params=params, return_probs=True, **kwargs)
+    return crf_refine(image, iterations=iterations, params=params, return_probs=True, **kwargs)
 
 
 def _one_line(exc):

@@ -204,11 +204,11 @@ def test_images_outside_the_rule_raise_or_warn():
         DenseCRF(2)(torch.randn(1, 2, 8, 8), normalised)
 
 
-def test_probabilities_given_as_logits_warn_naming_probs():
+def test_probabilities_given_as_logits_are_refused_naming_probs():
     rng = np.random.default_rng(0)
     scores = rng.random((3, 8, 8)).astype(np.float32)
     probs = scores / scores.sum(0)
-    with pytest.warns(UserWarning, match="probs="):
+    with pytest.raises(ValueError, match="softmax probabilities; pass them as probs="):
         crf_refine(image(32, 32), probs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -216,7 +216,7 @@ def test_probabilities_given_as_logits_warn_naming_probs():
         crf_refine(image(32, 32), probs=probs)
 
 
-def test_probabilities_given_as_logits_warn_naming_the_cli_option(tmp_path, capsys):
+def test_probabilities_given_as_logits_are_refused_naming_the_cli_option(tmp_path, capsys):
     from segpost.cli import main
 
     scores = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
@@ -224,9 +224,46 @@ def test_probabilities_given_as_logits_warn_naming_the_cli_option(tmp_path, caps
     from skimage import io
 
     io.imsave(tmp_path / "i.png", image(32, 32), check_contrast=False)
-    with pytest.warns(UserWarning, match="--probs") as record:
-        assert main(["refine", str(tmp_path / "i.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png")]) == 0
-    assert not any("probs=" in str(w.message) for w in record)
+    assert main(["refine", str(tmp_path / "i.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "pass them as --probs" in err and "probs=" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_an_rgba_image_warns_naming_the_fix():
+    rgba = np.dstack([image(32, 32), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))])
+    logits = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"RGBA picture\? .* pass image\[\.\.\., :3\]"):
+        crf_refine(rgba, logits)
+    rgba[..., 3] = 255  # a constant alpha separates no two pixels: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(rgba, logits)
+
+
+def test_scores_that_fit_in_two_layouts_warn():
+    """(h, w, C) logits with C equal to h on a square image read as (C, h, w): said, with the fix."""
+    logits = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    with pytest.warns(UserWarning, match="np.moveaxis"):
+        crf_refine(image(128, 128), logits, iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(image(128, 128), logits[:5], iterations=1)  # (5, 16, 16): one reading only
+
+
+@pytest.mark.parametrize("shape, size, warned", [
+    ((64, 64), (500, 512), True),     # a 512x512 input's logits stretched over the 500x512 image (12 px off)
+    ((63, 64), (500, 512), False),    # cropped to the image's part: one cell of rounding
+    ((65, 65), (513, 513), False),    # DeepLab's (n - 1) * 8 + 1
+    ((60, 64), (480, 512), False),
+])
+def test_scores_scaled_unevenly_warn_naming_the_crop(shape, size, warned):
+    logits = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crf_refine(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8), logits, iterations=1)
+    messages = [str(w.message) for w in caught]
+    assert any("crop the logits" in m for m in messages) == warned, messages
 
 
 def test_bfloat16_logits_are_converted():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import MAX_CRF_SCORE, on_device, tensor_intensity_scale, two_class_scores, warn_if_probabilities
+from .._validation import MAX_CRF_SCORE, on_device, tensor_intensity_scale, two_class_scores, refuse_probabilities_as_logits
 from .model import _DIAGONAL, _POTTS, DenseCRF, _check_iterations, _normalization_scales
 
 __all__ = ["mean_field", "grid_features", "kernel_filters", "refine", "DeviceDenseCRF"]
@@ -233,7 +233,7 @@ def refine(image, scores, *, probabilities, params, iterations, align_corners, r
         scores = two_class_scores(scores, probabilities=probabilities)
     elif not probabilities and scores.shape[0] >= 2:
         sample = scores[:, :: max(1, scores.shape[1] // 64), :: max(1, scores.shape[2] // 64)]
-        warn_if_probabilities(sample.cpu().numpy())
+        refuse_probabilities_as_logits(sample.cpu().numpy())
     if probabilities:
         total = scores.double().sum(0)
         if float(scores.min()) < -1e-6 or float((total - 1).abs().max()) > max(1e-3, scores.shape[0] * 1.2e-7):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import numbers
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, intensity_scale, is_torch_tensor, like_input, on_device,
     to_numpy, two_class_scores,
-    warn_if_probabilities,
+    refuse_probabilities_as_logits,
 )
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
@@ -131,6 +132,12 @@ def _image_channels_last(image):
     if c > 16:
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
         raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")
+    if c == 4 and arr.dtype == np.uint8 and arr[..., 3].min() != arr[..., 3].max():
+        # A varying fourth 8-bit channel is most likely a PNG's alpha (a constant one separates no two pixels).
+        drop = "image[:3]" if was_torch else "image[..., :3]"
+        warnings.warn(f"image has 4 channels of 8-bit values: an RGBA picture? Its alpha is read as a fourth colour "
+                      f"(pixels of different transparency then count as different colours); pass {drop} to drop it",
+                      stacklevel=3)
     return arr
 
 
@@ -167,8 +174,53 @@ def _scores(logits, probs):
     if arr.shape[0] == 1:  # a sigmoid model's one channel: two classes (see two_class_scores)
         arr = two_class_scores(arr, probabilities=probs is not None)
     elif probs is None:
-        warn_if_probabilities(arr)
+        refuse_probabilities_as_logits(arr)
     return name, arr, was_torch
+
+
+def _check_scores_layout(name, shape, height, width):
+    """Raise for scores that do not fit the image; warn for the fits that are likely mistakes.
+
+    Warned: scores that fit both as (C, h, w) and as channels-last (h, w, C)
+    (read as (C, h, w), segpost's layout); scores whose two axes scale to the
+    image by factors more than 1% apart that one cell of rounding does not
+    explain (a model's padded input, stretched over the unpadded image).
+    """
+    num_classes, h, w = shape
+    if h > height or w > width:
+        raise ValueError(
+            f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples: "
+            f"resize the {name} or pass the full-resolution image"
+        )
+    ratio_y, ratio_x = height / h, width / w
+    if not _scores_fit_image(h, w, height, width):
+        raise ValueError(
+            f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image "
+            f"(scale {ratio_y:.2f} vs {ratio_x:.2f}); is this the right image, or are the {name} transposed?"
+        )
+    if num_classes <= height and h <= width and _fits_closely(num_classes, h, height, width):
+        warnings.warn(f"{name} of shape {shape} fit the {height}x{width} image both as (C, h, w) and as (h, w, C); "
+                      f"they are read as (C, h, w) ({num_classes} classes): if the classes are the last axis, pass "
+                      f"np.moveaxis({name}, -1, 0)", stacklevel=3)
+    if not _fits_closely(h, w, height, width):
+        mismatch = max(ratio_y, ratio_x) / min(ratio_y, ratio_x)
+        off = max(abs(h * ratio_x - height), abs(w * ratio_y - width))
+        warnings.warn(f"{name} of {h}x{w} scale to the {height}x{width} image by {ratio_y:.2f} and {ratio_x:.2f} "
+                      f"({100 * (mismatch - 1):.1f}% apart): if the model saw the image padded, crop the {name} to "
+                      f"the image's part first (segpost.crop_to); stretched as they are, labels move by up to "
+                      f"{off:.0f} pixels", stacklevel=3)
+
+
+def _fits_closely(h, w, height, width):
+    """The two axes' scales agree within 1%, or one cell of rounding explains the difference."""
+    ratio_y, ratio_x = height / h, width / w
+    return max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= 1.01 or _one_cell_apart(h, w, height, width)
+
+
+def _one_cell_apart(h, w, height, width):
+    """Either axis's size predicted from the other axis's scale is within one cell."""
+    ratio_y, ratio_x = height / h, width / w
+    return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
 
 
 def _scores_fit_image(h, w, height, width):
@@ -182,7 +234,7 @@ def _scores_fit_image(h, w, height, width):
     ratio_y, ratio_x = height / h, width / w
     if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= _MAX_ASPECT_MISMATCH:
         return True
-    return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
+    return _one_cell_apart(h, w, height, width)
 
 
 def _refine_on_device(image, logits, probs, params, iterations, align_corners, return_probs):
@@ -295,17 +347,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     image_view = _image_channels_last(image)
     height, width, channels = image_view.shape
     num_classes, h, w = scores.shape
-    if h > height or w > width:
-        raise ValueError(
-            f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples: "
-            f"resize the {name} or pass the full-resolution image"
-        )
-    if not _scores_fit_image(h, w, height, width):
-        ratio_y, ratio_x = height / h, width / w
-        raise ValueError(
-            f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image "
-            f"(scale {ratio_y:.2f} vs {ratio_x:.2f}); is this the right image, or are the {name} transposed?"
-        )
+    _check_scores_layout(name, scores.shape, height, width)
     check_memory(height * width, num_classes, [2, 2 + channels])  # before any image-sized copy
     colors = _image_intensities(image_view)
 
