@@ -231,13 +231,22 @@ def shard(items, rank, world):
 
 # -------------------------------------------------------------------------------------- reading
 
+def _not_a_file(path, what):
+    """Why ``path`` cannot be read as a file, in words: missing, a folder, or a link that leads nowhere."""
+    if path.is_symlink():
+        return f"{what} file {path} is a symbolic link that leads nowhere (broken, or a loop)"
+    if path.is_dir():
+        return f"{what} file {path} is a folder"
+    return f"{what} file not found: {path}"
+
+
 def read_image(path):
     """An RGB(A) or gray image as (H, W[, 3]) (alpha dropped; 16-bit files as [0, 1] float32)."""
     from skimage import io
 
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"image file not found: {path}")
+        raise UserError(_not_a_file(p, "image"))
     try:
         image = io.imread(p)
     except Exception as exc:  # any decoder error is a user-facing "cannot read"
@@ -255,7 +264,7 @@ def read_scores(path):
     """A model's (C, h, w) scores from .npy, .npz (``logits``, ``probs`` or the first array) or .pt."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"scores file not found: {path}")
+        raise UserError(_not_a_file(p, "scores"))
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)

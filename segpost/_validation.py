@@ -252,18 +252,19 @@ def intensity_scale(kind: str, lo: float, hi: float, name: str = "image") -> flo
         if lo < -1e-3 or hi > 1 + 1e-3:
             hint = (" (an ImageNet-normalised image? undo it: image * std + mean)" if lo < 0 else
                     " (a 0..255 image in a float type? divide it by 255, or pass it as uint8)")
-            raise ValueError(f"a floating-point {name} must hold intensities in [0, 1], got values in "
+            raise ValueError(f"{name} of a floating-point dtype must hold intensities in [0, 1], got values in "
                              f"[{lo:.3g}, {hi:.3g}]{hint}")
         return 255.0
     if kind == "b":
         return 255.0
     if lo < 0 or hi > 255:
         raise ValueError(
-            f"an integer {name} must hold intensities 0..255 whatever its dtype, got values in [{lo:g}, {hi:g}]; "
+            f"{name} of an integer dtype must hold intensities 0..255 whatever the dtype, got values in "
+            f"[{lo:g}, {hi:g}]; "
             f"convert 16-bit data yourself (e.g. (image / 65535).astype(np.float32) for [0, 1] floats)")
     if 0 < hi <= _DIM_IMAGE_MAX:  # (an all-zero image has no colour to misread)
         warnings.warn(
-            f"the integer {name} holds values 0..{hi:g} only, under 1% of the 0..255 it is read in: is it a label "
+            f"{name} (integers) holds values 0..{hi:g} only, under 1% of the 0..255 it is read in: is it a label "
             f"map, or a [0, 1] image cast to integers? (pass floats in [0, 1] or uint8 0..255)", stacklevel=3)
     return 1.0
 

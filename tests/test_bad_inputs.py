@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import segpost
+from segpost.compat.pydensecrf import densecrf as dcrf
 from segpost.compat.pydensecrf import utils as dcrf_utils
 
 RNG = np.random.default_rng(0)
@@ -153,10 +154,25 @@ def test_a_huge_resize_is_refused_before_allocating(monkeypatch):
     (lambda: segpost.DenseCRF(np.zeros((3, 8, 8), np.float32)).add_bilateral(IMAGE[:8, :8], 3, 1e-40), ValueError,
      "sigma_color"),
     (lambda: segpost.crf_refine([[1, 2], [3]], LOGITS), TypeError, "image"),
+    (lambda: segpost.crf_refine(IMAGE, LOGITS, params={"bi_rgb": 1e-9}), ValueError, "bi_rgb must be at least"),
+    (lambda: segpost.crf_refine(IMAGE.astype(np.float32), LOGITS), ValueError,
+     "image of a floating-point dtype must hold"),
+    (lambda: _drop_in_gaussian((0, 1)), ValueError, r"sxy .* got \(0, 1\)"),
+    (lambda: segpost.pad_to_multiple([[1, 2, 3]], 2), None, None),
+    (lambda: segpost.crop_to([[1, 2, 3], [4, 5, 6]], (1, 2)), None, None),
 ])
 def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
     with pytest.raises(error, match=fragment):
         call()
+
+
+def _drop_in_gaussian(sxy):
+    crf = dcrf.DenseCRF2D(8, 8, 3)
+    crf.setUnaryEnergy(np.ones((3, 64), np.float32))
+    crf.addPairwiseGaussian(sxy=sxy, compat=3)
 
 
 def test_ignore_index_beyond_int64_is_harmless():

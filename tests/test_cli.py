@@ -93,6 +93,7 @@ def test_refine_all_formats_and_outputs(image_and_logits):
     "args, fragment",
     [
         (["missing.png", "logits.npy", "-o", "o.png"], "image file not found"),
+        (["loop.png", "logits.npy", "-o", "o.png"], "image file loop.png is a symbolic link that leads nowhere"),
         (["img.png", "missing.npy", "-o", "o.png"], "scores file not found"),
         (["logits.npy", "logits.npy", "-o", "o.png"], "cannot read"),
         (["img.png", "img.png", "-o", "o.png"], "unsupported scores format"),
@@ -107,6 +108,7 @@ def test_refine_user_mistakes(image_and_logits, args, fragment):
     tmp, _, _ = image_and_logits
     np.save(tmp / "bad_shape.npy", np.zeros((4, 5), np.float32))
     np.save(tmp / "big.npy", np.zeros((4, 200, 300), np.float32))
+    (tmp / "loop.png").symlink_to(tmp / "loop.png")
     assert_user_error(run("refine", *args, cwd=tmp), fragment)
 
 

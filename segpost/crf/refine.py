@@ -8,9 +8,8 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, intensity_scale, is_torch_tensor, like_input, on_device,
-    to_numpy, two_class_scores,
-    refuse_probabilities_as_logits,
+    FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, channels_last, check_finite, intensity_scale, is_torch_tensor,
+    like_input, on_device, refuse_probabilities_as_logits, to_numpy, two_class_scores,
 )
 from ..upsample import _resize_points
 from .model import DenseCRF, _check_iterations, check_memory, padded_labels
@@ -86,6 +85,9 @@ class CRFParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite bandwidth, got {value!r}")
+            if value < MIN_BANDWIDTH:
+                raise ValueError(f"{name} must be at least {MIN_BANDWIDTH:g} (features are divided by it), got "
+                                 f"{value!r}")
             object.__setattr__(self, name, float(value))
         object.__setattr__(self, "iterations", _check_iterations(self.iterations))
 

@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from ..._validation import MAX_CRF_SCORE, check_finite, check_int
+from ..._validation import MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_int
 from ...crf.model import DenseCRF as _DenseCRF
 from ...crf.model import _check_iterations
 
@@ -161,9 +161,16 @@ class DenseCRF2D(DenseCRF):
 
 
 def _pair(value, name):
-    pair = (value, value) if isinstance(value, numbers.Number) else tuple(value)
+    """(x, y) bandwidths, checked here so that a message quotes them in the caller's order (the CRF takes (y, x))."""
+    try:
+        pair = (value, value) if isinstance(value, numbers.Number) else tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a number or (x, y), got {type(value).__name__}") from None
     if len(pair) != 2:
         raise ValueError(f"{name} must be a number or (x, y), got {value!r}")
+    for v in pair:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < MIN_BANDWIDTH:
+            raise ValueError(f"{name} must be positive bandwidths of at least {MIN_BANDWIDTH:g}, got {value!r}")
     return float(pair[0]), float(pair[1])
 
 
