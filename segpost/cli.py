@@ -40,9 +40,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Progress:
-    """A tqdm bar on a terminal; elsewhere (logs, CI, nohup) a line every 10% of the work or every 30 s."""
+    """A tqdm bar on a terminal; elsewhere (logs, CI, nohup) a line every 10% of the work or every 30 s, once the
+    run has lasted SILENT_FOR_S (a quick run prints its summary alone)."""
 
     LINE_EVERY_S = 30.0
+    SILENT_FOR_S = 5.0
 
     def __init__(self, total, desc, *, quiet=False):
         import time
@@ -64,6 +66,8 @@ class _Progress:
             self.bar.update(n)
         elif self.lines:
             now = self._clock()
+            if now - self.start < self.SILENT_FOR_S:
+                return
             if (self.done == self.total or 10 * (self.done - self.last_done) >= self.total
                     or now - self.last_time >= self.LINE_EVERY_S):
                 rate = self.done / max(now - self.start, 1e-9)

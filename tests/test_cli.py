@@ -398,12 +398,11 @@ def test_refine_a_list_file(image_folder):
 def test_refine_folder_warns_once_per_kind_and_saves_probs_by_default_name(image_folder):
     tmp, _ = image_folder
     rng = np.random.default_rng(4)
-    for key in ("p0", "p1", "p2"):  # softmax outputs passed as logits: warned once, with the count
-        probs = rng.random((3, 6, 8)).astype(np.float32)
-        np.save(tmp / "scores" / f"{key}.npy", probs / probs.sum(0))
+    for key in ("p0", "p1", "p2"):  # unevenly scaled scores (7x8 for 48x64): warned once, with the count
+        np.save(tmp / "scores" / f"{key}.npy", rng.normal(size=(3, 7, 8)).astype(np.float32))
     result = run("refine", tmp / "images", tmp / "scores", "-o", tmp / "out", "--image-suffix", "_img.png")
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "--probs" in line]
+    warnings = [line for line in result.stderr.splitlines() if "crop_to" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: 3 image(s):"), result.stderr
     single = run("refine", tmp / "images" / "p3_img.png", tmp / "scores" / "p3.npy", "-o", tmp / "one.png",
                  "--save-probs")
@@ -484,16 +483,22 @@ def test_outputs_never_write_over_inputs(image_and_logits, args):
     assert _bytes_of(tmp) == before
 
 
-def test_progress_without_a_terminal_prints_lines(image_folder):
-    """Logs and CI have no terminal: the progress comes as plain lines, not silence until the end."""
+def test_progress_without_a_terminal_prints_lines(image_folder, monkeypatch, capsys):
+    """Logs and CI have no terminal: a run longer than a few seconds reports as plain lines."""
+    from segpost import cli
+
     tmp, _ = image_folder
-    result = run("refine", "images", "scores", "-o", "out", "-r", "--image-suffix", "_img.png", cwd=tmp)
-    assert result.returncode == 0, result.stderr
-    assert "refine: 6/6 (100%)" in result.stderr
-    result = run("eval", "out", "out", "--num-classes", "21", "-r", cwd=tmp)
-    assert result.returncode == 0, result.stderr
-    assert "eval: 6/6 (100%)" in result.stderr
-    assert "(100%)" not in run("eval", "out", "out", "--num-classes", "21", "-r", "-q", cwd=tmp).stderr
+    monkeypatch.setattr(cli._Progress, "SILENT_FOR_S", 0.0)  # as if every run were long
+    assert cli.main(["refine", str(tmp / "images"), str(tmp / "scores"), "-o", str(tmp / "out"), "-r",
+                     "--image-suffix", "_img.png"]) == 0
+    assert "refine: 6/6 (100%)" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp / "out"), str(tmp / "out"), "--num-classes", "21", "-r"]) == 0
+    assert "eval: 6/6 (100%)" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp / "out"), str(tmp / "out"), "--num-classes", "21", "-r", "-q"]) == 0
+    assert "(100%)" not in capsys.readouterr().err
+    monkeypatch.setattr(cli._Progress, "SILENT_FOR_S", 5.0)  # a quick run: its summary alone
+    assert cli.main(["eval", str(tmp / "out"), str(tmp / "out"), "--num-classes", "21", "-r"]) == 0
+    assert "(100%)" not in capsys.readouterr().err
 
 
 def test_ctrl_c_in_a_folder_run_says_what_was_written_and_how_to_resume(image_folder, monkeypatch, capsys):
