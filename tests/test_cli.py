@@ -398,8 +398,8 @@ def test_refine_a_list_file(image_folder):
 def test_refine_folder_warns_once_per_kind_and_saves_probs_by_default_name(image_folder):
     tmp, _ = image_folder
     rng = np.random.default_rng(4)
-    for key in ("p0", "p1", "p2"):  # unevenly scaled scores (7x8 for 48x64): warned once, with the count
-        np.save(tmp / "scores" / f"{key}.npy", rng.normal(size=(3, 7, 8)).astype(np.float32))
+    for key in ("p0", "p1", "p2"):  # unevenly scaled scores (24x40 for 48x64): warned once, with the count
+        np.save(tmp / "scores" / f"{key}.npy", rng.normal(size=(3, 24, 40)).astype(np.float32))
     result = run("refine", tmp / "images", tmp / "scores", "-o", tmp / "out", "--image-suffix", "_img.png")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "crop_to" in line]
