@@ -304,3 +304,28 @@ def test_resize_labels(labels, size):
         out = np.asarray(out)
         assert out.shape[-2:] == size
         assert set(np.unique(out)) <= set(np.unique(np.asarray(labels)))  # nearest neighbour: no new labels
+
+
+@FUZZ
+@given(key=st.sampled_from(["confusion", "boundary_intersection", "boundary_union", "num_images", "num_invalid",
+                            "num_scored_images", "per_image_sum"]),
+       value=st.one_of(adversarial(shapes(0, 2, max_side=4), ANY_DTYPES), st.floats(allow_nan=True),
+                       st.integers(-2**70, 2**70), st.none(), st.text(max_size=3)))
+def test_seg_metrics_state_loads_whole_or_not_at_all(key, value):
+    """A state with any one entry replaced loads and scores finitely, or raises a clean error and changes nothing."""
+    metrics = segpost.SegMetrics(3, per_image=True, boundary=True)
+    labels = np.zeros((2, 6, 6), np.int64)
+    labels[:, 1:4, 1:4] = 1
+    metrics.update(labels, labels)
+    before = {k: np.array(v, copy=True) for k, v in metrics.state_dict().items()}
+    state = {**metrics.state_dict(), key: value}
+    try:
+        metrics.load_state_dict(state)
+    except CLEAN_ERRORS as exc:
+        event(f"raised {type(exc).__name__}")
+        after = metrics.state_dict()
+        assert all(np.array_equal(np.asarray(after[k]), before[k]) for k in before)
+        return
+    result = metrics.compute()
+    assert (metrics.confusion >= 0).all() and metrics.num_images >= 0 and metrics.num_scored_images >= 0
+    assert np.isnan(result.miou) or 0 <= result.miou <= 1

@@ -413,10 +413,13 @@ def _checked_counts(state, key, shape):
     if arr.shape != shape:
         raise ValueError(f"state's {key!r} has shape {arr.shape}, expected {shape}")
     if arr.dtype.kind == "f":
+        arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise ValueError(f"state's {key!r} holds NaN or infinite values: it is not a count")
         if (arr != np.round(arr)).any() or np.abs(arr).max(initial=0) >= 2.0**63:
             raise ValueError(f"state's {key!r} holds fractional or out-of-range values: it is not a count")
+    elif arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+        raise ValueError(f"state's {key!r} holds out-of-range values (beyond int64): it is not a count")
     if (arr < 0).any():
         raise ValueError(f"state's {key!r} holds negative values (smallest {arr.min()}): it is not a count")
     return np.array(arr, np.int64)
