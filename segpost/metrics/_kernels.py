@@ -142,3 +142,131 @@ def boundary_band(labels, d, k, out):
                 label = np.int64(labels[centre, j])
                 out[centre, j] = k if interior or label < 0 or label >= k else label
     return out
+
+
+@jit
+def class_surfaces(labels, k, first_axis_is_grid, out):
+    """Every class's surface at once: out[v] = labels[v] where v is a surface voxel of a class in [0, k), else -1.
+
+    ``labels`` is 3-D; a 2-D map comes as (1, H, W) with ``first_axis_is_grid``
+    False, so that its dummy first axis has no neighbours. A voxel of class c
+    is on c's surface when it is not in ``binary_erosion(labels == c)`` with
+    the cross (6- or 4-connected) structuring element and the image border
+    counting as background: when a face neighbour holds another label or lies
+    outside the image.
+
+    Returns ``(boxes, counts)``: boxes (k, 6) int64 the per-class bounding box
+    of the surface (lo0, hi0, lo1, hi1, lo2, hi2, hi exclusive; lo > hi for an
+    absent class), counts (k,) int64 the surface voxels per class.
+    """
+    n0, n1, n2 = labels.shape
+    boxes = np.empty((k, 6), np.int64)
+    for c in range(k):
+        boxes[c, 0] = boxes[c, 2] = boxes[c, 4] = np.iinfo(np.int64).max
+        boxes[c, 1] = boxes[c, 3] = boxes[c, 5] = 0
+    counts = np.zeros(k, np.int64)
+    for i in range(n0):
+        for j in range(n1):
+            for m in range(n2):
+                lab = np.int64(labels[i, j, m])
+                if lab < 0 or lab >= k:
+                    out[i, j, m] = -1
+                    continue
+                edge = (m == 0 or m == n2 - 1 or j == 0 or j == n1 - 1
+                        or np.int64(labels[i, j, m - 1]) != lab or np.int64(labels[i, j, m + 1]) != lab
+                        or np.int64(labels[i, j - 1, m]) != lab or np.int64(labels[i, j + 1, m]) != lab)
+                if not edge and first_axis_is_grid:
+                    edge = (i == 0 or i == n0 - 1 or np.int64(labels[i - 1, j, m]) != lab
+                            or np.int64(labels[i + 1, j, m]) != lab)
+                if not edge:
+                    out[i, j, m] = -1
+                    continue
+                out[i, j, m] = lab
+                counts[lab] += 1
+                boxes[lab, 0] = min(boxes[lab, 0], i)
+                boxes[lab, 1] = max(boxes[lab, 1], i + 1)
+                boxes[lab, 2] = min(boxes[lab, 2], j)
+                boxes[lab, 3] = max(boxes[lab, 3], j + 1)
+                boxes[lab, 4] = min(boxes[lab, 4], m)
+                boxes[lab, 5] = max(boxes[lab, 5], m + 1)
+    return boxes, counts
+
+
+@jit
+def squared_distance_lines(sites, step, g):
+    """First pass of the separable distance transform: along the last axis, the squared distance to a site.
+
+    g[i, j, m] = ((m - m') * step)**2 for the nearest m' with sites[i, j, m'],
+    inf when the line has none.
+    """
+    n0, n1, n2 = sites.shape
+    for i in range(n0):
+        for j in range(n1):
+            last = -1
+            for m in range(n2):
+                if sites[i, j, m]:
+                    last = m
+                g[i, j, m] = np.inf if last < 0 else ((m - last) * step) ** 2
+            following = -1
+            for m in range(n2 - 1, -1, -1):
+                if sites[i, j, m]:
+                    following = m
+                if following >= 0:
+                    d = ((following - m) * step) ** 2
+                    if d < g[i, j, m]:
+                        g[i, j, m] = d
+    return g
+
+
+@jit
+def lower_envelope_lines(g, step, wanted, restrict):
+    """One more axis of the exact squared Euclidean distance transform, in place (Felzenszwalb & Huttenlocher).
+
+    ``g`` is a 3-D view whose last axis is the one to process: each line
+    becomes min over p of ((q - p) * step)**2 + g[p] through the lower envelope
+    of the parabolas rooted at its finite entries. With ``restrict``, lines
+    where ``wanted`` (a view like ``g``) holds no True are left as they were:
+    the last axis only needs the lines that hold a query voxel.
+    """
+    n0, n1, n = g.shape
+    f = np.empty(n, np.float64)
+    v = np.empty(n, np.int64)
+    z = np.empty(n + 1, np.float64)
+    for i in range(n0):
+        for j in range(n1):
+            if restrict:
+                needed = False
+                for q in range(n):
+                    if wanted[i, j, q]:
+                        needed = True
+                        break
+                if not needed:
+                    continue
+            for q in range(n):
+                f[q] = g[i, j, q]
+            top = -1  # the envelope's last parabola
+            for q in range(n):
+                if f[q] == np.inf:
+                    continue
+                root = f[q] + (q * step) ** 2
+                s = -np.inf
+                while top >= 0:
+                    p = v[top]
+                    s = (root - (f[p] + (p * step) ** 2)) / (2.0 * step * step * (q - p))
+                    if s > z[top]:
+                        break
+                    top -= 1
+                    s = -np.inf
+                top += 1
+                v[top] = q
+                z[top] = s
+                z[top + 1] = np.inf
+            if top < 0:
+                continue  # no site on the line: it stays inf
+            h = 0
+            for q in range(n):
+                while z[h + 1] < q:
+                    h += 1
+                p = v[h]
+                g[i, j, q] = ((q - p) * step) ** 2 + f[p]
+    return g
