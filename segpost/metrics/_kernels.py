@@ -193,23 +193,24 @@ def class_surfaces(labels, k, first_axis_is_grid, out):
 
 
 @jit
-def squared_distance_lines(sites, step, g):
+def squared_distance_lines(site_labels, c, step, g):
     """First pass of the separable distance transform: along the last axis, the squared distance to a site.
 
-    g[i, j, m] = ((m - m') * step)**2 for the nearest m' with sites[i, j, m'],
+    Sites are the voxels where ``site_labels == c`` (a 3-D view);
+    g[i, j, m] = ((m - m') * step)**2 for the nearest site m' on the line,
     inf when the line has none.
     """
-    n0, n1, n2 = sites.shape
+    n0, n1, n2 = site_labels.shape
     for i in range(n0):
         for j in range(n1):
             last = -1
             for m in range(n2):
-                if sites[i, j, m]:
+                if site_labels[i, j, m] == c:
                     last = m
                 g[i, j, m] = np.inf if last < 0 else ((m - last) * step) ** 2
             following = -1
             for m in range(n2 - 1, -1, -1):
-                if sites[i, j, m]:
+                if site_labels[i, j, m] == c:
                     following = m
                 if following >= 0:
                     d = ((following - m) * step) ** 2
@@ -218,55 +219,115 @@ def squared_distance_lines(sites, step, g):
     return g
 
 
-@jit
-def lower_envelope_lines(g, step, wanted, restrict):
-    """One more axis of the exact squared Euclidean distance transform, in place (Felzenszwalb & Huttenlocher).
+_BLOCK = 16  # lines handled together: a block's rows are contiguous runs of memory
 
-    ``g`` is a 3-D view whose last axis is the one to process: each line
-    becomes min over p of ((q - p) * step)**2 + g[p] through the lower envelope
-    of the parabolas rooted at its finite entries. With ``restrict``, lines
-    where ``wanted`` (a view like ``g``) holds no True are left as they were:
-    the last axis only needs the lines that hold a query voxel.
+
+@jit
+def lower_envelope_pass(g, axis, step, query_labels, c, restrict):
+    """One more axis (0 or 1) of the exact squared Euclidean distance transform, in place (Felzenszwalb & Huttenlocher).
+
+    Each line of ``g`` (3-D, C-contiguous) along ``axis`` becomes min over p
+    of ((q - p) * step)**2 + g[p], through the lower envelope of the parabolas
+    rooted at its finite entries. Lines are copied in blocks of neighbours
+    along the last axis, so that the strided axis is read a cache line at a
+    time. With ``restrict``, only lines holding a query voxel
+    (``query_labels == c``) are computed: the last pass needs no others.
     """
-    n0, n1, n = g.shape
-    f = np.empty(n, np.float64)
+    n0, n1, n2 = g.shape
+    n = n0 if axis == 0 else n1
+    outer = n1 if axis == 0 else n0
+    block = np.empty((_BLOCK, n), np.float64)
+    needed = np.empty(_BLOCK, np.bool_)
     v = np.empty(n, np.int64)
     z = np.empty(n + 1, np.float64)
+    for o in range(outer):
+        for b in range(0, n2, _BLOCK):
+            width = min(_BLOCK, n2 - b)
+            for q in range(n):
+                for t in range(width):
+                    block[t, q] = g[q, o, b + t] if axis == 0 else g[o, q, b + t]
+            for t in range(width):
+                needed[t] = not restrict
+            if restrict:
+                for q in range(n):
+                    for t in range(width):
+                        label = query_labels[q, o, b + t] if axis == 0 else query_labels[o, q, b + t]
+                        if label == c:
+                            needed[t] = True
+            for t in range(width):
+                if not needed[t]:
+                    continue
+                f = block[t]
+                top = -1  # the envelope's last parabola
+                for q in range(n):
+                    if f[q] == np.inf:
+                        continue
+                    root = f[q] + (q * step) ** 2
+                    s = -np.inf
+                    while top >= 0:
+                        p = v[top]
+                        s = (root - (f[p] + (p * step) ** 2)) / (2.0 * step * step * (q - p))
+                        if s > z[top]:
+                            break
+                        top -= 1
+                        s = -np.inf
+                    top += 1
+                    v[top] = q
+                    z[top] = s
+                    z[top + 1] = np.inf
+                if top < 0:
+                    continue  # no site on the line: it stays inf
+                h = 0
+                for q in range(n):
+                    while z[h + 1] < q:
+                        h += 1
+                    p = v[h]
+                    d = ((q - p) * step) ** 2 + f[p]
+                    if axis == 0:
+                        g[q, o, b + t] = d
+                    else:
+                        g[o, q, b + t] = d
+    return g
+
+
+@jit
+def distances_at(g, query_labels, c, count):
+    """sqrt(g) at the ``count`` voxels where ``query_labels == c``, in C order."""
+    out = np.empty(count, np.float64)
+    k = 0
+    n0, n1, n2 = g.shape
     for i in range(n0):
         for j in range(n1):
-            if restrict:
-                needed = False
-                for q in range(n):
-                    if wanted[i, j, q]:
-                        needed = True
-                        break
-                if not needed:
-                    continue
-            for q in range(n):
-                f[q] = g[i, j, q]
-            top = -1  # the envelope's last parabola
-            for q in range(n):
-                if f[q] == np.inf:
-                    continue
-                root = f[q] + (q * step) ** 2
-                s = -np.inf
-                while top >= 0:
-                    p = v[top]
-                    s = (root - (f[p] + (p * step) ** 2)) / (2.0 * step * step * (q - p))
-                    if s > z[top]:
-                        break
-                    top -= 1
-                    s = -np.inf
-                top += 1
-                v[top] = q
-                z[top] = s
-                z[top + 1] = np.inf
-            if top < 0:
-                continue  # no site on the line: it stays inf
-            h = 0
-            for q in range(n):
-                while z[h + 1] < q:
-                    h += 1
-                p = v[h]
-                g[i, j, q] = ((q - p) * step) ** 2 + f[p]
-    return g
+            for m in range(n2):
+                if query_labels[i, j, m] == c:
+                    out[k] = np.sqrt(g[i, j, m])
+                    k += 1
+    return out
+
+
+@jit
+def surface_points(surface_labels, counts):
+    """Coordinates of every class's surface voxels, grouped by class (a counting sort, C order within a class).
+
+    ``surface_labels`` is ``class_surfaces``' output and ``counts`` its
+    per-class counts. Returns (points (N, 3) int64, offsets (k + 1,) int64):
+    class c's voxels are ``points[offsets[c]:offsets[c + 1]]``.
+    """
+    k = counts.size
+    offsets = np.zeros(k + 1, np.int64)
+    for c in range(k):
+        offsets[c + 1] = offsets[c] + counts[c]
+    fill = offsets[:k].copy()
+    points = np.empty((offsets[k], 3), np.int64)
+    n0, n1, n2 = surface_labels.shape
+    for i in range(n0):
+        for j in range(n1):
+            for m in range(n2):
+                c = surface_labels[i, j, m]
+                if c >= 0:
+                    row = fill[c]
+                    points[row, 0] = i
+                    points[row, 1] = j
+                    points[row, 2] = m
+                    fill[c] = row + 1
+    return points, offsets
