@@ -308,7 +308,8 @@ def _fast_distances(pred, target, k, spacing, classes, force=None):
     grid = pred.ndim == 3
     shape3 = pred.shape if grid else (1, *pred.shape)
     steps = spacing if grid else (1.0, *spacing)
-    surfaces = [np.empty(shape3, np.int32 if k < 2 ** 31 else np.int64) for _ in (pred, target)]
+    dtype = np.int8 if k <= 127 else (np.int16 if k <= 32767 else np.int32)
+    surfaces = [np.empty(shape3, dtype) for _ in (pred, target)]
     maps = list(zip((pred.reshape(shape3), target.reshape(shape3)), surfaces))
     if get_num_threads() > 1 and pred.size >= PARALLEL_THRESHOLD:
         other = _pool(1).submit(class_surfaces, *maps[1][:1], k, grid, maps[1][1])
