@@ -175,7 +175,7 @@ def compare_surface_metrics(repeats=7):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for metric, (ours, theirs) in metrics.items():
-                np.testing.assert_allclose(ours(), theirs().numpy(), rtol=2e-6, err_msg=f"{metric} {name}")
+                np.testing.assert_allclose(ours(), theirs().numpy(), rtol=1e-5, err_msg=f"{metric} {name}")
                 t = paired_medians({"segpost": ours, "MONAI": theirs}, repeats)
                 rows.append([name, metric, f"{t['segpost'] * 1e3:.1f}", f"{t['MONAI'] * 1e3:.0f}",
                              f"{t['MONAI'] / t['segpost']:.1f}x"])

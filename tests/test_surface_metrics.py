@@ -20,7 +20,10 @@ from segpost.metrics import (
 )
 from segpost.metrics import surface as surface_module
 
-MONAI_RTOL = 2e-6  # MONAI's float32 distances, quantiles and means
+MONAI_RTOL = 2e-6  # MONAI's float32 distances and means
+# torch.quantile interpolates in float32 too: a + w (b - a) with w and b - a rounded, an error of a few float32
+# steps of b, which is relatively larger when a is much smaller than b (0.65 for 0.649998 was one).
+MONAI_QUANTILE_RTOL = 1e-5
 ORACLE_RTOL = 1e-9
 
 
@@ -239,7 +242,7 @@ def test_hausdorff_distance_equals_monai(case, percentile):
         one_sided = np.isinf(ours)
         assert np.isnan(theirs[one_sided]).all()
         theirs[one_sided] = np.inf
-    assert_close(ours, theirs, MONAI_RTOL)
+    assert_close(ours, theirs, MONAI_RTOL if percentile is None else MONAI_QUANTILE_RTOL)
 
 
 @given(cases(max_side=10))
@@ -278,7 +281,7 @@ def test_monai_parity_on_a_3d_volume_with_anisotropic_spacing_and_an_empty_class
     assert_close(ours.distance, hd, MONAI_RTOL)
     assert ours.distance[2] == math.inf and math.isnan(ours.distance[3])
     ours95 = hausdorff_distance(pred, target, k, spacing=spacing, percentile=95).distance
-    assert_close(ours95[:2], hd95[:2], MONAI_RTOL)
+    assert_close(ours95[:2], hd95[:2], MONAI_QUANTILE_RTOL)
     assert ours95[2] == math.inf and math.isnan(hd95[2])  # the documented difference
     assert_close(average_surface_distance(pred, target, k, spacing=spacing).distance, assd, MONAI_RTOL)
     ours_nsd = surface_dice(pred, target, k, tolerance=1.1, spacing=spacing).dice
