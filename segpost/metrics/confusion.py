@@ -354,7 +354,8 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
 
 
 def warmup() -> None:
-    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now.
+    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now, and the surface
+    metrics' kernels for uint8 labels.
 
     The first confusion matrix of a process otherwise pays it (about 3 s after
     an install, under 1 s from the cache).
@@ -367,3 +368,9 @@ def warmup() -> None:
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64):
         a = np.zeros(4, dtype)
         confusion_matrix(a, a, 2)
+    from .surface import hausdorff_distance
+
+    for shape in ((3, 3), (3, 3, 3)):  # the surface kernels, for uint8 labels
+        labels = np.zeros(shape, np.uint8)
+        labels[1, 1] = 1
+        hausdorff_distance(labels, labels, 2)
