@@ -7,7 +7,7 @@ from .scores import (
 )
 from .stateful import SegMetrics, SegMetricsResult
 from .surface import (
-    HausdorffDistanceResult, SurfaceDiceResult, SurfaceDistanceResult, average_surface_distance, hausdorff_distance,
+    CaseMetricsResult, HausdorffDistanceResult, case_metrics, SurfaceDiceResult, SurfaceDistanceResult, average_surface_distance, hausdorff_distance,
     surface_dice,
 )
 
@@ -15,5 +15,5 @@ __all__ = [
     "BoundaryFScoreResult", "BoundaryIoUResult", "TrimapResult", "ConfusionResult", "SegMetrics", "boundary_fscore", "boundary_iou", "label_boundaries", "trimap_metrics", "SegMetricsResult", "confusion_matrix", "dice", "fw_iou", "iou",
     "mean_accuracy", "mean_score", "micro_iou", "per_class_counts", "pixel_accuracy", "precision", "recall",
     "valid_classes", "warmup", "HausdorffDistanceResult", "SurfaceDiceResult", "SurfaceDistanceResult",
-    "average_surface_distance", "hausdorff_distance", "surface_dice",
+    "average_surface_distance", "hausdorff_distance", "surface_dice", "CaseMetricsResult", "case_metrics",
 ]

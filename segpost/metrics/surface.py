@@ -11,6 +11,7 @@ inside the bounding box of the class's two surfaces.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from concurrent.futures import wait
 
@@ -23,7 +24,7 @@ from .boundary import _BoundaryResult
 from .confusion import PARALLEL_THRESHOLD, _check_num_classes, _normalise_ignore, _pool, prepare_labels
 
 __all__ = [
-    "HausdorffDistanceResult", "SurfaceDistanceResult", "SurfaceDiceResult", "average_surface_distance",
+    "CaseMetricsResult", "HausdorffDistanceResult", "case_metrics", "SurfaceDistanceResult", "SurfaceDiceResult", "average_surface_distance",
     "hausdorff_distance", "surface_dice",
 ]
 
@@ -598,3 +599,116 @@ def surface_dice(pred, target, num_classes, *, tolerance, spacing=None, ignore_i
     values = _surface_dice_from_counts(*counts)
     values[list(exclude)] = np.nan
     return SurfaceDiceResult(values, scores.mean_score(values), *counts, tol, spacing)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class CaseMetricsResult(_BoundaryResult):
+    """What ``case_metrics`` returns: one case's per-class overlap and surface metrics.
+
+    Attributes
+    ----------
+    dice, iou : (K,) float64
+        Overlap of the case (NaN for a class in neither map).
+    hd : (K,) float64
+        The ``percentile`` Hausdorff distance (HD95 by default).
+    assd : (K,) float64
+        The average symmetric surface distance.
+    nsd : (K,) float64
+        The normalized surface Dice at ``tolerance``.
+    percentile : float or None
+    tolerance : (K,) float64
+    spacing : tuple of float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import case_metrics
+    >>> target = np.zeros((8, 8), int); target[2:6, 2:6] = 1
+    >>> result = case_metrics(target, target, 2)
+    >>> result.rows("case_0", ["background", "organ"])[1]
+    {'case': 'case_0', 'class': 'organ', 'dice': 1.0, 'iou': 1.0, 'hd95': 0.0, 'assd': 0.0, 'nsd': 1.0}
+    """
+
+    dice: np.ndarray
+    iou: np.ndarray
+    hd: np.ndarray
+    assd: np.ndarray
+    nsd: np.ndarray
+    percentile: float | None
+    tolerance: np.ndarray
+    spacing: tuple
+
+    @property
+    def hd_name(self):
+        """The Hausdorff column's name: ``hd`` or ``hd95`` (``hd50``, ...) with a percentile."""
+        return "hd" if self.percentile is None else f"hd{self.percentile:g}"
+
+    def rows(self, case, class_names=None):
+        """One dict per class (case, class, dice, iou, hd95, assd, nsd), NaN as None: a per-case table's rows."""
+        names = class_names if class_names is not None else [str(c) for c in range(self.dice.size)]
+
+        def plain(x):
+            return None if math.isnan(x) else float(x)
+
+        return [{"case": case, "class": names[c], "dice": plain(self.dice[c]), "iou": plain(self.iou[c]),
+                 self.hd_name: plain(self.hd[c]), "assd": plain(self.assd[c]), "nsd": plain(self.nsd[c])}
+                for c in range(self.dice.size)]
+
+
+def case_metrics(pred, target, num_classes, *, spacing=None, tolerance=1.0, percentile=95, ignore_index=None,
+                 exclude_classes=()):
+    """One case's Dice, IoU, HD95, ASSD and NSD per class, from one set of surface distances.
+
+    The rows of a per-case table (nnU-Net's ``summary.json`` lists the same
+    per case and class); ``SegMetrics(surface=True)`` averages them over
+    cases. Each surface metric is the one of ``hausdorff_distance``,
+    ``average_surface_distance`` and ``surface_dice``.
+
+    Parameters
+    ----------
+    pred, target : (H, W) or (D, H, W) integer arrays or tensors
+        One case's label maps (or ``pred`` as (C, *grid) scores).
+    num_classes : int
+    spacing : float or sequence of float, keyword-only, optional
+        The voxel size along each axis; default 1.
+    tolerance : float or (K,) sequence of float, keyword-only
+        The surface Dice's tolerance, in the units of ``spacing``; default 1.
+    percentile : float or None, keyword-only
+        The Hausdorff distance's percentile (default 95; None: the maximum).
+    ignore_index : int or sequence of int, keyword-only, optional
+    exclude_classes : sequence of int, keyword-only
+        Classes whose surface metrics are not computed (NaN), e.g. ``(0,)``.
+
+    Returns
+    -------
+    CaseMetricsResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        As ``hausdorff_distance`` and ``surface_dice``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from segpost.metrics import case_metrics
+    >>> target = np.zeros((4, 16, 16), np.uint8); target[1:3, 4:12, 4:12] = 1
+    >>> pred = np.roll(target, 1, axis=2)
+    >>> result = case_metrics(pred, target, 2, spacing=(3.0, 0.5, 0.5), exclude_classes=(0,))
+    >>> float(result.dice[1]), float(result.hd[1]), float(result.nsd[1])
+    (0.875, 0.5, 1.0)
+    """
+    from .confusion import confusion_matrix
+
+    k = _check_num_classes(num_classes)
+    percentile = _check_percentile(percentile)
+    tol = _check_tolerance(tolerance, k)
+    pred, target = _case_labels(pred, target, ignore_index)
+    spacing = _check_spacing(spacing, target.ndim)
+    exclude = _check_exclude(exclude_classes, k)
+    cm = np.asarray(confusion_matrix(pred, target, k, on_invalid="ignore"), np.int64)  # ignored voxels are -1 here
+    found = _class_distances(pred, target, k, spacing, exclude)
+    nsd = _surface_dice_from_counts(*_surface_dice_counts(found, k, tol))
+    nsd[list(exclude)] = np.nan
+    return CaseMetricsResult(scores.dice(cm), scores.iou(cm), _per_class(k, found, lambda d: _hausdorff(d, percentile)),
+                             _per_class(k, found, _average), nsd, percentile, tol, spacing)
