@@ -426,3 +426,127 @@ def test_bad_inputs_raise_naming_the_parameter(name, call, error):
 def test_tolerance_is_keyword_only_and_required():
     with pytest.raises(TypeError):
         surface_dice(np.zeros((4, 4), int), np.zeros((4, 4), int), 2, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ SegMetrics
+
+
+def _volumes(seed, count=3):
+    rng = np.random.default_rng(seed)
+    target = np.zeros((count, 5, 12, 11), np.uint8)
+    target[:, 1:4, 2:9, 3:8] = 1
+    target[:, 2:4, 7:11, 6:10] = 2
+    pred = np.where(rng.random(target.shape) < 0.05, rng.integers(0, 3, target.shape), target).astype(np.uint8)
+    pred[-1][pred[-1] == 2] = 0  # the last case misses class 2: its HD95 and ASSD are inf
+    return pred, target
+
+
+def test_segmetrics_surface_means_are_the_mean_of_the_cases():
+    from segpost import SegMetrics
+    from segpost.metrics import case_metrics
+
+    spacing = (3.0, 0.8, 0.8)
+    pred, target = _volumes(0)
+    metrics = SegMetrics(3, surface=True, spacing=spacing, tolerance=[0.0, 1.0, 2.0], class_names=["bg", "a", "b"])
+    cases = metrics.update(pred[:2], target[:2])  # a batch of two volumes
+    cases += metrics.update(pred[2], target[2])   # and one volume
+    assert len(cases) == 3 and metrics.num_cases == 3
+    expected = [case_metrics(p, t, 3, spacing=spacing, tolerance=[0.0, 1.0, 2.0]) for p, t in zip(pred, target)]
+    for mine, theirs in zip(cases, expected):
+        assert_close(mine.hd, theirs.hd, 0)
+    result = metrics.compute()
+    for name, field in (("hd95", "hd"), ("assd", "assd"), ("nsd", "nsd")):
+        per_case = np.stack([getattr(e, field) for e in expected])
+        assert_close(getattr(result, name), per_case.mean(axis=0), 1e-12)
+    assert result.hd95[2] == math.inf and result.mhd95 == math.inf and math.isfinite(result.hd95[1])
+    assert_close(result.hd95[1], np.mean([hausdorff_distance(p, t, 3, percentile=95, spacing=spacing).distance[1]
+                                          for p, t in zip(pred, target)]), 1e-12)
+    table = result.table()
+    assert "HD95" in table and "NSD" in table and "over 3 cases" in table
+    as_json = result.to_dict()
+    assert as_json["hd95"][2] == "inf" and as_json["num_cases"] == 3
+
+
+def test_segmetrics_surface_two_dimensional_batches_and_exclusions():
+    from segpost import SegMetrics
+
+    rng = np.random.default_rng(5)
+    pred, target = rng.integers(0, 3, (2, 4, 9, 9))
+    metrics = SegMetrics(3, surface=True, exclude_classes=[0])  # no spacing: 2-D images, spacing 1
+    metrics.update(pred, target)
+    found = np.stack([hausdorff_distance(p, t, 3, percentile=95).distance for p, t in zip(pred, target)])
+    result = metrics.compute()
+    assert math.isnan(result.hd95[0]) and metrics.surface_counts[0, 0] == 0
+    assert_close(result.hd95[1:], found.mean(axis=0)[1:], 1e-12)
+    with pytest.raises(ValueError, match="spatial axes"):
+        SegMetrics(3, surface=True, spacing=(1, 1, 1)).update(pred[0, 0], target[0, 0])
+    with pytest.raises(ValueError, match="spacing"):
+        SegMetrics(3, surface=True).update(pred, target, spacing=(1, -1))
+    with pytest.raises(ValueError, match="tolerance"):
+        SegMetrics(3, surface=True, tolerance=[1, 2])
+
+
+def test_segmetrics_surface_merge_and_state_dict_round_trip(tmp_path):
+    torch = pytest.importorskip("torch")
+    from segpost import SegMetrics
+
+    spacing = (3.0, 0.8, 0.8)
+    pred, target = _volumes(1)
+    whole = SegMetrics(3, surface=True, spacing=spacing)
+    whole.update(pred, target)
+    first, second = SegMetrics(3, surface=True, spacing=spacing), SegMetrics(3, surface=True, spacing=spacing)
+    first.update(pred[:1], target[:1])
+    second.update(pred[1:], target[1:])
+    merged = first.merge(second).compute()
+    assert_close(merged.hd95, whole.compute().hd95, 1e-12)
+    assert_close(merged.nsd, whole.compute().nsd, 1e-12)
+    torch.save(whole.state_dict(), tmp_path / "state.pt")
+    loaded = SegMetrics(3, surface=True, spacing=spacing).load_state_dict(torch.load(tmp_path / "state.pt",
+                                                                                     weights_only=True))
+    assert loaded.num_cases == 3
+    assert_close(loaded.compute().assd, whole.compute().assd, 0)
+    with pytest.raises(ValueError, match="different settings"):
+        SegMetrics(3, surface=True, tolerance=2.0).merge(whole)
+    with pytest.raises(ValueError, match="different settings"):
+        SegMetrics(3).load_state_dict(whole.state_dict())
+
+
+@pytest.mark.parametrize("key, value", [("surface_sums", np.zeros((3, 2))), ("surface_counts", -np.ones((3, 3), int)),
+                                        ("surface_counts", np.zeros((3, 3))), ("num_cases", -1),
+                                        ("surface_sums", np.full((3, 3), np.nan))])
+def test_segmetrics_rejects_a_bad_surface_state_before_changing_anything(key, value):
+    pytest.importorskip("torch")
+    from segpost import SegMetrics
+
+    pred, target = _volumes(2, count=1)
+    metrics = SegMetrics(3, surface=True, spacing=(3.0, 0.8, 0.8))
+    metrics.update(pred, target)
+    before = metrics.state_dict()
+    state = dict(before, **{key: value})
+    with pytest.raises(ValueError, match=key):
+        SegMetrics(3, surface=True, spacing=(3.0, 0.8, 0.8)).load_state_dict(state)
+    target_metrics = SegMetrics(3, surface=True, spacing=(3.0, 0.8, 0.8))
+    with pytest.raises(ValueError):
+        target_metrics.load_state_dict(state)
+    assert target_metrics.num_cases == 0 and int(target_metrics.confusion.sum()) == 0
+
+
+def test_segmetrics_surface_sync_over_two_gloo_processes(tmp_path):
+    pytest.importorskip("torch")
+    from test_metrics import _run_two_ranks
+
+    from distributed_worker import SURFACE_SPACING, rank_volumes
+    from segpost import SegMetrics
+
+    results = _run_two_ranks(tmp_path, "surface")
+    whole = SegMetrics(4, surface=True, spacing=SURFACE_SPACING, tolerance=1.5, exclude_classes=[0])
+    for rank in (0, 1):
+        whole.update(*rank_volumes(rank))
+    expected = whole.compute().to_dict()
+    for res in results:
+        assert res["num_cases"] == 4
+        assert res["confusion"] == expected["confusion"]
+        for name in ("hd95", "assd", "nsd"):
+            assert [v if isinstance(v, str) or v is None else pytest.approx(v, rel=1e-12) for v in res[name]] \
+                == expected[name]
+        assert res["hd95"][2] == "inf" and res["nsd"][3] is None
