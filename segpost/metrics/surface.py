@@ -295,6 +295,18 @@ def _prefer_tree(num_queries, num_sites, box_voxels):
     return 2 * (num_queries + num_sites) * np.log2(num_sites + 2) < box_voxels
 
 
+def _on_both_maps(parallel, kernel, first, second):
+    """[kernel(*first), kernel(*second)]: the second on the pool while this thread runs the first, if parallel."""
+    if not parallel:
+        return [kernel(*first), kernel(*second)]
+    other = _pool(1).submit(kernel, *second)
+    try:
+        result = kernel(*first)
+    finally:
+        wait([other])  # never return (or raise) while the pool still reads the arrays
+    return [result, other.result()]
+
+
 def _fast_distances(pred, target, k, spacing, classes, force=None):
     """The fast path for 2-D and 3-D grids: every class's surfaces in one pass, then per class and direction
     an exact distance transform inside the class's bounding box, or a k-d tree of the surface voxels when
@@ -311,16 +323,9 @@ def _fast_distances(pred, target, k, spacing, classes, force=None):
     steps = spacing if grid else (1.0, *spacing)
     dtype = np.int8 if k <= 127 else (np.int16 if k <= 32767 else np.int32)
     surfaces = [np.empty(shape3, dtype) for _ in (pred, target)]
-    maps = list(zip((pred.reshape(shape3), target.reshape(shape3)), surfaces))
-    if get_num_threads() > 1 and pred.size >= PARALLEL_THRESHOLD:
-        other = _pool(1).submit(class_surfaces, *maps[1][:1], k, grid, maps[1][1])
-        try:
-            first = class_surfaces(maps[0][0], k, grid, maps[0][1])
-        finally:
-            wait([other])
-        found_surfaces = [first, other.result()]
-    else:
-        found_surfaces = [class_surfaces(labels, k, grid, out) for labels, out in maps]
+    parallel = get_num_threads() > 1 and pred.size >= PARALLEL_THRESHOLD
+    found_surfaces = _on_both_maps(parallel, class_surfaces, (pred.reshape(shape3), k, grid, surfaces[0]),
+                                   (target.reshape(shape3), k, grid, surfaces[1]))
     boxes, counts = [b for b, _ in found_surfaces], [c for _, c in found_surfaces]
 
     crops, use_tree = {}, {}
@@ -331,7 +336,8 @@ def _fast_distances(pred, target, k, spacing, classes, force=None):
         for source in (0, 1):
             use_tree[c, source] = (force == "tree" if force else
                                    _prefer_tree(counts[source][c], counts[1 - source][c], np.prod(hi - lo)))
-    points = [surface_points(surfaces[m], counts[m]) if any(use_tree.values()) else None for m in (0, 1)]
+    points = _on_both_maps(parallel, surface_points, (surfaces[0], counts[0]), (surfaces[1], counts[1])) \
+        if any(use_tree.values()) else None
 
     def directed(c, source):
         sink = 1 - source
