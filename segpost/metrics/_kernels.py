@@ -249,7 +249,7 @@ def lower_envelope_pass(g, axis, step, query_labels, c, restrict):
     block = np.empty((_BLOCK, n), np.float64)
     needed = np.empty(_BLOCK, np.bool_)
     v = np.empty(n, np.int64)
-    z = np.empty(n + 1, np.float64)
+    roots = np.empty(n, np.float64)
     for o in range(outer):
         for b in range(0, n2, _BLOCK):
             width = min(_BLOCK, n2 - b)
@@ -268,35 +268,38 @@ def lower_envelope_pass(g, axis, step, query_labels, c, restrict):
                 if not needed[t]:
                     continue
                 f = block[t]
+                # The lower envelope without divisions: parabola p is dropped when the new one, rooted at q,
+                # meets it left of where p met the one before it (intersections compared cross-multiplied:
+                # (r_q - r_p) / (q - p) against (r_p - r_pp) / (p - pp), with r = f + (x * step)**2).
                 top = -1  # the envelope's last parabola
                 for q in range(n):
                     if f[q] == np.inf:
                         continue
                     root = f[q] + (q * step) ** 2
-                    s = -np.inf
-                    while top >= 0:
-                        p = v[top]
-                        s = (root - (f[p] + (p * step) ** 2)) / (2.0 * step * step * (q - p))
-                        if s > z[top]:
+                    while top >= 1:
+                        p, pp = v[top], v[top - 1]
+                        if (root - roots[p]) * (p - pp) > (roots[p] - roots[pp]) * (q - p):
                             break
                         top -= 1
-                        s = -np.inf
                     top += 1
                     v[top] = q
-                    z[top] = s
-                    z[top + 1] = np.inf
+                    roots[q] = root
                 if top < 0:
                     continue  # no site on the line: it stays inf
                 h = 0
                 for q in range(n):
-                    while z[h + 1] < q:
+                    # The envelope's values at q fall, then rise, along it: walk while the next is no larger.
+                    best = ((q - v[h]) * step) ** 2 + f[v[h]]
+                    while h < top:
+                        following = ((q - v[h + 1]) * step) ** 2 + f[v[h + 1]]
+                        if following > best:
+                            break
+                        best = following
                         h += 1
-                    p = v[h]
-                    d = ((q - p) * step) ** 2 + f[p]
                     if axis == 0:
-                        g[q, o, b + t] = d
+                        g[q, o, b + t] = best
                     else:
-                        g[o, q, b + t] = d
+                        g[o, q, b + t] = best
     return g
 
 
