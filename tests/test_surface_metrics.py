@@ -219,10 +219,39 @@ def test_the_transform_and_the_tree_meet_on_a_volume_with_islands():
     chosen = [surface_module._prefer_tree(int(n), int(m), pred.size) for n, m in ((5000, 4000), (10, 10))]
     assert chosen == [False, True]
     found = {path: surface_module._class_distances(pred, target, 2, spacing, (0,), path=path)[1]
-             for path in ("tree", "transform", "reference")}
-    for path in ("tree", "transform"):
+             for path in ("fast", "tree", "transform", "reference")}
+    for path in ("fast", "tree", "transform"):
         np.testing.assert_allclose(found[path].pred_to_target, found["reference"].pred_to_target, rtol=1e-12)
         np.testing.assert_allclose(found[path].target_to_pred, found["reference"].target_to_pred, rtol=1e-12)
+    # Islands beyond the ball of the fast path: some voxels went on to the tree.
+    assert found["fast"].pred_to_target.max() > surface_module._ball(spacing)[1].max()
+
+
+def test_the_fast_path_hands_far_surfaces_to_the_transform():
+    """Two planes 10 voxels apart: no voxel finds the other surface in its ball, and for so many voxels in
+    so small a box the transform is cheaper than the tree."""
+    target = np.zeros((16, 30, 30), np.uint8)
+    target[2] = 1
+    pred = np.zeros_like(target)
+    pred[12] = 1
+    ball = surface_module._ball((1.0, 1.0, 1.0))
+    assert ball[1].max() < 10 and not surface_module._prefer_tree(900, 900, 11 * 30 * 30)
+    assert np.array_equal(ball[1], np.sort(ball[1]))
+    found = surface_module._class_distances(pred, target, 2, (1.0, 1.0, 1.0), (0,))[1]
+    assert np.all(found.pred_to_target == 10.0) and np.all(found.target_to_pred == 10.0)
+    reference = surface_module._class_distances(pred, target, 2, (1.0, 1.0, 1.0), (0,), path="reference")[1]
+    np.testing.assert_array_equal(found.pred_to_target, reference.pred_to_target)
+
+
+def test_the_ball_holds_every_offset_within_its_radius_nearest_first():
+    for steps in ((1.0, 1.0, 1.0), (2.5, 0.7, 0.9), (1.0, 0.37, 1.5)):
+        offsets, distances = surface_module._ball(steps)
+        radius = surface_module._BALL_VOXELS * max(steps)
+        reach = [int(radius // s) + 1 for s in steps]
+        cube = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), -1).reshape(-1, 3)
+        inside = np.sqrt(((cube * np.asarray(steps)) ** 2).sum(1)) <= radius * (1 - 1e-12)
+        assert {tuple(o) for o in cube[inside]} <= {tuple(o) for o in offsets}
+        assert np.all(np.diff(distances) >= 0) and distances[0] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ MONAI

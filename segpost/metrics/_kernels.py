@@ -344,3 +344,24 @@ def surface_points(surface_labels, counts):
                     points[row, 2] = m
                     fill[c] = row + 1
     return points, offsets
+
+
+@jit
+def nearest_in_ball(site_labels, c, queries, offsets, offset_distances, out):
+    """For each query voxel, the distance to the nearest voxel where ``site_labels == c`` within a ball.
+
+    ``offsets`` (M, 3) are all integer offsets of the ball, sorted by their
+    distance ``offset_distances`` (M,): the first site found is the nearest
+    (every nearer offset lies in the ball and was looked at before it).
+    out[i] is that distance, or -1 when the ball holds no site.
+    """
+    n0, n1, n2 = site_labels.shape
+    for i in range(queries.shape[0]):
+        x0, x1, x2 = queries[i, 0], queries[i, 1], queries[i, 2]
+        out[i] = -1.0
+        for m in range(offsets.shape[0]):
+            y0, y1, y2 = x0 + offsets[m, 0], x1 + offsets[m, 1], x2 + offsets[m, 2]
+            if 0 <= y0 < n0 and 0 <= y1 < n1 and 0 <= y2 < n2 and site_labels[y0, y1, y2] == c:
+                out[i] = offset_distances[m]
+                break
+    return out

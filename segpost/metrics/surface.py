@@ -11,6 +11,7 @@ inside the bounding box of the class's two surfaces.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from concurrent.futures import wait
@@ -284,6 +285,29 @@ def _nearest_by_tree(site_points, query_points, steps):
     return np.sqrt(delta[:, 0] ** 2 + (delta[:, 1] ** 2 + delta[:, 2] ** 2))
 
 
+_BALL_VOXELS = 3  # the ball's radius, in voxels of the coarsest axis
+
+
+@functools.lru_cache(maxsize=16)
+def _ball(steps):
+    """Every integer offset within _BALL_VOXELS coarsest voxels, sorted by distance: (offsets (M, 3), distances).
+
+    Distances are computed as everywhere else in this module (the first axis'
+    term added last), so a distance found here equals the tree's and the
+    transform's for the same pair of voxels.
+    """
+    scale = np.asarray(steps, np.float64)
+    radius = _BALL_VOXELS * scale.max()
+    reach = [int(np.floor(radius / s)) for s in scale]
+    grids = np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij")
+    offsets = np.stack([g.reshape(-1) for g in grids], axis=1)
+    delta = offsets * scale
+    distance = np.sqrt(delta[:, 0] ** 2 + (delta[:, 1] ** 2 + delta[:, 2] ** 2))
+    keep = distance <= radius
+    order = np.argsort(distance[keep], kind="stable")
+    return np.ascontiguousarray(offsets[keep][order]), distance[keep][order]
+
+
 def _prefer_tree(num_queries, num_sites, box_voxels):
     """Whether a k-d tree beats the distance transform for one direction: scattered surfaces in a large box.
 
@@ -308,9 +332,11 @@ def _on_both_maps(parallel, kernel, first, second):
 
 
 def _fast_distances(pred, target, k, spacing, classes, force=None):
-    """The fast path for 2-D and 3-D grids: every class's surfaces in one pass, then per class and direction
-    an exact distance transform inside the class's bounding box, or a k-d tree of the surface voxels when
-    they are few for the box (``_prefer_tree``).
+    """The fast path for 2-D and 3-D grids: every class's surfaces in one pass; then per class and direction
+    each surface voxel looks for the other surface in a small ball around it, nearest offsets first, and
+    the voxels that find none there get an exact distance transform inside the class's bounding box or a
+    k-d tree of the other surface, whichever is cheaper for them (``_prefer_tree``). ``force`` ("tree" or
+    "transform") measures every voxel one of those two ways (for the tests).
 
     Equal to ``_reference_distances`` (tests/test_surface_metrics.py holds
     them so). Classes and directions run on segpost's thread pool (the
@@ -328,25 +354,43 @@ def _fast_distances(pred, target, k, spacing, classes, force=None):
                                    (target.reshape(shape3), k, grid, surfaces[1]))
     boxes, counts = [b for b, _ in found_surfaces], [c for _, c in found_surfaces]
 
-    crops, use_tree = {}, {}
+    crops = {}
     for c in classes:
         lo = np.minimum(boxes[0][c, 0::2], boxes[1][c, 0::2])
         hi = np.maximum(boxes[0][c, 1::2], boxes[1][c, 1::2])
         crops[c] = tuple(slice(a, b) for a, b in zip(lo, hi))
-        for source in (0, 1):
-            use_tree[c, source] = (force == "tree" if force else
-                                   _prefer_tree(counts[source][c], counts[1 - source][c], np.prod(hi - lo)))
-    points = _on_both_maps(parallel, surface_points, (surfaces[0], counts[0]), (surfaces[1], counts[1])) \
-        if any(use_tree.values()) else None
+    points = None if force == "transform" else \
+        _on_both_maps(parallel, surface_points, (surfaces[0], counts[0]), (surfaces[1], counts[1]))
+
+    def class_points(m, c):
+        found, at = points[m]
+        return found[at[c]:at[c + 1]]
+
+    def whole_direction(c, source, which=None):
+        """Distances of the class's query voxels (those at ``which``, or all) by the transform of the class's
+        box or by the tree, whichever is cheaper for them."""
+        crop = crops[c]
+        num_queries = counts[source][c] if which is None else which.size
+        box_voxels = np.prod([s.stop - s.start for s in crop])
+        if force == "transform" or (force != "tree" and not _prefer_tree(num_queries, counts[1 - source][c],
+                                                                          box_voxels)):
+            found = _distances_to(surfaces[1 - source][crop], surfaces[source][crop], c, counts[source][c], steps)
+            return found if which is None else found[which]
+        queries = class_points(source, c)
+        return _nearest_by_tree(class_points(1 - source, c), queries if which is None else queries[which], steps)
 
     def directed(c, source):
-        sink = 1 - source
-        if use_tree[c, source]:
-            (sites, at_sites), (queries, at_queries) = points[sink], points[source]
-            return _nearest_by_tree(sites[at_sites[c]:at_sites[c + 1]], queries[at_queries[c]:at_queries[c + 1]],
-                                    steps)
-        crop = crops[c]
-        return _distances_to(surfaces[sink][crop], surfaces[source][crop], c, counts[source][c], steps)
+        if force is not None:
+            return whole_direction(c, source)
+        from ._kernels import nearest_in_ball
+
+        offsets, offset_distances = _ball(steps)
+        queries = class_points(source, c)
+        found = nearest_in_ball(surfaces[1 - source], c, queries, offsets, offset_distances, np.empty(len(queries)))
+        farther = np.flatnonzero(found < 0)  # no site within the ball
+        if farther.size:
+            found[farther] = whole_direction(c, source, farther)
+        return found
 
     tasks = [(c, source) for c in classes for source in (0, 1) if counts[source][c] and counts[1 - source][c]]
     threads = min(get_num_threads(), len(tasks))
@@ -367,7 +411,7 @@ def _class_distances(pred, target, k, spacing, exclude_classes, *, path="fast"):
     """Each non-excluded class's directed surface distances (the one home of the definition).
 
     ``path``: "fast" (2-D and 3-D; others take the reference path), "reference", or, for the tests, "transform"
-    or "tree" to force one of the fast path's two ways of measuring.
+    or "tree" to measure every voxel of the fast path one of those ways.
     """
     classes = [c for c in range(k) if c not in exclude_classes]
     if path != "reference" and pred.ndim in (2, 3):
