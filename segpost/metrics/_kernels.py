@@ -168,10 +168,42 @@ def class_surfaces(labels, k, first_axis_is_grid, out):
         boxes[c, 0] = boxes[c, 2] = boxes[c, 4] = np.iinfo(np.int64).max
         boxes[c, 1] = boxes[c, 3] = boxes[c, 5] = 0
     counts = np.zeros(k, np.int64)
+    # Rows of one label: a row whose face-neighbour rows hold that same label alone has no surface voxel
+    # but its two ends (most of a volume is such rows of background).
+    constant = np.empty((n0, n1), np.bool_)
+    for i in range(n0):
+        for j in range(n1):
+            first = labels[i, j, 0]
+            same = True
+            for m in range(1, n2):
+                same &= labels[i, j, m] == first
+            constant[i, j] = same
     for i in range(n0):
         for j in range(n1):
             border_row = j == 0 or j == n1 - 1 or (first_axis_is_grid and (i == 0 or i == n0 - 1))
             found = False
+            if not border_row and constant[i, j]:
+                lab = labels[i, j, 0]
+                quiet = (constant[i, j - 1] and constant[i, j + 1] and labels[i, j - 1, 0] == lab
+                         and labels[i, j + 1, 0] == lab)
+                if quiet and first_axis_is_grid:
+                    quiet = (constant[i - 1, j] and constant[i + 1, j] and labels[i - 1, j, 0] == lab
+                             and labels[i + 1, j, 0] == lab)
+                if quiet:
+                    keep = (lab >= 0) & (lab < k)
+                    for m in range(n2):
+                        out[i, j, m] = -1
+                    if keep:
+                        out[i, j, 0] = lab
+                        out[i, j, n2 - 1] = lab
+                        counts[lab] += 2 if n2 > 1 else 1
+                        boxes[lab, 0] = min(boxes[lab, 0], i)
+                        boxes[lab, 1] = max(boxes[lab, 1], i + 1)
+                        boxes[lab, 2] = min(boxes[lab, 2], j)
+                        boxes[lab, 3] = max(boxes[lab, 3], j + 1)
+                        boxes[lab, 4] = 0
+                        boxes[lab, 5] = max(boxes[lab, 5], n2)
+                    continue
             for m in range(n2):
                 lab = labels[i, j, m]
                 if border_row or m == 0 or m == n2 - 1:
