@@ -4,9 +4,10 @@ distance, normalized surface Dice, with voxel spacing; MONAI's definitions.
 For each class, the surface of a mask is ``mask XOR binary_erosion(mask)``
 with the cross structuring element (4-connected in 2-D, 6 in 3-D) and the
 image border counting as background; the distances from each surface voxel
-of one map to the nearest surface voxel of the other come from an exact
-Euclidean distance transform in physical units (``spacing``), computed only
-inside the bounding box of the class's two surfaces.
+of one map to the nearest surface voxel of the other are exact Euclidean
+distances in physical units (``spacing``): found in a small ball around the
+voxel, nearest offsets first, or else by a distance transform inside the
+bounding box of the class's two surfaces or a k-d tree (docs/performance.md).
 """
 from __future__ import annotations
 
