@@ -468,7 +468,7 @@ def hausdorff_distance(pred, target, num_classes, *, percentile=None, spacing=No
     pred, target : (H, W) or (D, H, W) integer arrays or tensors
         One case's label maps (any number of axes >= 2; 2-D and 3-D take the
         fast path). ``pred`` may also be one case's float scores with a
-        leading class axis, (C, *grid): they are argmaxed.
+        leading class axis, (C, H, W) or (C, D, H, W): they are argmaxed.
     num_classes : int
     spacing : float or sequence of float, keyword-only, optional
         The voxel size along each axis (e.g. from a NIfTI header), the units of
@@ -529,7 +529,7 @@ def average_surface_distance(pred, target, num_classes, *, spacing=None, ignore_
     pred, target : (H, W) or (D, H, W) integer arrays or tensors
         One case's label maps (any number of axes >= 2; 2-D and 3-D take the
         fast path). ``pred`` may also be one case's float scores with a
-        leading class axis, (C, *grid): they are argmaxed.
+        leading class axis, (C, H, W) or (C, D, H, W): they are argmaxed.
     num_classes : int
     spacing : float or sequence of float, keyword-only, optional
         The voxel size along each axis (e.g. from a NIfTI header), the units of
@@ -602,7 +602,7 @@ def surface_dice(pred, target, num_classes, *, tolerance, spacing=None, ignore_i
     pred, target : (H, W) or (D, H, W) integer arrays or tensors
         One case's label maps (any number of axes >= 2; 2-D and 3-D take the
         fast path). ``pred`` may also be one case's float scores with a
-        leading class axis, (C, *grid): they are argmaxed.
+        leading class axis, (C, H, W) or (C, D, H, W): they are argmaxed.
     num_classes : int
     spacing : float or sequence of float, keyword-only, optional
         The voxel size along each axis (e.g. from a NIfTI header), the units of
@@ -718,7 +718,7 @@ def case_metrics(pred, target, num_classes, *, spacing=None, tolerance=1.0, perc
     Parameters
     ----------
     pred, target : (H, W) or (D, H, W) integer arrays or tensors
-        One case's label maps (or ``pred`` as (C, *grid) scores).
+        One case's label maps (or ``pred`` as (C, H, W) or (C, D, H, W) scores).
     num_classes : int
     spacing : float or sequence of float, keyword-only, optional
         The voxel size along each axis; default 1.
