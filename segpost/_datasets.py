@@ -15,6 +15,7 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 SCORE_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+VOLUME_SUFFIXES = (".nii.gz", ".nii")  # NIfTI label volumes, read through nibabel (segpost[medical])
 
 
 class UserError(Exception):
@@ -30,6 +31,8 @@ def _key(relative, suffix, extensions):
         # The name must keep something besides the suffix: "_leftImg8bit.png" alone is no image's name.
         return relative[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
     extension = os.path.splitext(name)[1]
+    if name.lower().endswith(".nii.gz") and len(name) > 7:  # a double extension
+        extension = name[-7:]
     return relative[: -len(extension)] if extension and extension.lower() in extensions else None
 
 
@@ -383,6 +386,48 @@ def read_label_map(path, palette=None):
                         f"{tuple(int(c) for c in rgb[y, x])} at ({y}, {x})")
     labels = classes[order][at]
     return labels.astype(np.uint8) if classes.max() < 256 else labels
+
+
+def is_volume(path):
+    """Whether ``path`` names a NIfTI volume (``.nii`` or ``.nii.gz``)."""
+    return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def read_volume(path):
+    """Integer labels and voxel spacing of a NIfTI label volume, through nibabel.
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    labels : (X, Y, Z) integer array
+        In the file's own axis order; the smallest unsigned dtype that holds
+        the labels (uint8 for most), int32 for negative labels.
+    spacing : tuple of float
+        The header's voxel size per axis (``header.get_zooms()``), usually mm.
+    """
+    try:
+        import nibabel
+    except ImportError:
+        raise UserError(f"reading {path} needs nibabel: pip install 'segpost[medical]'") from None
+    try:
+        image = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+        spacing = tuple(float(z) for z in image.header.get_zooms()[:data.ndim])
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as a NIfTI volume ({type(exc).__name__})") from None
+    if data.ndim < 2:
+        raise UserError(f"{path} holds a {data.ndim}-D array, not a label volume")
+    if data.dtype.kind == "f":  # labels stored as floats (or scaled): they must be whole numbers
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise UserError(f"{path} holds non-integer values: not a label volume")
+    elif data.dtype.kind not in "biu":
+        raise UserError(f"{path} holds {data.dtype} values: not a label volume")
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    dtype = np.int32 if lo < 0 else (np.uint8 if hi < 256 else (np.uint16 if hi < 65536 else np.int64))
+    return data.astype(dtype), spacing
 
 
 # -------------------------------------------------------------------------------------- writing

@@ -12,9 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._datasets import (IMAGE_SUFFIXES, LOSSY_SUFFIXES, SCORE_SUFFIXES, UserError, list_files, pair_files,
-                        read_ahead, read_image, read_label_map, read_palette, read_scores, refuse_outputs_over_inputs,
-                        save_npy, shard, shard_spec, write_palette_png)
+from ._datasets import (IMAGE_SUFFIXES, LOSSY_SUFFIXES, SCORE_SUFFIXES, VOLUME_SUFFIXES, UserError, is_volume,
+                        list_files, pair_files, read_ahead, read_image, read_label_map, read_palette, read_scores,
+                        read_volume, refuse_outputs_over_inputs, save_npy, shard, shard_spec, write_palette_png)
 
 
 # ------------------------------------------------------------------------------ demo
@@ -370,13 +370,24 @@ def _eval(args) -> int:
         _check_output(args.plot, (".png", ".pdf", ".svg"), "--plot")
     palette = read_palette(args.gt_palette) if args.gt_palette else None
     rank, world, launcher = shard_spec(args.shard)
-    preds = list_files(args.pred_dir, suffix=args.pred_suffix, recursive=args.recursive, name="PRED_DIR")
-    gts = list_files(args.gt_dir, suffix=args.gt_suffix, recursive=args.recursive, name="GT_DIR")
+    extensions = IMAGE_SUFFIXES + VOLUME_SUFFIXES
+    preds = list_files(args.pred_dir, suffix=args.pred_suffix, recursive=args.recursive, name="PRED_DIR",
+                       extensions=extensions)
+    gts = list_files(args.gt_dir, suffix=args.gt_suffix, recursive=args.recursive, name="GT_DIR",
+                     extensions=extensions)
     pairs, unmatched, missing = pair_files(preds, gts)
     refuse_outputs_over_inputs(
-        [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot)) if path],
+        [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot), ("--per-case", args.per_case)) if path],
         [*preds.values(), *gts.values(),
          *(Path(s) for s in (args.pred_dir, args.gt_dir, args.class_names, args.gt_palette) if s and Path(s).is_file())])
+    volumes = _check_volume_pairs(pairs)
+    surface = args.surface or volumes
+    if args.per_case:
+        _check_output(args.per_case, (".csv", ".json"), "--per-case")
+        if not surface:
+            raise UserError("--per-case lists the surface metrics per case: add --surface (on by itself for NIfTI)")
+    if not (args.tolerance >= 0 and args.tolerance < float("inf")):
+        raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     lead = rank == 0 or launcher == "shard"  # under torchrun rank 0 speaks for all
     if lead:
         if missing:
@@ -394,12 +405,14 @@ def _eval(args) -> int:
                         "--gt-suffix, -r)")
     # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
     metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
-                         boundary=args.boundary)
-    mismatched, unreadable, evaluated = [], [], 0
+                         boundary=args.boundary, **_surface_options(args, surface, volumes))
+    mismatched, unreadable, evaluated, case_rows = [], [], 0, []
 
     def load(pair):
         key, pred_path, gt_path = pair
         try:
+            if volumes:
+                return key, read_volume(pred_path), read_volume(gt_path)
             return key, read_label_map(pred_path), read_label_map(gt_path, palette)
         except UserError as exc:  # one bad file is listed and skipped, not fatal
             return key, exc, None
@@ -410,20 +423,28 @@ def _eval(args) -> int:
     try:
         for key, pred, gt in read_ahead(load, mine, max(1, args.workers)):
             progress.update()
+            spacing = None
+            if gt is not None and volumes:
+                (pred, pred_spacing), (gt, spacing) = pred, gt
+                _check_same_spacing(key, pred_spacing, spacing)
             if gt is None:
                 unreadable.append(str(pred))
             elif pred.shape != gt.shape:
                 mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
             else:
-                metrics.update(pred, gt)
+                cases = metrics.update(pred, gt, spacing=spacing) if surface else metrics.update(pred, gt)
+                if cases:
+                    case_rows += [dict(row, spacing=list(case.spacing)) for case in cases
+                                  for row in case.rows(key, metrics.class_names)]
                 evaluated += 1
         if dist is not None:  # one table: the counts summed over the ranks, the skipped files gathered
             metrics.sync()
             gathered = [None] * world
-            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched, metrics.first_invalid))
-            evaluated = sum(count for count, _, _, _ in gathered)
-            unreadable = [item for _, items, _, _ in gathered for item in items]
-            mismatched = [item for _, _, items, _ in gathered for item in items]
+            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched, case_rows, metrics.first_invalid))
+            evaluated = sum(count for count, *_ in gathered)
+            unreadable = [item for _, items, *_ in gathered for item in items]
+            mismatched = [item for _, _, items, *_ in gathered for item in items]
+            case_rows = sorted((row for _, _, _, rows, _ in gathered for row in rows), key=lambda row: row["case"])
             metrics.first_invalid = next((first for *_, first in gathered if first is not None), None)
     finally:
         progress.close()
@@ -456,12 +477,65 @@ def _eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
         print(f"wrote {args.json}")
+    if args.per_case:
+        _write_per_case(args.per_case, case_rows, result)
+        print(f"wrote {args.per_case}")
     if args.plot:
         from .viz import plot_confusion_matrix
 
         plot_confusion_matrix(result).savefig(args.plot, dpi=100)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_volume_pairs(pairs):
+    """Whether the pairs are NIfTI volumes (all of them) rather than images (none of them)."""
+    kinds = {(is_volume(pred), is_volume(gt)) for _, pred, gt in pairs}
+    if kinds <= {(False, False)}:
+        return False
+    if kinds == {(True, True)}:
+        return True
+    example = next(f"{p} and {g}" for _, p, g in pairs if is_volume(p) != is_volume(g)) if any(
+        a != b for a, b in kinds) else next(f"{p}" for _, p, g in pairs if not is_volume(p))
+    raise UserError(f"the pairs mix NIfTI volumes and images (e.g. {example}): compare volumes with volumes")
+
+
+def _check_same_spacing(key, pred_spacing, gt_spacing):
+    """A prediction's header must give its ground truth's voxel size: the distances are in those units."""
+    if len(pred_spacing) != len(gt_spacing) or not all(
+            abs(a - b) <= 1e-5 * max(abs(a), abs(b)) for a, b in zip(pred_spacing, gt_spacing)):
+        raise UserError(f"{key}: the prediction's voxel spacing {pred_spacing} differs from the ground truth's "
+                        f"{gt_spacing} (resample the prediction onto the ground truth's grid)")
+
+
+def _surface_options(args, surface, volumes):
+    """SegMetrics' surface options for eval: per-case HD95, ASSD and NSD, volumes taking each header's spacing."""
+    if not surface:
+        return {}
+    return {"surface": True, "tolerance": args.tolerance, "exclude_classes": args.exclude_class or (),
+            "spacing": (1.0, 1.0, 1.0) if volumes else None}
+
+
+def _write_per_case(path, rows, result):
+    """The per-case table: a CSV row per case and class, or JSON with the rows and the per-class means."""
+    columns = ["case", "class", "dice", "iou", "hd95", "assd", "nsd"]
+    if str(path).lower().endswith(".csv"):
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else row[c] for c in columns])
+        Path(path).write_text(out.getvalue())
+        return
+    means = {name: {"dice": d, "iou": i, "hd95": h, "assd": a, "nsd": n}
+             for name, d, i, h, a, n in zip(result.class_names, *(result.to_dict()[key] for key in
+                                                                 ("dice", "iou", "hd95", "assd", "nsd")))}
+    Path(path).write_text(json.dumps({"metric_per_case": rows, "mean": means,
+                                      "note": "dice and iou of the summed confusion matrix in mean; hd95, assd and "
+                                              "nsd are means over cases"}, indent=2))
 
 
 # ----------------------------------------------------------------------------- bench
@@ -541,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pairs files by their path relative to each folder minus the suffix (or the extension); reads "
                     "palette,\n8-bit and 16-bit PNGs; lists and skips unreadable, RGB and mismatched files; prints "
                     "the per-class\ntable and means. Under torchrun every rank reads its share and rank 0 prints one "
-                    "table.",
+                    "table.\nNIfTI volumes (.nii, .nii.gz; pip install 'segpost[medical]') are scored with their "
+                    "headers' voxel\nspacing, which must agree between prediction and ground truth, and get per-case "
+                    "HD95, ASSD and NSD.",
         epilog="examples:\n"
                "  Cityscapes (predictions as trainIds, e.g. refined/frankfurt/frankfurt_000000_000294.png; the GT's\n"
                "  *_gtFine_labelTrainIds.png from cityscapesscripts' createTrainIdLabelImgs):\n"
@@ -561,6 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--drop-invalid", action="store_true",
                     help="count and skip labels outside [0, K) instead of stopping (default: an error)")
     ev.add_argument("--boundary", action="store_true", help="also report the dataset-level Boundary IoU")
+    ev.add_argument("--surface", action="store_true", help="also report per-case HD95, ASSD and NSD, averaged "
+                    "(always on for NIfTI volumes, whose headers give the spacing)")
+    ev.add_argument("--tolerance", type=float, default=1.0, help="the surface Dice's tolerance in the units of the "
+                    "spacing, mm for NIfTI (default 1)")
+    ev.add_argument("--exclude-class", type=int, action="append", metavar="C",
+                    help="class left out of the means and the surface metrics (repeatable), e.g. 0 for background")
+    ev.add_argument("--per-case", metavar="OUT.csv|OUT.json", help="write a row per case and class: Dice, IoU, "
+                    "HD95, ASSD, NSD (with --surface or NIfTI)")
     ev.add_argument("--pred-suffix", metavar="S", help="the end of every prediction's name, cut off to pair "
                                                        "(default: any image extension)")
     ev.add_argument("--gt-suffix", metavar="S", help="the end of every ground truth's name, e.g. "

@@ -14,6 +14,21 @@ def rank_data(rank):
     return pred, target
 
 
+def rank_volumes(rank):
+    """Two (pred, target) volumes per rank for the surface metrics: organs, shifted and missed, one class empty."""
+    rng = np.random.default_rng(200 + rank)
+    target = np.zeros((2, 6, 12, 10), np.uint8)
+    target[:, 1:5, 2:9, 2:7] = 1
+    target[:, 2:4, 8:11, 6:9] = 2
+    pred = np.roll(target, rank + 1, axis=3)
+    pred[rng.random(pred.shape) < 0.02] = 1
+    pred[1][pred[1] == 2] = 0
+    return pred, target
+
+
+SURFACE_SPACING = (2.5, 0.7, 0.9)
+
+
 def evaluation_dataset():
     """Five (image, target) samples; odd world sizes leave ranks with different counts."""
     rng = np.random.default_rng(7)
@@ -55,6 +70,10 @@ def main(out_path, mode):
             metrics.update(*rank_data(rank))  # allowed again after unsync
             result = {"first": first, "second": second, "local": local, "update_while_synced": update_while_synced,
                       "after_unsync_images": metrics.num_images}
+        elif mode == "surface":
+            metrics = SegMetrics(4, surface=True, spacing=SURFACE_SPACING, tolerance=1.5, exclude_classes=[0])
+            metrics.update(*rank_volumes(rank))
+            result = metrics.sync().compute()
         else:
             metrics = SegMetrics(5, ignore_index=255, per_image=True, boundary=True)
             metrics.update(*rank_data(rank))

@@ -370,7 +370,8 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
 
 
 def warmup() -> None:
-    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now.
+    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now, and the surface
+    metrics' kernels for uint8 labels.
 
     The first confusion matrix of a process otherwise pays it (about 3 s after
     an install, under 1 s from the cache).
@@ -383,3 +384,10 @@ def warmup() -> None:
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64):
         a = np.zeros(4, dtype)
         confusion_matrix(a, a, 2)
+    from .surface import _class_distances
+
+    for shape in ((3, 3), (3, 3, 3)):  # the surface kernels, for uint8 labels, both ways of measuring
+        labels = np.zeros(shape, np.uint8)
+        labels[1, 1] = 1
+        for path in ("transform", "tree"):
+            _class_distances(labels, labels, 2, (1.0,) * len(shape), (), path=path)

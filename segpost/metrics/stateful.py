@@ -16,7 +16,7 @@ __all__ = ["SegMetrics", "SegMetricsResult"]
 def _plain(value):
     """A setting as _settings() writes it (tuples of a loaded state as lists, tensors as numbers)."""
     if isinstance(value, (tuple, list)):
-        return [int(v) for v in value]
+        return [_plain(v) for v in value]
     return value.item() if hasattr(value, "item") else value
 
 
@@ -55,7 +55,17 @@ class SegMetricsResult:
         ``segpost.metrics.boundary_iou`` counts them per image.
     mboundary_iou : float or None
         Their mean over classes with a band (and not excluded).
-    
+    hd95, assd, nsd : (K,) float64 or None
+        Per-class means over cases of each case's HD95, average symmetric
+        surface distance and normalized surface Dice (only with
+        ``surface=True``; see ``segpost.metrics.case_metrics``): NaN for a
+        class no case had, inf for HD95 and ASSD if a case had the class in
+        one map only.
+    mhd95, massd, mnsd : float or None
+        Their means over classes (not excluded).
+    num_cases : int
+        Cases (images or volumes) behind the surface means.
+
     Examples
     --------
     >>> import numpy as np
@@ -68,7 +78,8 @@ class SegMetricsResult:
     """
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
-                 per_image_miou=None, num_images=0, num_scored_images=0, boundary_counts=None):
+                 per_image_miou=None, num_images=0, num_scored_images=0, boundary_counts=None,
+                 surface_means=None, num_cases=0):
         self.confusion = np.array(confusion, np.int64)  # a copy: later updates never change a result
         k = self.confusion.shape[0]
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -102,6 +113,12 @@ class SegMetricsResult:
 
             self.boundary_iou = band_iou(*(np.asarray(c, np.int64) for c in boundary_counts))
             self.mboundary_iou = scores.mean_score(self.boundary_iou, exclude_classes=ex)
+        self.hd95 = self.assd = self.nsd = self.mhd95 = self.massd = self.mnsd = None
+        self.num_cases = int(num_cases)
+        if surface_means is not None:
+            self.hd95, self.assd, self.nsd = (np.array(m, np.float64) for m in surface_means)
+            self.mhd95, self.massd, self.mnsd = (scores.mean_score(m, exclude_classes=ex)
+                                                 for m in (self.hd95, self.assd, self.nsd))
 
     def table(self, digits=2) -> str:
         """Aligned text: a row per class (IoU, Dice, precision, recall, Boundary IoU if counted, pixels), the means."""
@@ -109,22 +126,35 @@ class SegMetricsResult:
             return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
         boundary = self.boundary_iou is not None
+        surface = self.hd95 is not None
+
+        def dist(x):
+            return "-" if math.isnan(x) else f"{x:.{digits}f}"
+
+        def surface_cells(hd95, assd, nsd):
+            return f"{dist(hd95):>7}  {dist(assd):>7}  {pct(nsd):>7}  " if surface else ""
+
         width = max(5, *(len(n) for n in self.class_names))
         lines = [f"{'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'Prec':>7}  {'Recall':>7}  "
-                 + (f"{'BIoU':>7}  " if boundary else "") + f"{'pixels':>12}"]
+                 + (f"{'BIoU':>7}  " if boundary else "")
+                 + (f"{'HD95':>7}  {'ASSD':>7}  {'NSD':>7}  " if surface else "") + f"{'pixels':>12}"]
         for c, name in enumerate(self.class_names):
             mark = " (excluded)" if c in self.exclude_classes else ""
             lines.append(
                 f"{name:<{width}}  {pct(self.iou[c]):>7}  {pct(self.dice[c]):>7}  {pct(self.precision[c]):>7}  "
                 f"{pct(self.recall[c]):>7}  " + (f"{pct(self.boundary_iou[c]):>7}  " if boundary else "")
+                + (surface_cells(self.hd95[c], self.assd[c], self.nsd[c]) if surface else "")
                 + f"{int(self.counts[c]):>12}{mark}"
             )
         lines.append(f"{'mean':<{width}}  {pct(self.miou):>7}  {pct(self.mdice):>7}  {pct(self.mprecision):>7}  "
                      f"{pct(self.mrecall):>7}  " + (f"{pct(self.mboundary_iou):>7}  " if boundary else "")
+                     + (surface_cells(self.mhd95, self.massd, self.mnsd) if surface else "")
                      + f"{int(self.counts.sum()):>12}")
         lines.append(f"mIoU {pct(self.miou)} over {self.num_valid_classes} valid classes | pixel acc "
                      f"{pct(self.pixel_accuracy)} | mean acc {pct(self.mean_accuracy)} | fwIoU {pct(self.fw_iou)}"
                      + (f" | Boundary IoU {pct(self.mboundary_iou)}" if boundary else ""))
+        if surface:
+            lines.append(f"HD95, ASSD (in the units of the spacing) and NSD (%): means over {self.num_cases} cases")
         if self.per_image_miou is not None:
             lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_scored_images} images")
         if self.num_invalid:
@@ -144,9 +174,16 @@ class SegMetricsResult:
 
         out = {name: clean(getattr(self, name)) for name in (
             "miou", "mdice", "mprecision", "mrecall", "weighted_miou", "micro_iou", "pixel_accuracy",
-            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images", "num_scored_images",
-            "mboundary_iou")}
+            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images",
+            "num_scored_images", "mboundary_iou", "mhd95", "massd", "mnsd", "num_cases")}
         out["boundary_iou"] = None if self.boundary_iou is None else clean(self.boundary_iou)
+        for name in ("hd95", "assd", "nsd"):  # inf (a class in one map only) as the string "inf"
+            value = getattr(self, name)
+            out[name] = None if value is None else [None if math.isnan(v) else ("inf" if math.isinf(v) else v)
+                                                    for v in value.tolist()]
+        for name in ("mhd95", "massd"):
+            if out[name] is not None and math.isinf(out[name]):
+                out[name] = "inf"
         out.update({name: clean(np.asarray(getattr(self, name), np.float64)) for name in ("iou", "dice", "precision", "recall")})
         out["counts"] = self.counts.tolist()
         out["class_names"] = self.class_names
@@ -184,6 +221,19 @@ class SegMetrics:
         image of a batch counts on its own (a (B, H, W) target is B images).
     boundary_dilation_ratio : float, keyword-only, default 0.02
         The band width as a fraction of each image's diagonal.
+    surface : bool, keyword-only, default False
+        Also average each case's HD95, average symmetric surface distance and
+        normalized surface Dice per class over the cases
+        (``segpost.metrics.case_metrics``; per-case means, not a summed
+        matrix). A case is an image, or a volume when ``spacing`` has three
+        entries: then a (D, H, W) target is one volume and (B, D, H, W) a
+        batch of B. Excluded classes are not computed.
+    spacing : float or sequence of float, keyword-only, optional
+        The default voxel spacing (``update(..., spacing=)`` gives each
+        case's own, e.g. from its NIfTI header); its length is the number of
+        spatial axes. Default: 1, 2-D images.
+    tolerance : float or (K,) sequence of float, keyword-only, default 1.0
+        The surface Dice's tolerance, in the units of the spacing.
 
     Examples
     --------
@@ -198,10 +248,20 @@ class SegMetrics:
     (1.0, 1.0)
     >>> int(metrics.state_dict()["confusion"].sum())
     512
+
+    Volumes, with surface distances in millimetres:
+
+    >>> volumes = SegMetrics(2, surface=True, spacing=(3.0, 0.8, 0.8), tolerance=2.0, exclude_classes=[0])
+    >>> target = np.zeros((4, 16, 16), np.uint8); target[1:3, 4:12, 4:12] = 1
+    >>> cases = volumes.update(np.roll(target, 1, axis=2), target)   # one (D, H, W) volume
+    >>> result = volumes.compute()
+    >>> float(result.hd95[1]), float(result.nsd[1]), result.num_cases
+    (0.8, 1.0, 1)
     """
 
     def __init__(self, num_classes, *, ignore_index=None, class_names=None, per_image=False, absent="nan",
-                 exclude_classes=(), on_invalid="raise", boundary=False, boundary_dilation_ratio=0.02):
+                 exclude_classes=(), on_invalid="raise", boundary=False, boundary_dilation_ratio=0.02, surface=False,
+                 spacing=None, tolerance=1.0):
         self.num_classes = _check_num_classes(num_classes)
         self.ignore_index = _normalise_ignore(ignore_index)
         if class_names is not None and len(class_names) != self.num_classes:
@@ -219,6 +279,9 @@ class SegMetrics:
         if not (isinstance(boundary_dilation_ratio, (int, float)) and 0 < boundary_dilation_ratio <= 1):
             raise ValueError(f"boundary_dilation_ratio must be in (0, 1], got {boundary_dilation_ratio!r}")
         self.boundary_dilation_ratio = float(boundary_dilation_ratio)
+        self.surface = bool(surface)
+        self.spacing = _surface_spacing(spacing)
+        self.tolerance = _check_tolerance(tolerance, self.num_classes)
         self.reset()
 
     def reset(self):
@@ -231,6 +294,10 @@ class SegMetrics:
         self.num_scored_images = 0
         self.boundary_intersection = np.zeros(self.num_classes, np.int64)
         self.boundary_union = np.zeros(self.num_classes, np.int64)
+        # Per class, HD95, ASSD and NSD: sums over the cases that have a value, and how many cases those are.
+        self.surface_sums = np.zeros((3, self.num_classes), np.float64)
+        self.surface_counts = np.zeros((3, self.num_classes), np.int64)
+        self.num_cases = 0
         self._local_state = None  # this process's own counts while the state holds synced sums
 
     def _check_not_synced(self, action):
@@ -238,16 +305,26 @@ class SegMetrics:
             raise RuntimeError(f"cannot {action} while the state holds the sums over processes from sync(); "
                                f"call unsync() first to get this process's own counts back")
 
-    def update(self, pred, target):
-        """Count one image or a batch: labels, or scores with a class axis (see confusion_matrix)."""
+    def update(self, pred, target, *, spacing=None):
+        """Count one image or a batch: labels, or scores with a class axis (see confusion_matrix).
+
+        With ``surface=True``, ``spacing`` is this case's (or batch's) voxel
+        spacing (default: the constructor's), and each case's
+        ``CaseMetricsResult`` comes back in a list (for a per-case table);
+        otherwise it returns None.
+        """
         self._check_not_synced("update")
+        if self.surface:  # validated before anything is counted
+            spacing = self.spacing if spacing is None else _surface_spacing(spacing)
         pred, target = prepare_labels(pred, target)
+        cases = _surface_cases(pred, target, len(spacing)) if self.surface else None
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
         self.confusion += _to_numpy(cm)
         self.num_invalid += int(getattr(cm, "num_invalid", 0))
         if self.first_invalid is None:
             self.first_invalid = getattr(cm, "first_invalid", None)
-        self.num_images += 1 if target.ndim <= 2 else target.shape[0]
+        # Images, or cases with surface=True (a volume is one case, whatever its depth).
+        self.num_images += len(cases) if cases is not None else (1 if target.ndim <= 2 else target.shape[0])
         if self.per_image or self.boundary:
             images = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
         if self.boundary:
@@ -266,21 +343,46 @@ class SegMetrics:
                 if not math.isnan(value):  # an image with nothing counted has no mIoU
                     self.per_image_sum += value
                     self.num_scored_images += 1
+        if self.surface:
+            return self._update_surface(cases, spacing)
+        return None
+
+    def _update_surface(self, cases, spacing):
+        """Add each case's HD95, ASSD and NSD to the per-class sums; the cases' results."""
+        from .surface import case_metrics
+
+        results = [case_metrics(p, t, self.num_classes, spacing=spacing, tolerance=self.tolerance, percentile=95,
+                                ignore_index=self.ignore_index, exclude_classes=self.exclude_classes)
+                   for p, t in cases]
+        for result in results:
+            values = np.stack([result.hd, result.assd, result.nsd])
+            has_value = ~np.isnan(values)
+            self.surface_sums[has_value] += values[has_value]
+            self.surface_counts += has_value
+            self.num_cases += 1
+        return results
 
     def compute(self) -> SegMetricsResult:
         """Scores of everything counted (dataset-level; per-image mean too if requested)."""
         per_image = ((self.per_image_sum / self.num_scored_images if self.num_scored_images else float("nan"))
                      if self.per_image else None)
         boundary = (self.boundary_intersection, self.boundary_union) if self.boundary else None
+        surface = None
+        if self.surface:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                surface = np.where(self.surface_counts > 0, self.surface_sums / np.maximum(self.surface_counts, 1),
+                                   np.nan)
         return SegMetricsResult(self.confusion, absent=self.absent, exclude_classes=self.exclude_classes,
                                 class_names=self.class_names, num_invalid=self.num_invalid,
                                 per_image_miou=per_image, num_images=self.num_images,
-                                num_scored_images=self.num_scored_images, boundary_counts=boundary)
+                                num_scored_images=self.num_scored_images, boundary_counts=boundary,
+                                surface_means=surface, num_cases=self.num_cases)
 
     def _settings(self):
         """What two states must share to be added: a different one would sum different counts."""
         return {"num_classes": self.num_classes, "ignore_index": list(self.ignore_index), "per_image": self.per_image,
-                "boundary": self.boundary, "boundary_dilation_ratio": self.boundary_dilation_ratio}
+                "boundary": self.boundary, "boundary_dilation_ratio": self.boundary_dilation_ratio,
+                "surface": self.surface, "tolerance": self.tolerance.tolist()}
 
     def _check_compatible(self, settings, action):
         mine = self._settings()
@@ -305,6 +407,9 @@ class SegMetrics:
         self.num_scored_images += other.num_scored_images
         self.boundary_intersection += other.boundary_intersection
         self.boundary_union += other.boundary_union
+        self.surface_sums += other.surface_sums
+        self.surface_counts += other.surface_counts
+        self.num_cases += other.num_cases
         return self
 
     def state_dict(self) -> dict:
@@ -318,7 +423,10 @@ class SegMetrics:
                 "per_image_sum": self.per_image_sum, "num_images": self.num_images,
                 "num_scored_images": self.num_scored_images,
                 "boundary_intersection": torch.from_numpy(self.boundary_intersection.copy()),
-                "boundary_union": torch.from_numpy(self.boundary_union.copy()), **self._settings()}
+                "boundary_union": torch.from_numpy(self.boundary_union.copy()),
+                "surface_sums": torch.from_numpy(self.surface_sums.copy()),
+                "surface_counts": torch.from_numpy(self.surface_counts.copy()), "num_cases": self.num_cases,
+                **self._settings()}
 
     def load_state_dict(self, state: dict):
         """Replace the counts by a ``state_dict()``'s; its settings must agree with this object's.
@@ -333,6 +441,7 @@ class SegMetrics:
             raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
         self._check_compatible(state, "load the state")
         k = self.num_classes
+        surface_state = _surface_state(state, k)  # validated, like everything, before anything is assigned
         counts = {name: _checked_counts(state, name, shape) for name, shape in (
             ("confusion", (k, k)), ("num_invalid", ()), ("num_images", ()),
             ("boundary_intersection", (k,)), ("boundary_union", (k,)))}
@@ -350,6 +459,7 @@ class SegMetrics:
         self.per_image_sum = per_image_sum
         self.boundary_intersection = counts["boundary_intersection"]
         self.boundary_union = counts["boundary_union"]
+        self.surface_sums, self.surface_counts, self.num_cases = surface_state
         return self
 
     def sync(self, group=None):
@@ -373,8 +483,8 @@ class SegMetrics:
         k = self.num_classes
         flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images, self.num_scored_images],
                                self.boundary_intersection, self.boundary_union]).astype(np.int64)
-        packed = torch.from_numpy(flat)
-        extra = torch.tensor([self.per_image_sum], dtype=torch.float64)
+        packed = torch.from_numpy(np.concatenate([flat, _pack_surface_counts(self)]))
+        extra = torch.from_numpy(np.concatenate([[self.per_image_sum], self.surface_sums.reshape(-1)]))
         backend = dist.get_backend(group)
         if backend == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
@@ -385,8 +495,10 @@ class SegMetrics:
         self.confusion = packed[: k * k].reshape(k, k).copy()
         self.num_invalid, self.num_images, self.num_scored_images = (int(v) for v in packed[k * k: k * k + 3])
         self.boundary_intersection = packed[k * k + 3: k * k + 3 + k].copy()
-        self.boundary_union = packed[k * k + 3 + k:].copy()
-        self.per_image_sum = float(extra.cpu()[0])
+        self.boundary_union = packed[k * k + 3 + k: k * k + 3 + 2 * k].copy()
+        extra = extra.cpu().numpy()
+        self.per_image_sum = float(extra[0])
+        _unpack_surface(self, packed[k * k + 3 + 2 * k:], extra[1:])
         self._local_state = local
         return self
 
@@ -436,6 +548,65 @@ def _checked_number(state, key):
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"state's {key!r} must be a finite non-negative number, got {value}")
     return value
+
+
+# ------------------------------------------------------------------------------------------------ surface state
+
+def _surface_spacing(spacing):
+    """A spacing for ``SegMetrics(surface=True)``: its length gives the spatial axes (a number or None: 2-D)."""
+    from .surface import _check_spacing
+
+    if spacing is None or np.ndim(spacing) == 0:
+        return _check_spacing(spacing, 2)
+    return _check_spacing(spacing, len(np.asarray(spacing).reshape(-1)))
+
+
+def _check_tolerance(tolerance, k):
+    from .surface import _check_tolerance as check
+
+    return check(tolerance, k)
+
+
+def _surface_cases(pred, target, spatial_dims):
+    """The (pred, target) cases of an update: the arrays themselves, or their first axis as a batch."""
+    if is_torch_tensor(pred):
+        pred, target = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
+    if target.ndim == spatial_dims:
+        return [(pred, target)]
+    if target.ndim == spatial_dims + 1:
+        return [(pred[i], target[i]) for i in range(target.shape[0])]
+    raise ValueError(f"target of shape {tuple(target.shape)} is neither one case nor a batch of cases with "
+                     f"{spatial_dims} spatial axes (the length of spacing)")
+
+
+def _surface_state(state, k):
+    """(sums, counts, num_cases) of a state dict, validated (an older state without them: zeros)."""
+    sums = np.array(_to_numpy(state.get("surface_sums", np.zeros((3, k)))), np.float64)
+    counts = np.asarray(_to_numpy(state.get("surface_counts", np.zeros((3, k), np.int64))))
+    num_cases = state.get("num_cases", 0)
+    for name, value in (("surface_sums", sums), ("surface_counts", counts)):
+        if value.shape != (3, k):
+            raise ValueError(f"state has {name} of shape {value.shape}, expected {(3, k)}")
+    if np.isnan(sums).any() or (sums < 0).any():
+        raise ValueError("state has surface_sums with NaN or negative entries")
+    if counts.dtype.kind not in "iu" or (counts < 0).any():
+        raise ValueError(f"state has surface_counts that are not non-negative integers (dtype {counts.dtype})")
+    num_cases = _plain(num_cases)
+    if isinstance(num_cases, bool) or not isinstance(num_cases, (int, np.integer)) or num_cases < 0:
+        raise ValueError(f"state has num_cases {num_cases!r}, expected a non-negative integer")
+    return sums, counts.astype(np.int64), int(num_cases)
+
+
+def _pack_surface_counts(metrics):
+    return np.concatenate([metrics.surface_counts.reshape(-1), [metrics.num_cases]]).astype(np.int64)
+
+
+def _unpack_surface(metrics, counts, sums):
+    k = metrics.num_classes
+    metrics.surface_counts = np.asarray(counts[: 3 * k], np.int64).reshape(3, k).copy()
+    metrics.num_cases = int(counts[3 * k])
+    metrics.surface_sums = np.asarray(sums, np.float64).reshape(3, k).copy()
+
 
 
 def _to_numpy(cm):
