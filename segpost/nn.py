@@ -407,8 +407,10 @@ class DenseCRFLoss(_crf_module_base()):
     bilinearly) and ``sigma_xy`` is scaled alike.
 
     The gradient is exact: ``-(W S + W^T S) / B`` (masked and resized back),
-    with ``W^T`` the lattice's exact adjoint. rloss uses ``-2 W S / B``, the
-    same up to the lattice's slight asymmetry.
+    with ``W^T`` the lattice's exact adjoint. rloss uses ``-2 W S / B``, which
+    assumes a symmetric W; the lattice's W is symmetric only approximately
+    (on photos the two gradients differ by 3-6% in norm), and only the exact
+    one is the gradient of the loss it reports.
 
     On the CPU, W is segpost's compiled lattice, one per image; on a CUDA
     device the CUDA lattice (one for the batch) when built, else the torch
