@@ -20,6 +20,12 @@ def evaluation_dataset():
     return [(rng.integers(0, 5, size=(12, 10)), rng.integers(0, 5, size=(12, 10))) for _ in range(5)]
 
 
+def torch_tensor(array):
+    import torch
+
+    return torch.from_numpy(array.astype(np.int64))
+
+
 def main(out_path, mode):
     import torch.distributed as dist
 
@@ -55,6 +61,18 @@ def main(out_path, mode):
             metrics.update(*rank_data(rank))  # allowed again after unsync
             result = {"first": first, "second": second, "local": local, "update_while_synced": update_while_synced,
                       "after_unsync_images": metrics.num_images}
+        elif mode == "lightning":
+            # torchmetrics imports torchvision: the tests' way of importing it next to the CPU torch.
+            from conftest import _import_torchvision_without_its_c_ops
+
+            _import_torchvision_without_its_c_ops()
+            from segpost.metrics import lightning
+
+            result = {}
+            for name in ("MeanIoU", "Dice", "PixelAccuracy", "BoundaryIoU"):
+                metric = getattr(lightning, name)(5, ignore_index=255)
+                batch = metric(*(torch_tensor(x) for x in rank_data(rank)))  # this rank's batch alone
+                result[name] = {"batch": float(batch), "synced": float(metric.compute())}
         else:
             metrics = SegMetrics(5, ignore_index=255, per_image=True, boundary=True)
             metrics.update(*rank_data(rank))
