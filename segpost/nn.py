@@ -406,6 +406,12 @@ class DenseCRFLoss(_crf_module_base()):
     resized by ``scale_factor`` (images and region nearest, probabilities
     bilinearly) and ``sigma_xy`` is scaled alike.
 
+    ``forward(images (B, C, H, W), probs (B, K, H, W), roi (B, H, W))``
+    returns the loss as a 0-d tensor: images uint8 0..255 (or floats in [0,
+    1], segpost's intensity rule) with any number of channels (rloss takes
+    RGB only), ``probs`` softmax probabilities, ``roi`` 1 where the loss
+    applies (0 for padding; any real weights).
+
     The gradient is exact: ``-(W S + W^T S) / B`` (masked and resized back),
     with ``W^T`` the lattice's exact adjoint. rloss uses ``-2 W S / B``, which
     assumes a symmetric W; the lattice's W is symmetric only approximately
@@ -443,11 +449,6 @@ class DenseCRFLoss(_crf_module_base()):
 
     Examples
     --------
-    ``forward(images (B, C, H, W), probs (B, K, H, W), roi (B, H, W))``:
-    images uint8 0..255 (or floats in [0, 1]) with any number of channels,
-    ``probs`` softmax probabilities, ``roi`` 1 where the loss applies (0 for
-    padding). Returns a scalar.
-
     >>> import torch
     >>> from segpost.nn import DenseCRFLoss
     >>> crf_loss = DenseCRFLoss(weight=1e-6, sigma_rgb=15.0, sigma_xy=20.0, scale_factor=0.5)
