@@ -496,21 +496,28 @@ class DenseCRFLoss(_crf_module_base()):
                              f"lattice's {MAX_LATTICE_DIM} feature dimensions")
         if tuple(roi.shape) != (b, h, w):
             raise ValueError(f"roi must be (B, H, W) = {(b, h, w)}, got shape {tuple(roi.shape)}")
-        if roi.is_complex() or not bool(torch.isfinite(roi.detach()).all()):
-            raise ValueError("roi must hold finite real numbers (1 where the loss applies, 0 elsewhere)")
+        if roi.is_complex():
+            raise TypeError(f"roi must hold real numbers, got {roi.dtype}")
         dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
         if probs.numel() == 0:
             return (probs.sum() * 0).to(dtype)
-        if not bool(torch.isfinite(probs.detach()).all()):
-            raise ValueError("probs must be finite, but some entries are NaN or infinite")
         with torch.autocast(probs.device.type, enabled=False):
-            return self._loss(images.to(probs.device), probs.to(dtype), roi.to(probs.device, dtype))
+            loss = self._loss(images.to(probs.device), probs.to(dtype), roi.to(probs.device, dtype))
+        # Non-finite probabilities or region weights make the loss non-finite: checked on the scalar, so
+        # that a training step pays for no pass over the inputs (the inputs are searched only to say which).
+        if not bool(torch.isfinite(loss.detach())):
+            name = "probs" if not bool(torch.isfinite(probs.detach()).all()) else "roi"
+            raise ValueError(f"{name} must be finite, but some entries are NaN or infinite (the loss is {loss.item()})")
+        return loss
 
     def _loss(self, images, probs, roi):
         import torch
         import torch.nn.functional as F
 
-        images = _images_in_0_to_255(images).to(torch.float32)
+        from ._validation import tensor_intensity_scale
+
+        images, scale = tensor_intensity_scale(images.detach(), "images", torch.float32)
+        images = images * scale if scale != 1 else images
         sigma_xy = self.sigma_xy
         if self.scale_factor != 1:
             size = tuple(int(np.floor(n * self.scale_factor)) for n in probs.shape[2:])
@@ -525,5 +532,5 @@ class DenseCRFLoss(_crf_module_base()):
         b, k, h, w = probs.shape
         segmentation = (probs * roi[:, None]).permute(0, 2, 3, 1).reshape(b * h * w, k)
         kernel = _unnormalised_filter(_bilateral_features(images, self.sigma_rgb, sigma_xy), b)
-        energy = (segmentation.double() * kernel(segmentation).double()).sum()
+        energy = (segmentation * kernel(segmentation)).sum(dtype=torch.float64)
         return (-self.weight / b * energy).to(probs.dtype)

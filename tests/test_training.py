@@ -189,8 +189,11 @@ def test_dense_crf_loss_rejects_bad_inputs():
         ((images, probs.long(), roi), TypeError, "probs"),
         ((images[:1], probs, roi), ValueError, "images"),
         ((images, probs, roi[:, :4]), ValueError, "roi"),
-        ((images, torch.full_like(probs, float("nan")), roi), ValueError, "finite"),
-        ((images, probs, torch.full_like(roi, float("inf"))), ValueError, "roi"),
+        ((images, torch.full_like(probs, float("nan")), roi), ValueError, "probs must be finite"),
+        ((images, probs.index_put((torch.tensor(1),), torch.tensor(float("inf"))), roi), ValueError, "probs"),
+        ((images, probs, torch.full_like(roi, float("inf"))), ValueError, "roi must be finite"),
+        ((images, probs, roi.index_put((torch.tensor(0),), torch.tensor(float("nan")))), ValueError, "roi"),
+        ((images, probs, roi.to(torch.complex64)), TypeError, "roi"),
         ((images.float() + 200, probs, roi), ValueError, "images"),  # 0..255 floats: the intensity rule
         ((images.numpy(), probs, roi), TypeError, "images"),
         ((images[..., :1, :1], probs[..., :1, :1], roi[..., :1, :1]), ValueError, "scale_factor"),
@@ -316,3 +319,20 @@ def test_dense_crf_zero_kernel_weight_is_allowed():
     crf = DenseCRF(3, iterations=2, pos_weight=0.0, bi_weight=0.0)
     logits, images = _crf_inputs(3)
     torch.testing.assert_close(crf(logits, images), logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dense_crf_loss_on_cuda_equals_the_cpu():
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (3, 3, 32, 40), dtype=torch.uint8, generator=gen)
+    logits = torch.randn(3, 4, 32, 40, generator=gen)
+    roi = (torch.rand(3, 32, 40, generator=gen) > 0.1).float()
+    crf_loss = DenseCRFLoss(weight=1.0, sigma_xy=10.0)
+    results = []
+    for device in ("cpu", "cuda"):
+        x = logits.to(device).requires_grad_()
+        loss = crf_loss(images.to(device), torch.softmax(x, 1), roi.to(device))
+        loss.backward()
+        results.append((float(loss), x.grad.cpu()))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-3, atol=1e-4 * results[0][1].abs().max())
