@@ -25,7 +25,8 @@ scales sigma_xy with the image (100 * 128 / 512 = 25) and the weight by
 ``--cost`` instead measures what the loss and its gradient add to one training
 step of segmentation_models_pytorch's resnet18 U-Net (encoder_weights=None,
 batch 2, 128x128, CPU, SGD): the two steps alternate in one process,
-medians and their ratio.
+medians and their ratio. ``--threads 1`` runs segpost's lattice on one thread:
+on 2 cores its thread pool and torch's OpenMP threads otherwise contend.
 
 Run:  python benchmarks/train_weak.py [--steps N] [--cost]
 """
@@ -116,9 +117,14 @@ def miou(net, data):
     return metrics.compute().miou
 
 
-def cost(repeats):
+def cost(repeats, threads):
     import os
     import sys
+
+    import segpost
+
+    if threads:
+        segpost.set_num_threads(threads)
 
     # The tests' way of importing torchvision (which smp imports) next to a CPU-only torch.
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -148,8 +154,8 @@ def cost(repeats):
     times = paired_medians({"partial cross-entropy": lambda: step(False),
                             "+ DenseCRFLoss": lambda: step(True)}, repeats)
     base, with_loss = times["partial cross-entropy"], times["+ DenseCRFLoss"]
-    print(f"smp resnet18 U-Net training step, batch 2, 128x128, CPU, {torch.get_num_threads()} threads, "
-          f"{repeats} paired rounds (medians):")
+    print(f"smp resnet18 U-Net training step, batch 2, 128x128, CPU, torch {torch.get_num_threads()} threads, "
+          f"segpost {segpost.get_num_threads()}, {repeats} paired rounds (medians):")
     print_table(["step", "ms", "ratio"], [["partial cross-entropy", f"{1e3 * base:.1f}", "1.000"],
                                           ["+ DenseCRFLoss", f"{1e3 * with_loss:.1f}", f"{with_loss / base:.3f}"]])
 
@@ -159,9 +165,10 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--cost", action="store_true", help="measure the loss's cost in a U-Net step instead")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0, help="segpost's threads for --cost (default: its own)")
     args = parser.parse_args()
     if args.cost:
-        cost(args.repeats)
+        cost(args.repeats, args.threads)
         return
     train_data, held_out = scenes(TRAIN_SEEDS), scenes(HELD_OUT_SEEDS)
     labelled = float((train_data[2] != IGNORE).float().mean())
