@@ -39,7 +39,7 @@ $(PREFIX)/.segpost-wheel-stamp: $(if $(WHEEL),$(WHEEL),$(SOURCES))
 # reference the tests and benchmarks compare against), which needs Cython < 3.
 $(PREFIX)/.segpost-test-stamp: pyproject.toml constraints.txt
 	$(PIP) install -c $(CONSTRAINTS) pytest hypothesis scikit-learn torchmetrics matplotlib build \
-		torchvision transformers segmentation-models-pytorch monai nibabel
+		torchvision transformers segmentation-models-pytorch monai nibabel lightning
 	$(PIP) install -c $(CONSTRAINTS) "cython<3" numpy setuptools wheel
 	$(PIP) install -c $(CONSTRAINTS) --no-build-isolation pydensecrf2
 	touch $@

@@ -17,3 +17,5 @@ html_static_path = []
 nitpicky = False
 # Attribute names shared by several result classes (miou, width) make some cross-references ambiguous.
 suppress_warnings = ["ref.python"]
+# segpost.metrics.lightning subclasses torchmetrics.Metric; the docs build without the optional dependency.
+autodoc_mock_imports = ["torchmetrics"]

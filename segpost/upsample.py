@@ -62,7 +62,9 @@ def resize_logits(x, size, *, align_corners=False):
 
     Numbers are those of ``torch.nn.functional.interpolate(mode="bilinear")``
     (it computes them), for numpy arrays and torch tensors alike; CUDA tensors
-    stay on their device.
+    stay on their device. Differentiable: on a tensor that requires grad the
+    result requires grad too, and gradients flow back to ``x`` (float64
+    tensors are computed in float64, for ``gradcheck``).
 
     Parameters
     ----------
@@ -76,7 +78,8 @@ def resize_logits(x, size, *, align_corners=False):
 
     Returns
     -------
-    out : float32 ndarray or torch.Tensor, (C, H, W) or (B, C, H, W)
+    out : ndarray or torch.Tensor, (C, H, W) or (B, C, H, W)
+        float32; float64 for a float64 tensor.
 
     Raises
     ------
@@ -104,9 +107,10 @@ def resize_logits(x, size, *, align_corners=False):
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
         if x.ndim not in (3, 4) or x.numel() == 0:
             raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) tensor, got shape {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not bool(torch.isfinite(x.detach()).all()):
             raise ValueError("x must be finite, but it contains NaN or infinity")
-        t = x.detach().float()
+        # Autograd flows through: a tensor that requires grad gives one that does.
+        t = x if x.dtype == torch.float64 else x.float()
     else:
         arr, _ = to_numpy(x, "x")
         check_float_dtype(arr, "x")
@@ -226,7 +230,7 @@ def pad_to_multiple(image, multiple, *, value=0, axes=(-2, -1)):
     """Pad the bottom and right of ``image`` so that the given axes are multiples of ``multiple``.
 
     :func:`crop_to` undoes it. Works on numpy arrays and torch tensors (any
-    leading axes).
+    leading axes); on tensors gradients flow through (``torch.nn.functional.pad``).
 
     Parameters
     ----------
@@ -296,7 +300,7 @@ def crop_to(x, size, *, axes=(-2, -1)):
     Returns
     -------
     ndarray or torch.Tensor
-        A view of ``x``.
+        A view of ``x`` (on tensors gradients flow through).
 
     Examples
     --------
@@ -393,7 +397,9 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     Returns
     -------
     (C, H, W) float32
-        numpy for numpy scores, torch for torch scores.
+        numpy for numpy scores, a CPU tensor for torch scores. Differentiable
+        in the scores: gradients flow back through the lattice's exact adjoint
+        (the guide is a fixed feature).
 
     Raises
     ------
@@ -456,22 +462,37 @@ def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma
     coarse = np.concatenate([np.stack([yy.ravel(), xx.ravel()], 1) / sigma_spatial,
                              sample_colors.reshape(-1, colors.shape[2]) / sigma_color], 1)
     features = np.concatenate([fine, coarse]).astype(np.float32)
-    values = np.zeros((len(features), c + 1), np.float32)
-    values[height * width:, :c] = scores.reshape(c, -1).T
-    values[height * width:, c] = 1.0
-    filtered = PermutohedralLattice(features).filter(values)[: height * width]
-    weight = filtered[:, c]
+    return _joint_bilateral_average(coarse_logits if was_torch else scores, PermutohedralLattice(features),
+                                    (height, width), align_corners)
+
+
+def _joint_bilateral_average(scores, lattice, size, align_corners):
+    """The joint bilateral average of (C, h, w) scores over ``lattice`` (the full-resolution pixels, then the
+    coarse samples): numpy scores give float32 numpy, tensors a float32 CPU tensor through which autograd
+    flows (the lattice filter's gradient is its exact adjoint)."""
+    import torch
+
+    from .crf.device import CompiledFilter
+
+    was_torch = is_torch_tensor(scores)
+    t = scores.cpu().float() if was_torch else torch.from_numpy(np.asarray(scores, np.float32))
+    c = t.shape[0]
+    height, width = size
+    rows = t.reshape(c, -1).T
+    coarse = torch.cat([rows, torch.ones(len(rows), 1)], 1)
+    values = torch.cat([torch.zeros(height * width, c + 1), coarse])
+    filtered = CompiledFilter.apply(values, lattice._lattice, None, None)[: height * width]
+    weight = filtered[:, c].detach()
     # A pixel with no coarse sample of its colour nearby has (almost) no
     # weight: its ratio would be noise (0 or +-1e11 where the weight
     # underflowed or came out slightly negative). It takes the bilinear
     # upsampling instead; every other pixel is a weighted average, so it is
     # kept within the coarse scores' range against rounding.
     supported = weight > _MIN_JOINT_WEIGHT
-    out = np.zeros((height * width, c), np.float32)
-    np.divide(filtered[:, :c], weight[:, None], out=out, where=supported[:, None])
-    np.clip(out, scores.reshape(c, -1).min(axis=1), scores.reshape(c, -1).max(axis=1), out=out)
-    if not supported.all():
-        bilinear = resize_logits(np.asarray(scores, np.float32), (height, width), align_corners=align_corners)
-        out[~supported] = bilinear.reshape(c, -1).T[~supported]
-    out = out.T.reshape(c, height, width)
-    return like_input(np.ascontiguousarray(out), was_torch)
+    out = filtered[:, :c] / torch.where(supported, weight, torch.ones_like(weight))[:, None]
+    out = torch.minimum(torch.maximum(out, rows.min(0).values), rows.max(0).values)
+    if not bool(supported.all()):
+        bilinear = resize_logits(t, (height, width), align_corners=align_corners).reshape(c, -1).T
+        out = torch.where(supported[:, None], out, bilinear)
+    out = out.T.reshape(c, height, width).contiguous()
+    return out if was_torch else out.detach().numpy()

@@ -54,6 +54,8 @@ WRONG_TYPE_OR_VALUE = [
     ("Pipeline batch_size", lambda v: segpost.Pipeline(torch.nn.Conv2d(3, 2, 1), batch_size=v), (0, -3)),
     ("nn.DenseCRF num_classes", lambda v: segpost.nn.DenseCRF(v), (0, -3)),
     ("nn.DenseCRF iterations", lambda v: segpost.nn.DenseCRF(2, iterations=v), (-1,)),
+    ("nn.BilinearUpsample2d factor", lambda v: segpost.nn.BilinearUpsample2d(2, v), (0, -3)),
+    ("nn.BilinearUpsample2d channels", lambda v: segpost.nn.BilinearUpsample2d(v, 2), (0, -3)),
 ]
 
 

@@ -6,6 +6,7 @@ import pytest
 import segpost
 import segpost.lattice_torch
 import segpost.metrics
+import segpost.metrics.lightning
 import segpost.nn
 import segpost.upsample
 import segpost.viz
@@ -13,6 +14,7 @@ import segpost.viz
 NAMESPACES = {
     "segpost": segpost, "segpost.metrics": segpost.metrics, "segpost.upsample": segpost.upsample,
     "segpost.viz": segpost.viz, "segpost.nn": segpost.nn, "segpost.lattice_torch": segpost.lattice_torch,
+    "segpost.metrics.lightning": segpost.metrics.lightning,
 }
 CONSTANTS = {"MAX_LATTICE_DIM", "IMAGENET_MEAN", "IMAGENET_STD", "__version__", "metrics"}
 PUBLIC = sorted({(space, name) for space, module in NAMESPACES.items() for name in module.__all__

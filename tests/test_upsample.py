@@ -151,3 +151,47 @@ def test_point_major_resize_rejects_bad_indices():
         _C.resize_bilinear_points(rows, 4, 4, lo, hi, weight, hi, hi, weight, False)
     with pytest.raises(ValueError, match="multiple of 8"):
         _C.resize_bilinear_points(np.zeros((16, 5), np.float32), 4, 4, hi, hi, weight, hi, hi, weight, False)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape, size", [((2, 3, 4), (7, 5)), ((2, 2, 5, 3), (3, 8)), ((1, 1, 1), (2, 3))])
+def test_resize_logits_keeps_autograd_gradcheck(shape, size, align_corners):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out = resize_logits(x, size, align_corners=align_corners)
+    assert out.requires_grad and out.dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda t: resize_logits(t, size, align_corners=align_corners), (x,))
+    # float32 tensors: float32 out, the gradient still flows
+    y = torch.randn(shape, requires_grad=True)
+    resize_logits(y, size, align_corners=align_corners).sum().backward()
+    assert y.grad is not None and y.grad.shape == y.shape
+
+
+def test_pad_and_crop_keep_autograd_gradcheck():
+    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+
+    def round_trip(t):
+        padded, size = pad_to_multiple(t, 4, value=1.5)
+        return padded * padded.sum(), crop_to(padded, size)
+
+    assert torch.autograd.gradcheck(round_trip, (x,))
+
+
+def test_joint_bilateral_upsample_gradient_is_its_jacobian():
+    # The output is a weighted average of the coarse scores: linear in them, so its Jacobian's column j is the
+    # output for the j-th unit score (the per-class clip to the scores' range is inactive on a unit score).
+    from skimage import data
+
+    guide = data.astronaut()[:24, :24]
+    coarse = torch.randn(2, 3, 3, dtype=torch.float32, requires_grad=True)
+    options = dict(sigma_spatial=8, sigma_color=40)
+    out = joint_bilateral_upsample(coarse, guide, **options)
+    assert out.requires_grad and torch.equal(out.detach(), torch.from_numpy(
+        joint_bilateral_upsample(coarse.detach().numpy(), guide, **options)))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    (out * weights).sum().backward()
+    expected = np.zeros(coarse.shape)
+    for index in np.ndindex(*coarse.shape):
+        unit = np.zeros(coarse.shape, np.float32)
+        unit[index] = 1
+        expected[index] = float((joint_bilateral_upsample(unit, guide, **options) * weights.numpy()).sum())
+    np.testing.assert_allclose(coarse.grad.numpy(), expected, rtol=1e-4, atol=1e-4)
