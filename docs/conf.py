@@ -22,6 +22,8 @@ autosummary_generate = False
 # _generated: the pictures segpost_docs renders (embedded by the guides, not pages themselves).
 exclude_patterns = ["_build", "_generated", "_ext"]
 myst_heading_anchors = 3
+# Options and code stay as typed: no "--" turned into a dash, no curly quotes.
+smartquotes = False
 html_theme = "alabaster"
 html_static_path = []
 nitpicky = False

@@ -69,9 +69,9 @@ def _arguments(parser):
             term = action.metavar or action.dest
         details = _text(parser, action)
         if action.choices is not None:
-            details += (" " if details else "") + "Choices: " + ", ".join(map(str, action.choices)) + "."
+            details += " (choices: " + ", ".join(map(str, action.choices)) + ")"
         if action.required and action.option_strings:
-            details += " Required."
+            details += " (required)"
         item = nodes.definition_list_item()
         item += nodes.term(text=term)
         definition = nodes.definition()
