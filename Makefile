@@ -10,7 +10,7 @@
 #   make test                 the whole test suite (CI: `.ci/run`)
 #   make test WHEEL=f.whl     the same against a wheel built elsewhere (CI builds it from the sdist)
 #   make dev && make dev-test an editable install and an in-tree run, for quick edits
-#   make docs                 the API reference (HTML in docs/_build/html), warnings are errors
+#   make docs                 the guides, notes and API reference (HTML in docs/_build/html), warnings are errors
 #   make sanitize             the whole suite on an ASan + UBSan build (then `make test` reinstalls the normal one)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
@@ -59,12 +59,13 @@ demo: install
 test: install-test
 	SEGPOST_TEST_INSTALLED=1 PYTHONSAFEPATH=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests --pyargs segpost
 
-# The API reference from the installed package's docstrings; any Sphinx warning fails it.
+# The guides and notes (MyST Markdown), the API reference from the installed package's docstrings, the
+# command-line reference and the demo's pictures made at build time (docs/_ext); any Sphinx warning fails it.
 docs: install
-	$(PIP) install -q -c $(CONSTRAINTS) sphinx
+	$(PIP) install -q -c $(CONSTRAINTS) sphinx myst-parser
 	rm -rf $(CURDIR)/docs/_build
 	PYTHONSAFEPATH=1 $(PYTHON) -m sphinx -W -q -b html $(CURDIR)/docs $(CURDIR)/docs/_build/html
-	@echo "API reference: $(CURDIR)/docs/_build/html/index.html"
+	@echo "docs: $(CURDIR)/docs/_build/html/index.html"
 
 dev: $(PREFIX)/.segpost-test-stamp
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,viz]"
