@@ -82,6 +82,8 @@ def main(out_path, mode):
             result = metrics.sync().compute()
         elif mode == "lightning":
             # torchmetrics imports torchvision: the tests' way of importing it next to the CPU torch.
+            # (PYTHONSAFEPATH=1 leaves this script's folder off sys.path: conftest is found by its path.)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             from conftest import _import_torchvision_without_its_c_ops
 
             _import_torchvision_without_its_c_ops()
