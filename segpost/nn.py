@@ -389,7 +389,7 @@ def _unnormalised_filter(features, images):
 
 
 class DenseCRFLoss(_crf_module_base()):
-    """The dense CRF loss for weakly-supervised segmentation (Tang et al. 2018, rloss).
+    """The dense CRF loss for weakly-supervised segmentation (Tang et al. 2018 [Tang2018]_, rloss).
 
     Added to a partial cross-entropy on scribbles or boxes, it rewards
     segmentations whose label changes follow the image's edges::
