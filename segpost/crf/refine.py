@@ -276,7 +276,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         float dtype (bfloat16 tensors too). One channel (a sigmoid model's z)
         means two classes, background and z: scores [0, z], whose softmax is
         [1 - sigmoid(z), sigmoid(z)]. Scores that look like softmax
-        probabilities (all in [0, 1], summing to 1) warn: pass them as probs=.
+        probabilities (all in [0, 1], summing to 1) raise a ValueError: pass them as probs=.
     probs : (C, h, w) array_like or torch.Tensor, keyword-only, optional
         Softmax probabilities instead of logits (clipped at 1e-5 before the
         log, as pydensecrf's ``unary_from_softmax``); one channel p means
