@@ -2,8 +2,6 @@
 
 torchmetrics and lightning are test extras: under CI=1 a missing one fails these tests instead of skipping them.
 """
-import importlib
-import os
 import subprocess
 import sys
 
@@ -14,22 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from segpost import SegMetrics
+from oracles import need
 
-
-def need(module):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            raise  # CI installs the test extras: a missing library must fail, not skip
-        pytest.skip(f"{module} is not installed (pip install segpost[lightning])")
 
 
 SCORES = {"MeanIoU": "miou", "Dice": "mdice", "PixelAccuracy": "pixel_accuracy", "BoundaryIoU": "mboundary_iou"}
 
 
 def _metric(name, num_classes, **options):
-    lightning = need("segpost.metrics.lightning")
+    lightning = need("segpost.metrics.lightning", "lightning")
     return getattr(lightning, name)(num_classes, **options)
 
 
@@ -116,7 +107,7 @@ def test_importing_segpost_does_not_import_torchmetrics_and_a_missing_one_says_h
 
 
 def test_lightning_metrics_sum_over_two_gloo_processes(tmp_path):
-    need("torchmetrics")
+    need("torchmetrics", "lightning")
     from distributed_worker import rank_data
     from test_metrics import _run_two_ranks
 
@@ -133,8 +124,8 @@ def test_lightning_metrics_sum_over_two_gloo_processes(tmp_path):
 
 
 def test_lightning_trainer_validate_logs_the_segmetrics_values():
-    pl = need("lightning.pytorch")
-    lightning_metrics = need("segpost.metrics.lightning")
+    pl = need("lightning.pytorch", "lightning")
+    lightning_metrics = need("segpost.metrics.lightning", "lightning")
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)

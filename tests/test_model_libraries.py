@@ -6,8 +6,6 @@ and evaluate() over a batched DataLoader. The libraries are test extras
 tests skip. torchvision imports next to the CPU torch through conftest's
 ``_import_torchvision_without_its_c_ops``.
 """
-import importlib
-import os
 
 import numpy as np
 import pytest
@@ -16,17 +14,10 @@ from skimage import data
 from torch.utils.data import DataLoader
 
 from segpost import Pipeline, SegMetrics, crf_refine, evaluate
+from oracles import need
 
 NUM_CLASSES = 4
 
-
-def need(module):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            raise  # CI installs the test extras: a missing library must fail, not skip
-        pytest.skip(f"{module} is not installed (pip install segpost[test])")
 
 
 def torchvision_deeplabv3():

@@ -6,7 +6,6 @@ MONAI the tolerance is float32's (relative 2e-6). The oracle below has no
 float32 step: against it, relative 1e-9.
 """
 import math
-import os
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ from segpost.metrics import (
     surface_dice,
 )
 from segpost.metrics import surface as surface_module
+from oracles import need
 
 MONAI_RTOL = 2e-6  # MONAI's float32 distances and means
 # torch.quantile works in float32 too: the position q (n - 1) with q = 0.95 rounded to float32 is off by up to
@@ -27,16 +27,6 @@ MONAI_RTOL = 2e-6  # MONAI's float32 distances and means
 FLOAT32_STEP = float(np.finfo(np.float32).eps)
 ORACLE_RTOL = 1e-9
 
-
-def need(module):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            raise  # CI installs the test extras: a missing reference must fail, not skip
-        pytest.skip(f"{module} is not installed (pip install segpost[test])")
 
 
 # ------------------------------------------------------------------------------------------------ oracle
