@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import segpost
-from segpost._cuda import CudaLattice, cuda_extension
+from segpost.lattice.cuda import CudaLattice, cuda_extension
 from segpost.benchmarking import photo
 from segpost.nn import DenseCRF
 

@@ -19,7 +19,7 @@ from ._version import __version__
 
 # Subpackages the README writes as attributes (segpost.nn.DenseCRF, segpost.viz.colorize, ...), imported
 # on first use: segpost.nn imports torch.nn, segpost.viz matplotlib.
-_LAZY_SUBMODULES = ("nn", "viz", "compat", "lattice_torch")
+_LAZY_SUBMODULES = ("nn", "viz", "compat")
 
 
 def __getattr__(name):

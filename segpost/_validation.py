@@ -19,6 +19,9 @@ __all__ = [
     "to_numpy",
     "native_byte_order",
     "like_input",
+    "dtype_kind",
+    "value_range",
+    "max_sum_error",
     "check_float_dtype",
     "check_finite",
     "check_positive_number",
@@ -48,6 +51,23 @@ MAX_CRF_SCORE = 1e15
 # Largest value a lattice filter accepts: a filter sums weighted values of up
 # to 2**31 points, which must stay inside float32's range.
 MAX_FILTER_VALUE = 1e25
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside segpost (the user's line), however deep in the
+    package the rule that warns is."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def dtype_name(x) -> str:
+    """An array's or a tensor's dtype as numpy spells it ("float32", also for torch.float32)."""
+    return str(x.dtype).removeprefix("torch.")
 
 
 def is_torch_tensor(x) -> bool:
@@ -114,37 +134,88 @@ def like_input(result: np.ndarray, was_torch: bool):
     return result
 
 
-def check_float_dtype(arr: np.ndarray, name: str) -> None:
-    if arr.dtype.kind != "f":
+def dtype_kind(x) -> str:
+    """numpy's dtype kind ('b', 'i', 'u', 'f', 'c', ...) of an array or a tensor on any device."""
+    if is_torch_tensor(x):
+        import torch
+
+        if x.dtype == torch.bool:
+            return "b"
+        if x.is_complex():
+            return "c"
+        if x.is_floating_point():
+            return "f"
+        return "u" if x.dtype == torch.uint8 else "i"
+    return x.dtype.kind
+
+
+def value_range(x) -> tuple[float, float]:
+    """``(min, max)`` of a non-empty array or tensor (on its device), as Python floats."""
+    if is_torch_tensor(x):
+        lo, hi = x.aminmax() if x.dtype != sys.modules["torch"].bool else (x.min(), x.max())
+        return float(lo), float(hi)
+    return float(x.min()), float(x.max())
+
+
+def _class_sums(x):
+    """Sums over axis 0 in float64, of an array or a tensor on its device."""
+    if is_torch_tensor(x):
+        return x.sum(0, dtype=sys.modules["torch"].float64)
+    return x.sum(axis=0, dtype=np.float64)
+
+
+def max_sum_error(x) -> float:
+    """``max |sum over axis 0 - 1|`` of (C, ...) scores, summed in float64: how far they are from summing to one."""
+    return float(abs(_class_sums(x) - 1).max())
+
+
+def check_float_dtype(arr, name: str) -> None:
+    if dtype_kind(arr) != "f":
         raise TypeError(
             f"{name} must have a floating dtype (float16, float32 or float64), got {arr.dtype}; "
             f"convert it explicitly, e.g. {name}.astype(np.float32)"
         )
 
 
-def check_finite(arr: np.ndarray, name: str, *, bound: float | None = None) -> None:
-    """ValueError unless every entry is finite and, with ``bound``, at most ``bound`` in magnitude.
+def _count_finite(arr) -> int:
+    if is_torch_tensor(arr):
+        return int(sys.modules["torch"].isfinite(arr).sum())
+    return int(np.count_nonzero(np.isfinite(arr)))
 
-    ``bound=FLOAT32_MAX`` is for inputs computed on in float32 (a float64 value
-    beyond float32's range would turn infinite there); the CRF bounds its
-    scores tighter (``MAX_CRF_SCORE``).
-    """
+
+def _all_finite(arr) -> bool:
+    if is_torch_tensor(arr):
+        return bool(sys.modules["torch"].isfinite(arr).all())
     # A sum is NaN or infinite whenever an entry is: one pass and no temporary
     # for the common all-finite case; the exact check runs only if the sum is
     # not finite (an entry is, or the sum merely overflowed).
     if arr.dtype.kind in "fc":
         with np.errstate(over="ignore", invalid="ignore"):
-            total_finite = np.isfinite(arr.sum())
-    else:
-        total_finite = True
-    if not total_finite and not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} must be finite, but {bad} of its {arr.size} entries are NaN or infinite")
-    if bound is None or arr.size == 0 or arr.dtype.kind != "f":
+            if np.isfinite(arr.sum()):
+                return True
+        return bool(np.isfinite(arr).all())
+    return True
+
+
+def check_finite(arr, name: str, *, bound: float | None = None) -> None:
+    """ValueError unless every entry is finite and, with ``bound``, at most ``bound`` in magnitude.
+
+    ``bound=FLOAT32_MAX`` is for inputs computed on in float32 (a float64 value
+    beyond float32's range would turn infinite there); the CRF bounds its
+    scores tighter (``MAX_CRF_SCORE``). numpy arrays, and tensors on any device
+    (checked there: the device paths apply the same rule).
+    """
+    size = arr.numel() if is_torch_tensor(arr) else arr.size
+    if not _all_finite(arr):
+        bad = size - _count_finite(arr)
+        raise ValueError(f"{name} must be finite, but {bad} of its {size} entries are NaN or infinite")
+    if bound is None or size == 0 or dtype_kind(arr) != "f":
         return
-    if arr.dtype.itemsize <= 4 and bound >= FLOAT32_MAX:
+    itemsize = arr.element_size() if is_torch_tensor(arr) else arr.dtype.itemsize
+    if itemsize <= 4 and bound >= FLOAT32_MAX:
         return  # a finite float16 or float32 is within float32's range
-    largest = max(abs(float(arr.max())), abs(float(arr.min())))
+    lo, hi = value_range(arr)
+    largest = max(abs(lo), abs(hi))
     if largest > bound:
         raise ValueError(
             f"{name} holds values up to {largest:.3g} in magnitude, beyond the {bound:.3g} that segpost accepts "
@@ -209,22 +280,28 @@ def environment_number(name: str, convert, expected: str):
 # ``channel_axis`` argument names any other layout (None: no channel axis).
 
 
-def channels_last(image, *, channel_axis="auto", spatial_ndim=2, name="image"):
+def channels_last(image, *, channel_axis="auto", spatial_ndim=2, name="image", keep_device=False):
     """``(view, was_torch, axis)``: the image as a numpy (*spatial, C) view by the layout rule above.
 
     ``axis`` is where the channels were (None for an image without a channel
-    axis), so that a result can be put back in the input's layout.
+    axis), so that a result can be put back in the input's layout. With
+    ``keep_device``, a tensor on an accelerator stays there: the view is a
+    tensor (the device paths apply the same rule).
     """
-    arr, was_torch = to_numpy(image, name)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must have a real numeric dtype, got {arr.dtype}")
+    if keep_device and on_device(image):
+        arr, was_torch = image.detach(), True
+    else:
+        arr, was_torch = to_numpy(image, name)
+    if dtype_kind(arr) not in "biuf":
+        raise TypeError(f"{name} must have a real numeric dtype, got {dtype_name(arr)}")
     if arr.ndim == spatial_ndim and channel_axis in ("auto", None):
         return arr[..., None], was_torch, None
     if arr.ndim == spatial_ndim + 1 and channel_axis is not None:
         axis = (0 if was_torch else -1) if channel_axis == "auto" else channel_axis
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -arr.ndim <= axis < arr.ndim:
             raise ValueError(f"channel_axis must be an axis of the {arr.ndim}-D {name}, got {channel_axis!r}")
-        return np.moveaxis(arr, int(axis), -1), was_torch, int(axis) % arr.ndim
+        moved = arr.movedim(int(axis), -1) if is_torch_tensor(arr) else np.moveaxis(arr, int(axis), -1)
+        return moved, was_torch, int(axis) % arr.ndim
     spatial = "(H, W)" if spatial_ndim == 2 else f"{spatial_ndim} spatial axes"
     layout = "(C, H, W)" if was_torch else "(H, W, C)"
     raise ValueError(f"{name} must be {spatial} or {layout} ({'torch' if was_torch else 'numpy'} layout; "
@@ -263,9 +340,9 @@ def intensity_scale(kind: str, lo: float, hi: float, name: str = "image") -> flo
             f"[{lo:g}, {hi:g}]; "
             f"convert 16-bit data yourself (e.g. (image / 65535).astype(np.float32) for [0, 1] floats)")
     if 0 < hi <= _DIM_IMAGE_MAX:  # (an all-zero image has no colour to misread)
-        warnings.warn(
+        warn(
             f"{name} (integers) holds values 0..{hi:g} only, under 1% of the 0..255 it is read in: is it a label "
-            f"map, or a [0, 1] image cast to integers? (pass floats in [0, 1] or uint8 0..255)", stacklevel=3)
+            f"map, or a [0, 1] image cast to integers? (pass floats in [0, 1] or uint8 0..255)")
     return 1.0
 
 
@@ -274,26 +351,28 @@ def tensor_intensity_scale(image, name="image", dtype=None):
     0..255 units (``intensity_scale``'s rule, applied with torch ops: any device)."""
     import torch
 
-    kind = "f" if image.is_floating_point() else ("b" if image.dtype == torch.bool else "i")
     values = image.to(dtype or torch.float32)
     if not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} must be finite, but holds NaN or infinite values")
-    return values, intensity_scale(kind, float(values.min()), float(values.max()), name)
+    return values, intensity_scale(dtype_kind(image), *value_range(values), name)
 
 
-def refuse_probabilities_as_logits(scores: np.ndarray, name: str = "logits", fix: str = "probs=") -> None:
+def refuse_probabilities_as_logits(scores, name: str = "logits", fix: str = "probs=") -> None:
     """ValueError when (C, ...) ``scores`` given as logits are softmax probabilities (in [0, 1], summing to 1).
 
     Softmax of probabilities is nearly uniform, so a CRF on them mostly smooths
     (77% of the right labels on a measured case). Raw scores of two or more
     classes never all lie in [0, 1] and sum to 1 within 1e-3 at every pixel,
-    so the call is refused rather than warned about.
+    so the call is refused rather than warned about. numpy arrays or tensors
+    on any device.
     """
-    if scores.shape[0] < 2 or scores.size == 0:
+    size = scores.numel() if is_torch_tensor(scores) else scores.size
+    if scores.shape[0] < 2 or size == 0:
         return
-    if float(scores.min()) < 0 or float(scores.max()) > 1:
+    lo, hi = value_range(scores)
+    if lo < 0 or hi > 1:
         return
-    if np.abs(scores.sum(axis=0, dtype=np.float64) - 1).max() <= 1e-3:
+    if max_sum_error(scores) <= 1e-3:
         raise ValueError(f"the {name} are all in [0, 1] and sum to 1 over classes at every pixel: these are softmax "
                          f"probabilities; pass them as {fix} instead (logits are raw scores)")
 

@@ -113,7 +113,7 @@ class DenseCRF(_crf_module_base()):
     lattice computes in float32 (float64 logits give float64 results of
     float32 accuracy); the GIL is released while it runs. On other devices, or
     with ``lattice="torch"``, the filters run on
-    :class:`segpost.lattice_torch.TorchLattice` (pure torch ops, autograd
+    :class:`segpost.lattice.TorchLattice` (pure torch ops, autograd
     through them; the reference the compiled path is tested against).
 
     Images follow :func:`segpost.crf_refine`'s rule: integers (uint8) hold
@@ -196,22 +196,22 @@ class DenseCRF(_crf_module_base()):
         ``add_bilateral``: the same features, the smoothness lattice from the
         same per-size cache), with symmetric normalisation.
         """
-        from .crf.device import CompiledFilter
         from .crf.model import DenseCRF as Model
+        from .lattice.autograd import lattice_filter
 
         _, h, w = image.shape
         model = Model._from_point_major(np.zeros((h * w, 2), np.float32), (h, w), num_labels=2)
         model.add_gaussian(self.pos_xy, compat=1.0)
         colors = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
         model.add_bilateral(colors, self.bi_xy, self.bi_rgb, compat=1.0)
-        return [lambda q, op=op: CompiledFilter.apply(q, *op) for op in model._kernel_operators]
+        return [lattice_filter(*operator) for operator in model._kernel_operators]
 
     def _device_filters(self, images):
         """The two kernels of a (B, 3, H, W) batch on its device: one CUDA lattice per kernel for the whole
         batch (when built), or the torch lattice per image."""
         import torch
 
-        from .crf.device import grid_features, kernel_filters
+        from .crf.mean_field import grid_features, kernel_filters
 
         per_image = [grid_features(image, self.pos_xy, self.bi_xy, self.bi_rgb) for image in images]
         features = [torch.cat(kernel) for kernel in zip(*per_image)] if len(images) > 1 else per_image[0]
@@ -238,13 +238,13 @@ class DenseCRF(_crf_module_base()):
         return out.to(logits.dtype)
 
     def _refine(self, logits, images):
-        from .crf.device import _per_image, mean_field
+        from .crf.mean_field import mean_field, per_image
 
         b, c, h, w = logits.shape
         images = _images_in_0_to_255(images.to(logits.device))
         if self.lattice == "auto" and logits.device.type == "cpu":
-            per_image = [self._compiled_filters(image) for image in images]
-            filters = [lambda q, kernel=kernel: _per_image(kernel, q) for kernel in zip(*per_image)]
+            each_image = [self._compiled_filters(image) for image in images]
+            filters = [lambda q, kernel=kernel: per_image(kernel, q) for kernel in zip(*each_image)]
         else:
             filters = self._device_filters(images)
         # The whole batch as one set of (B*H*W, C) rows: every step of the mean field is per row.
@@ -379,13 +379,15 @@ def _unnormalised_filter(features, images):
     """``q -> K q`` on a batch's (N, C) rows, K the raw lattice sum of each image (no normalisation), with
     the exact adjoint as gradient on the compiled lattices: one CUDA lattice for the batch when built, one
     lattice per image otherwise."""
-    from .crf.device import _lattice, _normalised_filter, _per_image
+    from .crf.mean_field import per_image
+    from .lattice import lattice_for
+    from .lattice.autograd import lattice_filter
 
-    lattice = _lattice(features, compiled=True, images=images)
+    lattice = lattice_for(features, images=images)
     if lattice is not None:
-        return _normalised_filter(lattice, None, None)
-    per_image = [_normalised_filter(_lattice(part, compiled=True), None, None) for part in features.chunk(images)]
-    return lambda q: _per_image(per_image, q)
+        return lattice_filter(lattice)
+    each_image = [lattice_filter(lattice_for(part)) for part in features.chunk(images)]
+    return lambda q: per_image(each_image, q)
 
 
 class DenseCRFLoss(_crf_module_base()):

@@ -472,7 +472,7 @@ def _joint_bilateral_average(scores, lattice, size, align_corners):
     flows (the lattice filter's gradient is its exact adjoint)."""
     import torch
 
-    from .crf.device import CompiledFilter
+    from .lattice.autograd import lattice_filter
 
     was_torch = is_torch_tensor(scores)
     t = scores.cpu().float() if was_torch else torch.from_numpy(np.asarray(scores, np.float32))
@@ -481,7 +481,7 @@ def _joint_bilateral_average(scores, lattice, size, align_corners):
     rows = t.reshape(c, -1).T
     coarse = torch.cat([rows, torch.ones(len(rows), 1)], 1)
     values = torch.cat([torch.zeros(height * width, c + 1), coarse])
-    filtered = CompiledFilter.apply(values, lattice._lattice, None, None)[: height * width]
+    filtered = lattice_filter(lattice)(values)[: height * width]
     weight = filtered[:, c].detach()
     # A pixel with no coarse sample of its colour nearby has (almost) no
     # weight: its ratio would be noise (0 or +-1e11 where the weight

@@ -26,11 +26,10 @@ def test_cuda_kernels_compile(tmp_path):
 def test_each_device_gets_its_lattice():
     torch = pytest.importorskip("torch")
     import segpost
-    from segpost.crf.device import _lattice
-    from segpost.lattice_torch import TorchLattice
+    from segpost.lattice import TorchLattice, lattice_for
 
-    assert isinstance(_lattice(torch.rand(10, 2), compiled=True), segpost.PermutohedralLattice)  # the C++ one
-    assert isinstance(_lattice(torch.rand(10, 2), compiled=False), TorchLattice)
+    assert isinstance(lattice_for(torch.rand(10, 2), compiled=True), segpost.PermutohedralLattice)  # the C++ one
+    assert isinstance(lattice_for(torch.rand(10, 2), compiled=False), TorchLattice)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
@@ -38,7 +37,7 @@ def test_cuda_lattice_matches_cpu_lattice():
     import torch
 
     import segpost
-    from segpost._cuda import CudaLattice, cuda_extension
+    from segpost.lattice.cuda import CudaLattice, cuda_extension
 
     ext = cuda_extension()
     if ext is None:

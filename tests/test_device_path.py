@@ -5,6 +5,8 @@ The CUDA extension's interface is emulated in torch ops (``FakeCudaExtension``)
 so that the code that drives it (CudaLattice, the autograd function, the
 layer's device path) runs without a GPU.
 """
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,10 @@ from hypothesis import strategies as st
 from skimage import data
 
 import segpost
-from segpost._cuda import CudaLattice
-from segpost.crf import device
-from segpost.lattice_torch import TorchLattice
+from segpost.crf import device, mean_field
+from segpost.lattice import TorchLattice
+from segpost.lattice.autograd import lattice_filter
+from segpost.lattice.cuda import CudaLattice
 from segpost.nn import DenseCRF
 
 
@@ -82,6 +85,15 @@ def refine_cases(draw):
         draw(st.booleans()), draw(st.booleans())
 
 
+def _device_refine(image, scores, *, probabilities, params, iterations, align_corners, return_probs, compiled=True):
+    """crf_refine's device path on the CPU: the torch-ops code around the C++ lattice (or the torch lattice)."""
+    from segpost.crf.inputs import refine_inputs
+
+    inputs = refine_inputs(image, None if probabilities else scores, scores if probabilities else None,
+                           device=torch.device("cpu"))
+    return device.refine_on_device(inputs, params, iterations, align_corners, return_probs, compiled=compiled)
+
+
 @given(refine_cases())
 def test_torch_ops_refine_equals_the_compiled_cpu_path(case):
     _, image, logits, as_probs, align_corners = case
@@ -98,36 +110,109 @@ def test_torch_ops_refine_equals_the_compiled_cpu_path(case):
                                                  return_probs=True, **kwargs)
     run = dict(probabilities=as_probs, params=params, iterations=5, align_corners=align_corners, return_probs=True)
     # The same C++ lattice under the torch-ops code (features, resize, normalisation, mean field): equal.
-    labels, probs = device.refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores), **run)
+    labels, probs = _device_refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores), **run)
     assert labels.dtype == torch.int64 and labels.shape == want_labels.shape
     np.testing.assert_array_equal(labels.numpy(), want_labels)
     np.testing.assert_allclose(probs.numpy(), want_probs, atol=2e-5)
     # The torch lattice (the GPU fallback): float64 keys may put a grid point that lies exactly on a simplex
     # boundary into the other simplex (one vertex more or less), so a few pixels may differ.
-    labels, probs = device.refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores), **run,
+    labels, probs = _device_refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores), **run,
                                   compiled=False)
     assert (labels.numpy() == want_labels).mean() >= 0.995
     assert np.mean(np.abs(probs.numpy() - want_probs) < 2e-3) >= 0.99
 
 
-def test_torch_ops_refine_rejects_bad_input():
-    image = torch.from_numpy(photo(32, 32)).permute(2, 0, 1)
+def _outcome(call):
+    """What a call gives a user: its exception's type and message (or None) and its warnings' messages."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            call()
+            error = None
+        except (TypeError, ValueError, MemoryError) as exc:
+            error = (type(exc), str(exc))
+    return error, [str(w.message) for w in caught]
+
+
+def _bad_inputs():
+    image = photo(32, 48)
+    gray, rgba = image[..., 0], np.dstack([image, np.arange(32 * 48, dtype=np.uint8).reshape(32, 48)])
+    logits = np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    e = np.exp(logits)
+    probs = e / e.sum(0)
+    return {
+        "neither": dict(image=image),
+        "both": dict(image=image, logits=logits, probs=probs),
+        "integer logits": dict(image=image, logits=logits.astype(np.int64)),
+        "2-D logits": dict(image=image, logits=logits[0]),
+        "empty logits": dict(image=image, logits=logits[:0]),
+        "NaN": dict(image=image, logits=np.where(logits > 1, np.nan, logits).astype(np.float32)),
+        "huge": dict(image=image, logits=logits * 1e16),
+        "probabilities as logits": dict(image=image, logits=probs),
+        "probs not summing to one": dict(image=image, probs=probs * 0.5),
+        "negative probs": dict(image=image, probs=probs - 0.1),
+        "larger than the image": dict(image=image[:3, :5], logits=logits),
+        "transposed": dict(image=image, logits=np.ascontiguousarray(np.random.default_rng(1).normal(
+            size=(3, 24, 8)).astype(np.float32))),
+        "uneven scales": dict(image=image, logits=np.zeros((3, 4, 7), np.float32) + logits[:, :, :1]),
+        "channels last": dict(image=image, logits=np.zeros((32, 48, 3), np.float32)),
+        "empty image": dict(image=image[:0], logits=logits),
+        "17 channels": dict(image=np.zeros((32, 48, 17), np.uint8), logits=logits),
+        "4-D image": dict(image=image[None], logits=logits),
+        "complex image": dict(image=image.astype(np.complex64), logits=logits),
+        "ImageNet-normalised": dict(image=np.random.default_rng(2).normal(size=(32, 48, 3)).astype(np.float32),
+                                    logits=logits),
+        "0..255 floats": dict(image=image.astype(np.float32), logits=logits),
+        "16-bit": dict(image=image.astype(np.uint16) * 200, logits=logits),
+        "NaN image": dict(image=np.full((32, 48, 3), np.nan, np.float32), logits=logits),
+        "dim integers": dict(image=(image > 128).astype(np.uint8), logits=logits),
+        "RGBA": dict(image=rgba, logits=logits),
+        "gray": dict(image=gray, logits=logits),
+        "one channel": dict(image=image, logits=logits[:1]),
+        "one channel probs": dict(image=image, probs=1 / (1 + np.exp(-logits[:1]))),
+        "float16 probs": dict(image=image, probs=probs.astype(np.float16)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_inputs()))
+def test_both_paths_check_inputs_alike(case):
+    # One front end (segpost.crf.inputs): the device path, run here on the CPU, gives the same errors,
+    # warnings and results as the CPU path, for numpy and tensor inputs alike.
+    from segpost.crf.refine import _crf_refine
+
+    kwargs = _bad_inputs()[case]
     params = segpost.CRFParams.deeplab()
 
-    def run(scores, probabilities=False, img=image):
-        return device.refine(img, scores, probabilities=probabilities, params=params, iterations=2,
-                             align_corners=False, return_probs=False)
+    def call(device=None, as_tensor=False):
+        args = dict(kwargs)
+        if as_tensor:
+            for key in ("logits", "probs"):
+                if args.get(key) is not None:
+                    args[key] = torch.from_numpy(np.asarray(args[key]))
+        return lambda: _crf_refine(args.pop("image"), args.pop("logits", None), args.pop("probs", None), params, 2,
+                                   False, False, True, device=device)
 
-    with pytest.raises(ValueError, match="finite"):
-        run(torch.full((3, 4, 4), float("nan")))
-    with pytest.raises(ValueError, match="larger than the image"):
-        run(torch.zeros(3, 64, 64))
-    with pytest.raises(ValueError, match="sum to 1"):
-        run(torch.full((3, 4, 4), 0.5), probabilities=True)
-    with pytest.raises(ValueError, match="ImageNet-normalised"):
-        run(torch.zeros(3, 4, 4), img=torch.randn(3, 32, 32))
-    with pytest.raises(TypeError, match="floating"):
-        run(torch.zeros(3, 4, 4, dtype=torch.long))
+    cpu = _outcome(call())
+    assert _outcome(call(torch.device("cpu"))) == cpu
+    assert _outcome(call(as_tensor=True)) == _outcome(call(torch.device("cpu"), as_tensor=True))
+    if case in ("neither", "both", "gray", "one channel", "one channel probs", "float16 probs", "16-bit"):
+        return
+    assert cpu[0] is not None or cpu[1], f"{case} neither raised nor warned"
+
+
+def test_device_path_returns_the_scores_type():
+    # Results follow the scores' type (numpy in, numpy out), whichever path runs.
+    from segpost.crf.refine import _crf_refine
+
+    image, logits = photo(32, 48), np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    params = segpost.CRFParams.deeplab()
+    for scores in (logits, torch.from_numpy(logits)):
+        labels, probs = _crf_refine(torch.from_numpy(image).permute(2, 0, 1), scores, None, params, 2, False, True,
+                                    True, device=torch.device("cpu"))
+        assert type(labels) is type(scores) and type(probs) is type(scores)
+        want = segpost.crf_refine(image, scores, iterations=2)
+        assert type(want) is type(scores)
+        assert (np.asarray(labels) == np.asarray(want)).all()
 
 
 def test_cuda_lattice_interface_filters_and_differentiates_like_the_torch_lattice():
@@ -141,7 +226,7 @@ def test_cuda_lattice_interface_filters_and_differentiates_like_the_torch_lattic
     scale = reference.filtered_ones().rsqrt()
     v = values.clone().requires_grad_()
     u = torch.from_numpy(rng.normal(size=(300, 4)))
-    out = device.CompiledFilter.apply(v, emulated, scale.float(), scale.float())
+    out = lattice_filter(emulated, scale.float(), scale.float())(v)
     (u * out).sum().backward()
     want = scale[:, None] * reference.filter(scale[:, None] * u, adjoint=True)  # (s K s)^T u
     torch.testing.assert_close(v.grad, want, rtol=1e-4, atol=1e-5)
@@ -151,7 +236,7 @@ def test_layer_device_path_through_the_cuda_interface_equals_the_torch_lattice(m
     # nn.DenseCRF off the CPU: kernel_filters on the CUDA lattice (emulated here) with the autograd function.
     # The whole batch is one lattice per kernel, as the CUDA build makes it.
     extension = FakeCudaExtension()
-    monkeypatch.setattr(device, "_lattice", lambda features, compiled, images=1: CudaLattice(
+    monkeypatch.setattr(mean_field, "lattice_for", lambda features, compiled, images=1: CudaLattice(
         features, extension, images=images))
     logits = torch.randn(3, 3, 16, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     images = torch.from_numpy(np.stack([photo(16, 20), photo(16, 20, 30), photo(16, 20, 60)])).permute(0, 3, 1, 2)

@@ -4,7 +4,7 @@ import inspect
 import pytest
 
 import segpost
-import segpost.lattice_torch
+import segpost.lattice
 import segpost.metrics
 import segpost.metrics.lightning
 import segpost.nn
@@ -13,7 +13,7 @@ import segpost.viz
 
 NAMESPACES = {
     "segpost": segpost, "segpost.metrics": segpost.metrics, "segpost.upsample": segpost.upsample,
-    "segpost.viz": segpost.viz, "segpost.nn": segpost.nn, "segpost.lattice_torch": segpost.lattice_torch,
+    "segpost.viz": segpost.viz, "segpost.nn": segpost.nn, "segpost.lattice": segpost.lattice,
     "segpost.metrics.lightning": segpost.metrics.lightning,
 }
 CONSTANTS = {"MAX_LATTICE_DIM", "IMAGENET_MEAN", "IMAGENET_STD", "__version__", "metrics"}

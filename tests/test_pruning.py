@@ -74,7 +74,7 @@ def test_the_bound_at_its_threshold():
     threshold = -math.log(pruning.PRUNED_MASS)  # q* ~ exp(-g) for large g
     unary = np.zeros((4, 3), np.float32)
     ones_lattice = segpost.PermutohedralLattice(np.arange(4, dtype=np.float32)[:, None] * 100)  # K~ 1 = 1 here
-    kernels = [(ones_lattice._lattice, None, None, bound)]
+    kernels = [(ones_lattice, None, None, bound)]
     for gap, pruned in ((threshold + 0.01, True), (threshold - 0.01, False)):
         unary[:, 2] = gap
         keep = pruning.labels_to_keep(unary, 3, kernels)
@@ -85,8 +85,8 @@ def test_no_pruning_with_a_negative_weight():
     unary = np.zeros((4, 5), np.float32)
     unary[:, 2:] = 100.0
     lattice = segpost.PermutohedralLattice(np.arange(4, dtype=np.float32)[:, None])
-    assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, 3.0)]).sum() == 2
-    assert pruning.labels_to_keep(unary, 5, [(lattice._lattice, None, None, -3.0)]).all()
+    assert pruning.labels_to_keep(unary, 5, [(lattice, None, None, 3.0)]).sum() == 2
+    assert pruning.labels_to_keep(unary, 5, [(lattice, None, None, -3.0)]).all()
 
 
 def test_dense_crf_prunes_on_request_with_the_same_result():

@@ -9,7 +9,7 @@ from hypothesis import given
 from skimage import data
 
 import segpost
-from segpost.lattice_torch import TorchLattice
+from segpost.lattice import TorchLattice
 from segpost.nn import DenseCRF
 
 from test_lattice import point_sets
@@ -141,8 +141,6 @@ def _gradients(crf, logits, images, weights):
 
 
 def test_compiled_filter_backward_is_the_exact_adjoint():
-    from segpost.crf.device import CompiledFilter
-
     crf = DenseCRF(3)
     _, images = _layer_inputs(b=1)
     rng = torch.Generator().manual_seed(1)

@@ -8,27 +8,17 @@ import numpy as np
 
 from .. import _C
 from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, check_finite, check_float_dtype, check_int, environment_number,
-    channels_last, like_input, on_device, to_numpy,
+    FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, channels_last, check_finite, check_float_dtype, check_int, like_input,
+    on_device, to_numpy,
 )
-from .._memory import check_working_set
-from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice, lattice_bytes
+from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
+from .inputs import check_memory, padded_labels
+from .mean_field import NORMALIZATIONS, normalization_scales
 
 __all__ = ["DenseCRF", "KERNEL_TYPES", "NORMALIZATIONS"]
 
 KERNEL_TYPES = ("const", "diag", "full")
-NORMALIZATIONS = ("none", "before", "after", "symmetric")
 _POTTS, _DIAGONAL, _MATRIX = 0, 1, 2
-
-
-def check_memory(num_points: int, num_labels: int, feature_dims) -> None:
-    """Raise MemoryError before allocating a CRF whose working set would exceed the limit."""
-    labels_padded = padded_labels(num_labels)
-    per_label_arrays = 4 + 2 * len(feature_dims)  # unary, q, q copy, messages; filtered + scratch per term
-    estimate = num_points * labels_padded * 4 * per_label_arrays
-    estimate += sum(lattice_bytes(num_points, d) for d in feature_dims)
-    check_working_set(estimate, f"this CRF ({num_points} points x {num_labels} labels, {len(feature_dims)} pairwise "
-                                f"terms)", "downscale the image, refine it in tiles")
 
 
 class _GridLatticeCache:
@@ -180,14 +170,21 @@ class DenseCRF:
     True
     """
 
-    def __new__(cls, *args, **kwargs):
-        # A unary on an accelerator makes the CRF there (segpost.crf.device); subclasses keep their own.
-        unary = args[0] if args else kwargs.get("unary")
-        if cls is DenseCRF and unary is not None:
-            from .device import DeviceDenseCRF
+    # The class that runs on an accelerator: segpost.crf.device's DeviceDenseCRF names itself with
+    # ``class DeviceDenseCRF(DenseCRF, on_device=True)`` (and segpost.crf imports it), so that this module
+    # need not import the device module that builds on it.
+    _device_class = None
 
-            if on_device(unary):
-                return object.__new__(DeviceDenseCRF)
+    def __init_subclass__(cls, *, on_device=False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if on_device:
+            DenseCRF._device_class = cls
+
+    def __new__(cls, *args, **kwargs):
+        # A unary on an accelerator makes the CRF there; subclasses keep their own.
+        unary = args[0] if args else kwargs.get("unary")
+        if cls is DenseCRF and unary is not None and on_device(unary) and DenseCRF._device_class is not None:
+            return object.__new__(DenseCRF._device_class)
         return object.__new__(cls)
 
     def __init__(self, unary):
@@ -267,6 +264,7 @@ class DenseCRF:
             raise ValueError(
                 f"features must be ({self.num_points}, D), one row per point, got shape {tuple(arr.shape)}"
             )
+        self._check_memory(arr.shape[1])
         self._add_lattice_term(arr, kind, potts, compat_arr, kernel, normalization, "pairwise")
 
     def add_gaussian(self, sigma, compat=3.0, *, spacing=None, kernel="diag", normalization="symmetric"):
@@ -289,12 +287,17 @@ class DenseCRF:
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self._check_memory(len(self.spatial_shape))
         self._add_grid_term(sigma, spacing, kind, potts, compat_arr, kernel, normalization)
 
+    def _check_memory(self, dim):
+        """MemoryError before a term of ``dim`` features that would not fit with the terms already added."""
+        check_memory(self.num_points, self.num_labels, self._feature_dims + [dim])
+
     def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization):
-        """add_gaussian's term, its arguments checked: on the smoothness lattice of the grid cache."""
+        """add_gaussian's term, its arguments checked (and the memory): on the smoothness lattice of the grid
+        cache. ``sigma``, ``spacing``: float64 per spatial axis."""
         ndim = len(self.spatial_shape)
-        check_memory(self.num_points, self.num_labels, self._feature_dims + [ndim])
         # The lattice depends on the grid and bandwidths only: reuse it across images.
         key = (self.spatial_shape, tuple(np.float32(spacing / sigma).tolist()))
         lattice, ones, scales = _grid_lattices.get(
@@ -302,7 +305,7 @@ class DenseCRF:
         )
         # Its normalisation scales are cached with it, per normalisation.
         if normalization not in scales:
-            scales[normalization] = _normalization_scales(ones, normalization)
+            scales[normalization] = normalization_scales(ones, normalization)
         self._add_lattice(lattice, scales[normalization], ndim, kind, potts, compat_arr, kernel, normalization,
                           "gaussian")
 
@@ -335,16 +338,24 @@ class DenseCRF:
         c = colors.shape[-1]
         ndim = len(self.spatial_shape)
         sigma_color = _per_axis(sigma_color, c, "sigma_color")
+        sigma, spacing = self._axis_bandwidths(sigma, spacing)
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
         if ndim + c > MAX_LATTICE_DIM:
             raise ValueError(f"too many feature dimensions: {ndim} spatial + {c} channels")
-        # One (N, ndim + C) array, written in place: positions, then colours.
-        features = _C.pooled_empty(self.num_points, ndim + c)  # reused memory: no page faults
-        self._grid_positions(*self._axis_bandwidths(sigma, spacing), out=features[:, :ndim])
         if colors.dtype.kind == "f":
             check_finite(colors, "image", bound=FLOAT32_MAX)
+        self._check_memory(ndim + c)
+        self._add_image_term(colors, sigma, spacing, sigma_color, kind, potts, compat_arr, kernel, normalization)
+
+    def _add_image_term(self, colors, sigma, spacing, sigma_color, kind, potts, compat_arr, kernel, normalization):
+        """add_bilateral's term, its arguments checked (and the memory): ``colors`` (*spatial, C) on the grid,
+        finite; ``sigma``, ``spacing`` float64 per spatial axis, ``sigma_color`` per channel."""
+        ndim, c = len(self.spatial_shape), colors.shape[-1]
+        # One (N, ndim + C) array, written in place: positions, then colours.
+        features = _C.pooled_empty(self.num_points, ndim + c)  # reused memory: no page faults
+        self._grid_positions(sigma, spacing, out=features[:, :ndim])
         # One column at a time: numpy divides into a strided column several
         # times faster than into a block of columns.
         flat = colors.reshape(-1, c)
@@ -372,14 +383,14 @@ class DenseCRF:
         return positions
 
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
-        check_memory(self.num_points, self.num_labels, self._feature_dims + [features.shape[1]])
+        """A term on (N, D) features, its arguments checked (and the memory)."""
         lattice, ones = self._lattice_and_ones(features)
-        self._add_lattice(lattice, _normalization_scales(ones, normalization), features.shape[1], kind, potts,
+        self._add_lattice(lattice, normalization_scales(ones, normalization), features.shape[1], kind, potts,
                           compat_arr, kernel, normalization, label)
 
     def _lattice_and_ones(self, features):
         lattice = PermutohedralLattice._for_grid(features, self._row_length)
-        ones = lattice._lattice.filter_ones().astype(np.float64)
+        ones = lattice.filtered_ones()
         ones.flags.writeable = False  # may be shared through the grid cache
         return lattice, ones
 
@@ -400,9 +411,9 @@ class DenseCRF:
 
     @property
     def _kernel_operators(self):
-        """Each term's filter as (compiled lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF
-        builds its kernels through this class and differentiates through them."""
-        return [(lattice._lattice, *scales) for lattice, scales, *_ in self._term_arguments]
+        """Each term's filter as (lattice, pre scale, post scale): post * K(pre * v). nn.DenseCRF builds its
+        kernels through this class and differentiates through them."""
+        return [(lattice, *scales) for lattice, scales, *_ in self._term_arguments]
 
     def _on_labels(self, unary_points, num_labels):
         """The same CRF on other unary rows (Potts terms only: a subset of the labels, for label pruning),
@@ -510,33 +521,6 @@ class DenseCRF:
     def __repr__(self):
         terms = ", ".join(f"{t['type']}(d={t['dim']})" for t in self.pairwise_terms)
         return f"DenseCRF(num_labels={self.num_labels}, spatial_shape={self.spatial_shape}, terms=[{terms}])"
-
-
-def padded_labels(num_labels: int) -> int:
-    """Labels rounded up to a multiple of 8: the compiled kernel's row width."""
-    return -(-int(num_labels) // 8) * 8
-
-
-def _normalization_scales(ones, normalization):
-    """(pre, post) per-point float32 scales of a kernel normalisation, from K 1 (float64; a tensor gives
-    float64 tensors on its device).
-
-    "none" is the raw lattice sum, as pydensecrf (which computes a mean norm
-    but never applies it). Computed in float64 in place: one temporary.
-    """
-    if normalization == "none":
-        return None, None
-    if not isinstance(ones, np.ndarray):  # a torch tensor (segpost.crf.device): on its device, float64
-        scale = ones.double() + 1e-20
-        scale = 1.0 / (scale.sqrt() if normalization == "symmetric" else scale)
-        return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
-    scale = ones + 1e-20
-    if normalization == "symmetric":
-        np.sqrt(scale, out=scale)
-    np.divide(1.0, scale, out=scale)
-    scale = scale.astype(np.float32)
-    scale.flags.writeable = False  # may be shared through the grid cache, and the model reads it in place
-    return {"symmetric": (scale, scale), "before": (scale, None), "after": (None, scale)}[normalization]
 
 
 # The compiled mean field counts iterations in a C int. A long run stops at

@@ -90,7 +90,7 @@ def labels_to_keep(unary, num_labels, kernels):
     ones = np.ones((unary.shape[0], 1), np.float32)
     bound = 0.0
     for lattice, pre, post, weight in kernels:
-        row_sums = lattice.filter(ones, False, pre, post)
+        row_sums = lattice.filter_rows(ones, pre, post)
         bound += weight * float(row_sums.max())
     bound *= 1 + 1e-3  # the row sums' own float32 rounding
     order = np.argsort(-gaps, kind="stable")  # the most clearly absent labels first

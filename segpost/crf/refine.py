@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 import numbers
 
 import numpy as np
 
-from .._validation import (
-    FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, channels_last, check_finite, intensity_scale, is_torch_tensor,
-    like_input, on_device, refuse_probabilities_as_logits, to_numpy, two_class_scores,
-)
+from .._validation import MIN_BANDWIDTH
 from ..upsample import _resize_points
-from .model import DenseCRF, _check_iterations, check_memory, padded_labels
+from .device import refine_on_device
+from .inputs import PROBABILITY_CLIP, padded_labels, refine_inputs
+from .model import _POTTS, DenseCRF, _check_iterations
 
 __all__ = ["CRFParams", "crf_refine"]
-
-# pydensecrf's unary_from_softmax clips probabilities here before the log.
-PROBABILITY_CLIP = 1e-5
-# Logits may be coarser than the image by any output stride, but both axes by
-# about the same factor: a larger mismatch means the wrong image or transposed logits.
-_MAX_ASPECT_MISMATCH = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,135 +117,48 @@ class CRFParams:
         return dataclasses.replace(self, **changes)
 
 
-def _image_channels_last(image):
-    """(H, W, C) view of an image by segpost's layout rule (``_validation.channels_last``), checked."""
-    arr, was_torch, _ = channels_last(image)
-    h, w, c = arr.shape
-    if h == 0 or w == 0 or c == 0:
-        raise ValueError(f"image must not be empty, got shape {tuple(np.shape(image))}")
-    if c > 16:
-        layout = "(C, H, W)" if was_torch else "(H, W, C)"
-        raise ValueError(f"image has {c} channels; expected {layout} with at most 16 channels (is the layout right?)")
-    if c == 4 and arr.dtype == np.uint8 and arr[..., 3].min() != arr[..., 3].max():
-        # A varying fourth 8-bit channel is most likely a PNG's alpha (a constant one separates no two pixels).
-        drop = "image[:3]" if was_torch else "image[..., :3]"
-        warnings.warn(f"image has 4 channels of 8-bit values: an RGBA picture? Its alpha is read as a fourth colour "
-                      f"(pixels of different transparency then count as different colours); pass {drop} to drop it",
-                      stacklevel=3)
-    return arr
+def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune):
+    """crf_refine on the C++ CRF from checked inputs (:class:`segpost.crf.inputs.RefineInputs`): ``(labels, Q
+    or None)`` as numpy, labels (N,) and Q (N, C) point-major."""
+    scores = inputs.scores
+    num_classes, h, w = scores.shape
+    height, width, _ = inputs.colours.shape
+    # Point-major (H*W, C') scores straight from the resize: the layout the CRF
+    # runs in, rows padded with zero classes to the kernel's width C' (a
+    # multiple of 8; the padding is never read as a class).
+    padded = np.zeros((padded_labels(num_classes), h, w), np.float32)
+    padded[:num_classes] = scores
+    # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
+    # good a unary as -log softmax(logits): negated in the resize's pass.
+    negate = not inputs.probabilities
+    if (h, w) == (height, width):
+        full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(height * width, -1)
+        if negate:
+            np.negative(full, out=full)
+    else:
+        full = _resize_points(padded, (height, width), bool(align_corners), negate=negate)
+    if negate:
+        unary = full
+    else:
+        unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
 
+    # The terms go in through the model's trusting entry points: the inputs are checked and the memory
+    # estimated (refine_inputs), so add_gaussian/add_bilateral's checks would only repeat.
+    crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes)
+    one_per_axis = np.ones(2)
+    if params.pos_weight > 0:
+        crf._add_grid_term(np.full(2, params.pos_xy), one_per_axis, _POTTS, params.pos_weight, None, "diag",
+                           "symmetric")
+    if params.bi_weight > 0:
+        colours = inputs.colours
+        crf._add_image_term(colours, np.full(2, params.bi_xy), one_per_axis, np.full(colours.shape[-1], params.bi_rgb),
+                            _POTTS, params.bi_weight, None, "diag", "symmetric")
+    if prune:
+        from .pruning import worth_checking
 
-def _image_intensities(arr):
-    """An (H, W, C) image in 0..255 units (``_validation.intensity_scale``'s rule): uint8 as it is, any other
-    dtype as one float32 copy.
-
-    uint8 images are not copied (add_bilateral divides them into its float32
-    features directly: the same values, without a float copy of the image).
-    """
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype.kind == "f":
-        check_finite(arr, "image", bound=FLOAT32_MAX)
-    scale = intensity_scale(arr.dtype.kind, float(arr.min()), float(arr.max()))
-    values = arr.astype(np.float32)
-    if scale != 1.0:
-        np.multiply(values, np.float32(scale), out=values)
-    return values
-
-
-def _scores(logits, probs):
-    if (logits is None) == (probs is None):
-        raise ValueError("give exactly one of logits (raw scores) or probs= (softmax probabilities)")
-    name = "logits" if probs is None else "probs"
-    arr, was_torch = to_numpy(logits if probs is None else probs, name)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be floating-point, got dtype {arr.dtype}")
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must be (C, h, w), got shape {tuple(arr.shape)}")
-    if 0 in arr.shape:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
-    check_finite(arr, name, bound=MAX_CRF_SCORE)
-    if arr.shape[0] == 1:  # a sigmoid model's one channel: two classes (see two_class_scores)
-        arr = two_class_scores(arr, probabilities=probs is not None)
-    elif probs is None:
-        refuse_probabilities_as_logits(arr)
-    return name, arr, was_torch
-
-
-def _check_scores_layout(name, shape, height, width):
-    """Raise for scores that do not fit the image; warn for the fits that are likely mistakes.
-
-    Warned: scores that fit both as (C, h, w) and as channels-last (h, w, C)
-    (read as (C, h, w), segpost's layout); scores whose two axes scale to the
-    image by factors more than 1% apart that one cell of rounding does not
-    explain (a model's padded input, stretched over the unpadded image).
-    """
-    num_classes, h, w = shape
-    if h > height or w > width:
-        raise ValueError(
-            f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples: "
-            f"resize the {name} or pass the full-resolution image"
-        )
-    ratio_y, ratio_x = height / h, width / w
-    if not _scores_fit_image(h, w, height, width):
-        raise ValueError(
-            f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image "
-            f"(scale {ratio_y:.2f} vs {ratio_x:.2f}); is this the right image, or are the {name} transposed?"
-        )
-    if num_classes <= height and h <= width and _fits_closely(num_classes, h, height, width):
-        warnings.warn(f"{name} of shape {shape} fit the {height}x{width} image both as (C, h, w) and as (h, w, C); "
-                      f"they are read as (C, h, w) ({num_classes} classes): if the classes are the last axis, pass "
-                      f"np.moveaxis({name}, -1, 0)", stacklevel=3)
-    if not _fits_closely(h, w, height, width):
-        mismatch = max(ratio_y, ratio_x) / min(ratio_y, ratio_x)
-        off = max(abs(h * ratio_x - height), abs(w * ratio_y - width))
-        warnings.warn(f"{name} of {h}x{w} scale to the {height}x{width} image by {ratio_y:.2f} and {ratio_x:.2f} "
-                      f"({100 * (mismatch - 1):.1f}% apart): if the model saw the image padded, crop the {name} to "
-                      f"the image's part first (segpost.crop_to); stretched as they are, labels move by up to "
-                      f"{off:.0f} pixels", stacklevel=3)
-
-
-def _fits_closely(h, w, height, width):
-    """The two axes' scales agree within 1%, or one cell of rounding explains the difference."""
-    ratio_y, ratio_x = height / h, width / w
-    return max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= 1.01 or _one_cell_apart(h, w, height, width)
-
-
-def _one_cell_apart(h, w, height, width):
-    """Either axis's size predicted from the other axis's scale is within one cell."""
-    ratio_y, ratio_x = height / h, width / w
-    return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
-
-
-def _scores_fit_image(h, w, height, width):
-    """Whether (h, w) scores can come from a (height, width) image by one output stride.
-
-    Either axis's size predicted from the other axis's scale is within one
-    cell (a stride's floor or ceiling, or DeepLab's (size - 1) / stride + 1),
-    or the two scales agree within _MAX_ASPECT_MISMATCH. Transposed scores of
-    a non-square image fail both.
-    """
-    ratio_y, ratio_x = height / h, width / w
-    if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= _MAX_ASPECT_MISMATCH:
-        return True
-    return _one_cell_apart(h, w, height, width)
-
-
-def _refine_on_device(image, logits, probs, params, iterations, align_corners, return_probs):
-    """crf_refine for CUDA tensors: everything on the scores' device (``segpost.crf.device``)."""
-    import torch
-
-    from .device import refine
-
-    if (logits is None) == (probs is None):
-        raise ValueError("give exactly one of logits (raw scores) or probs= (softmax probabilities)")
-    scores = logits if probs is None else probs
-    if not is_torch_tensor(scores):
-        scores = torch.as_tensor(np.asarray(scores))
-    if scores.device.type == "cpu" and is_torch_tensor(image):
-        scores = scores.to(image.device)
-    return refine(image, scores, probabilities=probs is not None, params=params, iterations=iterations,
-                  align_corners=align_corners, return_probs=return_probs)
+        coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
+        prune = worth_checking(coarse_unary, num_classes)
+    return crf._infer_points(iterations, return_q=return_probs, prune=prune)
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
@@ -299,7 +204,8 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         win and its marginal stays below float32's rounding). The labels are
         those of the full CRF up to float32 rounding; the pruned labels'
         returned marginals are 0. A model's peaked logits (few classes
-        present) then cost about as much as their present classes.
+        present) then cost about as much as their present classes. The
+        device path runs every label.
 
     Returns
     -------
@@ -343,55 +249,22 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
-    if any(on_device(x) for x in (image, logits, probs)):
-        return _refine_on_device(image, logits, probs, p, its, align_corners, return_probs)
-    name, scores, torch_scores = _scores(logits, probs)
-    image_view = _image_channels_last(image)
-    height, width, channels = image_view.shape
-    num_classes, h, w = scores.shape
-    _check_scores_layout(name, scores.shape, height, width)
-    check_memory(height * width, num_classes, [2, 2 + channels])  # before any image-sized copy
-    colors = _image_intensities(image_view)
+    return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune)
 
-    if probs is not None:
-        # Summed in float64: half-precision (AMP) probabilities round at 1e-3
-        # per entry, so they may be off by about C x their epsilon.
-        tolerance = max(1e-3, num_classes * float(np.finfo(scores.dtype).eps))
-        if scores.min() < -1e-6 or np.abs(scores.sum(axis=0, dtype=np.float64) - 1).max() > tolerance:
-            raise ValueError("probs must be non-negative and sum to 1 over axis 0; pass raw scores as logits= instead")
 
-    # Point-major (H*W, C') scores straight from the resize: the layout the CRF
-    # runs in, rows padded with zero classes to the kernel's width C' (a
-    # multiple of 8; the padding is never read as a class).
-    padded = np.zeros((padded_labels(num_classes), h, w), np.float32)
-    padded[:num_classes] = scores
-    # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
-    # good a unary as -log softmax(logits): negated in the resize's pass.
-    negate = probs is None
-    if (h, w) == (height, width):
-        full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(height * width, -1)
-        if negate:
-            np.negative(full, out=full)
+def _crf_refine(image, logits, probs, params, iterations, align_corners, return_probs, prune, *, device=None):
+    """crf_refine after its parameters: one front end (``refine_inputs``), then the CPU or the device path.
+
+    ``device``: run the torch-ops path on this device whatever the inputs (the tests pass the CPU).
+    """
+    inputs = refine_inputs(image, logits, probs, device=device)
+    height, width, _ = inputs.colours.shape
+    if inputs.device is None:
+        q, labels = _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
+        labels = labels.reshape(height, width)
+        marginals = None if q is None else np.ascontiguousarray(q.T).reshape(-1, height, width)
     else:
-        full = _resize_points(padded, (height, width), bool(align_corners), negate=negate)
-    if negate:
-        unary = full
-    else:
-        unary = np.negative(np.log(np.clip(full, PROBABILITY_CLIP, 1.0, out=full), out=full), out=full)
-
-    crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes, torch_output=torch_scores)
-    if p.pos_weight > 0:
-        crf.add_gaussian(p.pos_xy, compat=p.pos_weight)
-    if p.bi_weight > 0:
-        crf.add_bilateral(colors, p.bi_xy, p.bi_rgb, compat=p.bi_weight)
-    if prune:
-        from .pruning import worth_checking
-
-        coarse_unary = -scores if probs is None else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
-        prune = worth_checking(coarse_unary, num_classes)
-    q, labels = crf._infer_points(its, return_q=return_probs, prune=prune)
-    labels = like_input(labels.reshape(height, width), torch_scores)
+        labels, marginals = refine_on_device(inputs, params, iterations, align_corners, return_probs)
     if not return_probs:
-        return labels
-    marginals = np.ascontiguousarray(q.T).reshape(num_classes, height, width)
-    return labels, like_input(marginals, torch_scores)
+        return inputs.output(labels)
+    return inputs.output(labels), inputs.output(marginals)

@@ -1,6 +1,7 @@
 """Segmentation metrics: confusion matrix, IoU/Dice family, streaming and distributed, boundary and surface metrics."""
 from .boundary import BoundaryFScoreResult, BoundaryIoUResult, TrimapResult, boundary_fscore, boundary_iou, label_boundaries, trimap_metrics
-from .confusion import ConfusionResult, confusion_matrix, warmup
+from ._warmup import warmup
+from .confusion import ConfusionResult, confusion_matrix
 from .scores import (
     dice, fw_iou, iou, mean_accuracy, mean_score, micro_iou, per_class_counts, pixel_accuracy, precision, recall,
     valid_classes,

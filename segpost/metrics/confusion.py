@@ -11,7 +11,7 @@ import numpy as np
 from .._threads import get_num_threads
 from .._validation import is_torch_tensor, native_byte_order, on_device
 
-__all__ = ["confusion_matrix", "ConfusionResult", "warmup"]
+__all__ = ["confusion_matrix", "ConfusionResult"]
 
 # Below about this many pixels per thread one thread is faster: handing a
 # chunk to the pool costs 150-300 us (measured crossover ~1M pixels on a
@@ -329,7 +329,7 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
     NumPy and CPU torch inputs go through a fused Numba kernel on the native
     dtypes (no widening copy, no mask array; the bounds check drops ignore
     values >= K) with per-thread histograms above ~1M pixels per thread; CUDA tensors
-    are counted with torch ops on the GPU. Call :func:`warmup` to compile
+    are counted with torch ops on the GPU. Call :func:`segpost.metrics.warmup` to compile
     the kernels ahead of time.
 
     Examples
@@ -367,27 +367,3 @@ def confusion_matrix(pred, target, num_classes, *, ignore_index=None, on_invalid
     out.num_invalid = invalid  # torch tensors take the attributes too
     out.first_invalid = first
     return out
-
-
-def warmup() -> None:
-    """Compile (or load from Numba's disk cache) the confusion kernels for every integer dtype now, and the surface
-    metrics' kernels for uint8 labels.
-
-    The first confusion matrix of a process otherwise pays it (about 3 s after
-    an install, under 1 s from the cache).
-
-    Examples
-    --------
-    >>> from segpost.metrics import warmup
-    >>> warmup()
-    """
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64):
-        a = np.zeros(4, dtype)
-        confusion_matrix(a, a, 2)
-    from .surface import _class_distances
-
-    for shape in ((3, 3), (3, 3, 3)):  # the surface kernels, for uint8 labels, both ways of measuring
-        labels = np.zeros(shape, np.uint8)
-        labels[1, 1] = 1
-        for path in ("transform", "tree"):
-            _class_distances(labels, labels, 2, (1.0,) * len(shape), (), path=path)

@@ -1,18 +1,19 @@
-"""The permutohedral lattice: fast high-dimensional Gaussian filtering.
-
-A thin, validating wrapper over the C++ lattice in ``csrc/``.
+"""The C++ permutohedral lattice (``csrc/cpu/lattice/``): a validating wrapper for users, and
+:meth:`PermutohedralLattice.filter_rows`, the trusting filter of the lattice interface
+(``segpost.lattice``) that the CRF calls.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import _C
-from ._validation import MAX_FILTER_VALUE, check_finite, check_float_dtype, like_input, to_numpy
+from .. import _C
+from .._validation import MAX_FILTER_VALUE, check_finite, check_float_dtype, is_torch_tensor, like_input, to_numpy
 
-__all__ = ["PermutohedralLattice", "MAX_LATTICE_DIM"]
+__all__ = ["PermutohedralLattice", "MAX_LATTICE_DIM", "lattice_bytes"]
 
 #: Largest feature dimension the lattice accepts.
 MAX_LATTICE_DIM: int = int(_C.max_lattice_dim)
+
 
 def lattice_bytes(num_points: int, dim: int, channels: int = 0) -> int:
     """Estimated bytes of a lattice over ``num_points`` points of ``dim`` features, filtering ``channels`` values.
@@ -159,6 +160,31 @@ class PermutohedralLattice:
             f"num_vertices={self.num_vertices})"
         )
 
+    # ------------------------------------------------- the lattice interface (segpost.lattice)
+
+    #: Whether filter_rows on tensors carries autograd (no: the CRF wraps it in lattice.autograd's function).
+    autograd = False
+
+    def filter_rows(self, values, pre=None, post=None, *, transpose=False):
+        """``post * K(pre * values)`` (``K^T`` with ``transpose``) of (N, C) rows, unchecked.
+
+        The lattice interface's filter: numpy rows give float32 numpy rows, CPU
+        tensors float32 tensors (no gradient); ``pre`` and ``post`` are (N,)
+        float32 numpy scales or None, as :func:`segpost.crf.mean_field.normalization_scales`
+        gives them for :meth:`filtered_ones`. The callers (the CRF) have
+        validated the rows; :meth:`filter` is the checked entry point.
+        """
+        if is_torch_tensor(values):
+            import torch
+
+            rows = np.ascontiguousarray(values.detach().cpu().numpy(), dtype=np.float32)
+            return torch.from_numpy(self._lattice.filter(rows, bool(transpose), pre, post))
+        return self._lattice.filter(np.ascontiguousarray(values, dtype=np.float32), bool(transpose), pre, post)
+
+    def filtered_ones(self) -> np.ndarray:
+        """``K 1``: the (N,) float32 filter of a constant one, strictly positive (each point weighs itself)."""
+        return self._lattice.filter_ones()
+
     def filter(self, values, *, normalize: bool = False, adjoint: bool = False):
         """Gaussian-filter ``values`` over the lattice's points.
 
@@ -222,6 +248,5 @@ class PermutohedralLattice:
     def _inverse_filtered_ones(self) -> np.ndarray:
         """(N,) 1 / (filtered constant one); finite, since each point weighs itself."""
         if self._norm is None:
-            ones = self._lattice.filter_ones()
-            self._norm = (1.0 / ones).astype(np.float32)
+            self._norm = (1.0 / self.filtered_ones()).astype(np.float32)
         return self._norm

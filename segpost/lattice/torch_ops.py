@@ -26,7 +26,7 @@ class TorchLattice:
     Examples
     --------
     >>> import torch
-    >>> from segpost.lattice_torch import TorchLattice
+    >>> from segpost.lattice import TorchLattice
     >>> lattice = TorchLattice(torch.rand(100, 3, dtype=torch.float64) * 4)
     >>> values = torch.rand(100, 2, dtype=torch.float64, requires_grad=True)
     >>> out = lattice.filter(values, normalize=True)
@@ -119,6 +119,16 @@ class TorchLattice:
         self.neighbours = torch.stack(neighbours)                          # (d+1, 2, M), shifted
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._ones = None
+
+    #: filter_rows is differentiable in the values through autograd (torch ops all the way).
+    autograd = True
+
+    def filter_rows(self, values, pre=None, post=None, *, transpose=False):
+        """``post * K(pre * values)`` (``K^T`` with ``transpose``) of (N, C) rows: the lattice interface's
+        filter (``segpost.lattice``), in the values' dtype, differentiable in them; (N,) scales or None."""
+        rows = values if pre is None else pre.to(values.dtype)[:, None] * values
+        out = self.filter(rows, adjoint=transpose)
+        return out if post is None else post.to(values.dtype)[:, None] * out
 
     def filter(self, values, *, normalize=False, adjoint=False):
         """Filter (N,) or (N, C) values (any float dtype/device as the lattice's); differentiable in them."""

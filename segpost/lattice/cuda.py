@@ -1,4 +1,5 @@
-"""Loading the CUDA lattice: the prebuilt extension, a just-in-time build, or the pure-torch fallback."""
+"""The CUDA lattice (``csrc/cuda/``): loading the extension (prebuilt, or compiled just in time) and
+:class:`CudaLattice`, its implementation of the lattice interface (``segpost.lattice``)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ def cuda_extension():
         return _EXTENSION
     _TRIED = True
     try:
-        from . import _C_cuda  # type: ignore[attr-defined]
+        from .. import _C_cuda  # type: ignore[attr-defined]
 
         _EXTENSION = _C_cuda
         return _EXTENSION
@@ -27,7 +28,7 @@ def cuda_extension():
 
         if not torch.cuda.is_available() or CUDA_HOME is None:
             return None
-        root = os.path.join(os.path.dirname(__file__), "..", "csrc", "cuda")
+        root = os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "cuda")
         sources = [os.path.join(root, "permutohedral_cuda.cu"), os.path.join(root, "bindings_cuda.cpp")]
         if not all(os.path.exists(s) for s in sources):
             return None
@@ -43,7 +44,10 @@ def cuda_extension():
 
 
 class CudaLattice:
-    """The GPU lattice with TorchLattice's interface (filter with normalize/adjoint); not differentiable."""
+    """The GPU lattice: the lattice interface (``segpost.lattice``) on CUDA tensors; not differentiable
+    (the CRF wraps :meth:`filter_rows` in ``segpost.lattice.autograd``'s exact-adjoint function)."""
+
+    autograd = False
 
     def __init__(self, features, extension, *, images=1):
         """``images`` > 1: the rows are a batch of that many images, point-major each, built as one lattice
@@ -60,6 +64,8 @@ class CudaLattice:
         self._ones = None
 
     def filter(self, values, *, normalize=False, adjoint=False):
+        if normalize and adjoint:
+            raise ValueError("adjoint=True is defined for the unnormalised filter; use normalize=False")
         squeeze = values.ndim == 1
         v = values[:, None] if squeeze else values
         out = self._ext.filter(*self._parts, v.float(), None, None, bool(adjoint))
@@ -68,14 +74,16 @@ class CudaLattice:
         out = out.to(values.dtype)
         return out[:, 0] if squeeze else out
 
-    def filter_rows(self, values, pre, post, transpose):
-        """``post * K(pre * values)`` (K^T with ``transpose``) for (N, C) rows; float32 scales or None."""
+    def filter_rows(self, values, pre=None, post=None, *, transpose=False):
+        """``post * K(pre * values)`` (``K^T`` with ``transpose``) of (N, C) rows, float32 out; (N,) float32
+        scales or None (as ``normalization_scales`` gives them for :meth:`filtered_ones`)."""
         return self._ext.filter(*self._parts, values.float(), pre, post, bool(transpose))
 
     def filtered_ones(self):
+        """``K 1``: the (N,) float32 filter of a constant one."""
         import torch
 
         if self._ones is None:
             ones = torch.ones(self.num_points, 1, device=self.weights.device)
-            self._ones = self.filter(ones)[:, 0]
+            self._ones = self._ext.filter(*self._parts, ones, None, None, False)[:, 0]
         return self._ones
