@@ -242,6 +242,16 @@ def check_bandwidth(value, name: str) -> float:
     return value
 
 
+def per_axis(value, n: int, name: str) -> np.ndarray:
+    """A positive scalar or one positive value per axis -> float64 array of length n."""
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)) if not isinstance(value, (bool, np.bool_)) else None
+    if arr is None or arr.ndim != 1 or arr.size not in (1, n) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be a positive number or {n} positive numbers (one per axis), got {value!r}")
+    if np.any(arr < MIN_BANDWIDTH):
+        raise ValueError(f"{name} must be at least {MIN_BANDWIDTH:g} (features are divided by it), got {value!r}")
+    return np.broadcast_to(arr, (n,)).astype(np.float64)
+
+
 def check_int(value, name: str, *, minimum: int = 1) -> int:
     """An int >= minimum: a TypeError for anything that is not an integer (bools and floats included),
     a ValueError for an integer below ``minimum``; both name the parameter."""
@@ -302,8 +312,11 @@ def channels_last(image, *, channel_axis="auto", spatial_ndim=2, name="image", k
             raise ValueError(f"channel_axis must be an axis of the {arr.ndim}-D {name}, got {channel_axis!r}")
         moved = arr.movedim(int(axis), -1) if is_torch_tensor(arr) else np.moveaxis(arr, int(axis), -1)
         return moved, was_torch, int(axis) % arr.ndim
-    spatial = "(H, W)" if spatial_ndim == 2 else f"{spatial_ndim} spatial axes"
-    layout = "(C, H, W)" if was_torch else "(H, W, C)"
+    spatial = {2: "(H, W)", 3: "(D, H, W)"}.get(spatial_ndim, f"{spatial_ndim} spatial axes")
+    if spatial_ndim == 3:
+        layout = "(M, D, H, W)" if was_torch else "(D, H, W, M)"
+    else:
+        layout = "(C, H, W)" if was_torch else "(H, W, C)"
     raise ValueError(f"{name} must be {spatial} or {layout} ({'torch' if was_torch else 'numpy'} layout; "
                      f"channel_axis= for others), got shape {tuple(arr.shape)}")
 

@@ -28,25 +28,25 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
     import torch
     import torch.nn.functional as F
 
-    scores, colours = inputs.scores, inputs.colours
-    height, width, _ = colours.shape
-    num_classes, h, w = scores.shape
-    if (h, w) != (height, width):
-        scores = F.interpolate(scores[None], size=(height, width), mode="bilinear",
-                               align_corners=bool(align_corners))[0]
+    scores, colours, spatial = inputs.scores, inputs.colours, inputs.spatial_shape
+    num_classes = scores.shape[0]
+    if tuple(scores.shape[1:]) != spatial:
+        mode = "bilinear" if len(spatial) == 2 else "trilinear"
+        scores = F.interpolate(scores[None], size=spatial, mode=mode, align_corners=bool(align_corners))[0]
     rows = scores.reshape(num_classes, -1).T
     if inputs.probabilities:
         rows = rows.clamp(PROBABILITY_CLIP, 1.0).log()
-    smooth, appearance = grid_features(colours.permute(2, 0, 1), params.pos_xy, params.bi_xy, params.bi_rgb)
+    smooth, appearance = grid_features(colours.movedim(-1, 0), params.pos_xy, params.bi_xy, params.bi_rgb,
+                                       spacing=inputs.spacing)
     terms = [(weight, features) for weight, features in ((params.pos_weight, smooth),
                                                          (params.bi_weight, appearance)) if weight > 0]
     filters = kernel_filters([features for _, features in terms], compiled=compiled)
     with torch.no_grad():
         out = mean_field(rows, filters, [weight for weight, _ in terms], None, iterations)
-    labels = out.argmax(1).reshape(height, width)
+    labels = out.argmax(1).reshape(spatial)
     if not return_probs:
         return labels, None
-    return labels, torch.softmax(out, dim=1).T.reshape(num_classes, height, width)
+    return labels, torch.softmax(out, dim=1).T.reshape(num_classes, *spatial)
 
 
 class DeviceDenseCRF(DenseCRF, on_device=True):

@@ -20,8 +20,8 @@ import numpy as np
 from .._memory import check_working_set
 from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, channels_last, check_finite, dtype_kind, dtype_name, intensity_scale,
-    is_torch_tensor, max_sum_error, on_device, refuse_probabilities_as_logits, to_numpy, two_class_scores,
-    value_range, warn,
+    is_torch_tensor, max_sum_error, on_device, per_axis, refuse_probabilities_as_logits, to_numpy,
+    two_class_scores, value_range, warn,
 )
 from ..lattice import lattice_bytes
 
@@ -33,6 +33,13 @@ PROBABILITY_CLIP = 1e-5
 # Logits may be coarser than the image by any output stride, but both axes by
 # about the same factor: a larger mismatch means the wrong image or transposed logits.
 _MAX_ASPECT_MISMATCH = 1.5
+#: segpost's one rule for the appearance kernel's intensity units (``bi_rgb``; see ``_validation.intensity_scale``).
+INTENSITY_RULE = (
+    "An image (scores (C, h, w)) is read in 0..255 units: integers as they are, floats in [0, 1] scaled by "
+    "255, booleans as 0 / 255. A volume (scores (C, d, h, w)) is read in its own units: Hounsfield units for "
+    "CT, the scanner's units for MRI (standardise those first: (x - mean) / std, and give bi_rgb in standard "
+    "deviations)."
+)
 # Images carry at most this many channels (the appearance kernel's lattice has 2 + channels dimensions).
 MAX_IMAGE_CHANNELS = 16
 
@@ -41,23 +48,31 @@ MAX_IMAGE_CHANNELS = 16
 class RefineInputs:
     """What both crf_refine paths run on, checked.
 
-    ``scores``: (C, h, w), two classes for a one-channel input; a numpy array
-    of the caller's float dtype on the CPU path, a float32 tensor on
-    ``device`` otherwise. ``colours``: the image as (H, W, M) in 0..255
-    units; numpy uint8 (not copied) or float32 on the CPU path, a float32
-    tensor on ``device`` otherwise. ``returns``: the results' type, the
-    scores' own: "numpy", "torch" (CPU tensors) or "device".
+    ``scores``: (C, h, w), or (C, d, h, w) for a volume, two classes for a
+    one-channel input; a numpy array of the caller's float dtype on the CPU
+    path, a float32 tensor on ``device`` otherwise. ``colours``: the image
+    as (H, W, M) in 0..255 units, a volume as (D, H, W, M) in its own units
+    (:data:`INTENSITY_RULE`); numpy uint8 (not copied) or float32 on the CPU
+    path, a float32 tensor on ``device`` otherwise. ``spacing``: float64
+    per spatial axis. ``returns``: the results' type, the scores' own:
+    "numpy", "torch" (CPU tensors) or "device".
     """
 
     name: str
     scores: Any
     colours: Any
+    spacing: Any
     device: Any
     returns: str
 
     @property
     def probabilities(self) -> bool:
         return self.name == "probs"
+
+    @property
+    def spatial_shape(self) -> tuple:
+        """(H, W) of an image, (D, H, W) of a volume."""
+        return tuple(self.colours.shape[:-1])
 
     def output(self, result):
         """A result (numpy on the CPU path, a device tensor otherwise) as the type the caller gave the scores."""
@@ -73,8 +88,11 @@ class RefineInputs:
         return torch.from_numpy(np.ascontiguousarray(result))
 
 
-def refine_inputs(image, logits, probs, *, device=None) -> RefineInputs:
+def refine_inputs(image, logits, probs, *, spacing=None, device=None) -> RefineInputs:
     """Check and convert crf_refine's ``image`` and scores (``logits`` or ``probs``) once.
+
+    ``spacing``: the size of a step along each spatial axis (a voxel's, in
+    millimetres say), default 1.
 
     ``device``: run the torch-ops path on this torch device (the tests pass
     the CPU to run it without a GPU); by default the device of whichever
@@ -87,14 +105,17 @@ def refine_inputs(image, logits, probs, *, device=None) -> RefineInputs:
         device = next((x.device for x in (raw, image) if on_device(x)), None)
     returns = "device" if on_device(raw) else ("torch" if is_torch_tensor(raw) else "numpy")
     scores = _checked_scores(name, raw, device)
-    view = _image_channels_last(image, device)
-    height, width, channels = view.shape
-    _check_scores_layout(name, tuple(scores.shape), height, width)
+    ndim = scores.ndim - 1
+    spacing = np.ones(ndim) if spacing is None else per_axis(spacing, ndim, "spacing")
+    view = _image_channels_last(image, device, ndim)
+    spatial, channels = tuple(view.shape[:-1]), view.shape[-1]
+    _check_scores_layout(name, tuple(scores.shape), spatial)
     # Before any image-sized copy.
+    points, dims = int(np.prod(spatial)), [ndim, ndim + channels]
     if device is None:
-        check_memory(height * width, scores.shape[0], [2, 2 + channels])
+        check_memory(points, scores.shape[0], dims)
     else:
-        check_device_memory(height * width, scores.shape[0], [2, 2 + channels], device)
+        check_device_memory(points, scores.shape[0], dims, device)
     colours = _intensities(view)
     if device is not None:
         import torch
@@ -102,7 +123,7 @@ def refine_inputs(image, logits, probs, *, device=None) -> RefineInputs:
         scores, colours = (torch.as_tensor(np.ascontiguousarray(x)) if not is_torch_tensor(x) else x
                            for x in (scores, colours))
         scores, colours = scores.to(device, torch.float32), colours.to(device, torch.float32)
-    return RefineInputs(name, scores, colours, device, returns)
+    return RefineInputs(name, scores, colours, spacing, device, returns)
 
 
 def _checked_scores(name, raw, device):
@@ -115,8 +136,9 @@ def _checked_scores(name, raw, device):
         scores, _ = to_numpy(raw, name)
     if dtype_kind(scores) != "f":
         raise TypeError(f"{name} must be floating-point, got dtype {dtype_name(scores)}")
-    if scores.ndim != 3:
-        raise ValueError(f"{name} must be (C, h, w), got shape {tuple(scores.shape)}")
+    if scores.ndim not in (3, 4):
+        raise ValueError(f"{name} must be (C, h, w) for an image or (C, d, h, w) for a volume, got shape "
+                         f"{tuple(scores.shape)}")
     if 0 in scores.shape:
         raise ValueError(f"{name} must not be empty, got shape {tuple(scores.shape)}")
     # Half-precision (AMP) probabilities round at about eps per entry: their sums are off by up to C x eps.
@@ -141,18 +163,18 @@ def _finfo(raw):
     return np.finfo(np.asarray(raw).dtype)
 
 
-def _image_channels_last(image, device):
-    """(H, W, C) view of an image by segpost's layout rule (``_validation.channels_last``), checked; a tensor
-    on the device path when the image is one."""
-    arr, was_torch, _ = channels_last(image, keep_device=device is not None)
-    h, w, c = arr.shape
-    if h == 0 or w == 0 or c == 0:
+def _image_channels_last(image, device, ndim):
+    """(*spatial, C) view of an image or volume by segpost's layout rule (``_validation.channels_last``),
+    checked; a tensor on the device path when the image is one."""
+    arr, was_torch, _ = channels_last(image, keep_device=device is not None, spatial_ndim=ndim)
+    c = arr.shape[-1]
+    if 0 in arr.shape:
         raise ValueError(f"image must not be empty, got shape {tuple(np.shape(image))}")
     if c > MAX_IMAGE_CHANNELS:
-        layout = "(C, H, W)" if was_torch else "(H, W, C)"
+        layout = _layout(ndim, was_torch)
         raise ValueError(f"image has {c} channels; expected {layout} with at most {MAX_IMAGE_CHANNELS} channels "
                          f"(is the layout right?)")
-    if c == 4 and _is_uint8(arr):
+    if ndim == 2 and c == 4 and _is_uint8(arr):
         alpha_lo, alpha_hi = value_range(arr[..., 3])
         if alpha_lo != alpha_hi:
             # A varying fourth 8-bit channel is most likely a PNG's alpha (a constant one separates no two pixels).
@@ -163,14 +185,20 @@ def _image_channels_last(image, device):
     return arr
 
 
+def _layout(ndim, was_torch):
+    if ndim == 2:
+        return "(C, H, W)" if was_torch else "(H, W, C)"
+    return "(M, D, H, W)" if was_torch else "(D, H, W, M)"
+
+
 def _is_uint8(arr) -> bool:
     """numpy uint8 or torch.uint8."""
     return str(arr.dtype) in ("uint8", "torch.uint8")
 
 
 def _intensities(view):
-    """An (H, W, C) image in 0..255 units (``_validation.intensity_scale``'s rule): numpy uint8 as it is, any
-    other image as one float32 copy (numpy, or a tensor on its device).
+    """The image's intensities in the units ``bi_rgb`` is given in (:data:`INTENSITY_RULE`): numpy uint8 as it
+    is, anything else as one float32 copy (numpy, or a tensor on its device).
 
     uint8 numpy images are not copied (add_bilateral divides them into its
     float32 features directly: the same values, without a float copy of the image).
@@ -180,7 +208,8 @@ def _intensities(view):
         return view
     if kind == "f":
         check_finite(view, "image", bound=FLOAT32_MAX)
-    scale = intensity_scale(kind, *value_range(view))
+    # An image (H, W, C) is read in 0..255 units; a volume (D, H, W, M) in its own.
+    scale = intensity_scale(kind, *value_range(view)) if view.ndim == 3 else 1.0
     if is_torch_tensor(view):
         import torch
 
@@ -192,63 +221,94 @@ def _intensities(view):
     return values
 
 
-def _check_scores_layout(name, shape, height, width):
+def _check_scores_layout(name, shape, image_shape):
     """Raise for scores that do not fit the image; warn for the fits that are likely mistakes.
 
-    Warned: scores that fit both as (C, h, w) and as channels-last (h, w, C)
-    (read as (C, h, w), segpost's layout); scores whose two axes scale to the
-    image by factors more than 1% apart that one cell of rounding does not
-    explain (a model's padded input, stretched over the unpadded image).
+    ``shape``: the scores' (C, *spatial); ``image_shape``: the image's
+    spatial shape (a volume's axes are only checked against the image's,
+    one by one). Warned: scores that fit both as (C, *spatial) and as
+    channels-last (*spatial, C) (read as (C, *spatial), segpost's layout);
+    scores whose axes scale to the image by factors more than 1% apart that
+    one cell of rounding does not explain (a model's padded input, stretched
+    over the unpadded image).
     """
-    num_classes, h, w = shape
-    if h > height or w > width:
+    num_classes, sizes = shape[0], tuple(shape[1:])
+    scores_text, image_text = "x".join(map(str, sizes)), "x".join(map(str, image_shape))
+    if any(s > size for s, size in zip(sizes, image_shape)):
         raise ValueError(
-            f"{name} ({h}x{w}) are larger than the image ({height}x{width}); crf_refine only upsamples: "
+            f"{name} ({scores_text}) are larger than the image ({image_text}); crf_refine only upsamples: "
             f"resize the {name} or pass the full-resolution image"
         )
-    ratio_y, ratio_x = height / h, width / w
-    if not scores_fit_image(h, w, height, width):
+    if len(sizes) == 3:
+        # A 3-D network's output stride differs between axes as often as not ((1, 4, 4) on thick slices):
+        # a volume's axes are not compared with each other, but each must be a whole stride of the scan's.
+        for axis, (s, size) in enumerate(zip(sizes, image_shape)):
+            if not _whole_stride(s, size):
+                raise ValueError(
+                    f"{name} of {scores_text} do not fit the {image_text} scan: axis {axis} ({s} of {size}) is no "
+                    f"whole output stride of it (floor or ceiling of {size} / stride); are the axes in the scan's "
+                    f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
+                    f"resize the {name} first (segpost.resize_logits)")
+        return
+    ratios = [size / s for s, size in zip(sizes, image_shape)]
+    ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)
+    if not scores_fit_image(sizes, image_shape):
         raise ValueError(
-            f"{name} of {h}x{w} do not match the aspect ratio of the {height}x{width} image "
-            f"(scale {ratio_y:.2f} vs {ratio_x:.2f}); is this the right image, or are the {name} transposed?"
+            f"{name} of {scores_text} do not match the aspect ratio of the {image_text} image "
+            f"(scale {ratios_text}); is this the right image, or are the {name} transposed?"
         )
-    if num_classes <= height and h <= width and _fits_closely(num_classes, h, height, width):
-        warn(f"{name} of shape {shape} fit the {height}x{width} image both as (C, h, w) and as (h, w, C); "
-             f"they are read as (C, h, w) ({num_classes} classes): if the classes are the last axis, pass "
+    channels_last_sizes = (num_classes, *sizes[:-1])
+    if all(s <= size for s, size in zip(channels_last_sizes, image_shape)) and _fits_closely(
+            channels_last_sizes, image_shape):
+        spatial = "(C, h, w)" if len(sizes) == 2 else "(C, d, h, w)"
+        last = "(h, w, C)" if len(sizes) == 2 else "(d, h, w, C)"
+        warn(f"{name} of shape {shape} fit the {image_text} image both as {spatial} and as {last}; "
+             f"they are read as {spatial} ({num_classes} classes): if the classes are the last axis, pass "
              f"np.moveaxis({name}, -1, 0)")
-    if not _fits_closely(h, w, height, width):
-        mismatch = max(ratio_y, ratio_x) / min(ratio_y, ratio_x)
-        off = max(abs(h * ratio_x - height), abs(w * ratio_y - width))
-        warn(f"{name} of {h}x{w} scale to the {height}x{width} image by {ratio_y:.2f} and {ratio_x:.2f} "
+    if not _fits_closely(sizes, image_shape):
+        mismatch = max(ratios) / min(ratios)
+        off = max(abs(s * r - size) for s, size in zip(sizes, image_shape) for r in ratios)
+        warn(f"{name} of {scores_text} scale to the {image_text} image by {' and '.join(f'{r:.2f}' for r in ratios)} "
              f"({100 * (mismatch - 1):.1f}% apart): if the model saw the image padded, crop the {name} to "
              f"the image's part first (segpost.crop_to); stretched as they are, labels move by up to "
              f"{off:.0f} pixels")
 
 
-def _fits_closely(h, w, height, width):
-    """The two axes' scales agree within 1%, or one cell of rounding explains the difference."""
-    ratio_y, ratio_x = height / h, width / w
-    return max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= 1.01 or _one_cell_apart(h, w, height, width)
+def _whole_stride(s, size):
+    """``s`` is ``floor(size / stride)`` or ``ceil(size / stride)`` of some whole stride (the latter also
+    DeepLab's ``(size - 1) // stride + 1``)."""
+    return any(s in (size // stride, -(-size // stride)) for stride in range(1, size + 1))
 
 
-def _one_cell_apart(h, w, height, width):
-    """Either axis's size predicted from the other axis's scale is within one cell."""
+def _pairs(sizes, image_shape):
+    """Each pair of axes as (h, w, height, width)."""
+    n = len(sizes)
+    return [(sizes[i], sizes[j], image_shape[i], image_shape[j]) for i in range(n) for j in range(i + 1, n)]
+
+
+def _fits_closely(sizes, image_shape):
+    """Every two axes' scales agree within 1%, or one cell of rounding explains the difference."""
+    return all(_pair_fits(*pair, tolerance=1.01) for pair in _pairs(sizes, image_shape))
+
+
+def _pair_fits(h, w, height, width, *, tolerance):
+    """Two axes' scales agree within ``tolerance``, or either axis's size predicted from the other axis's
+    scale is within one cell."""
     ratio_y, ratio_x = height / h, width / w
+    if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= tolerance:
+        return True
     return abs(h - height / ratio_x) <= 1 or abs(w - width / ratio_y) <= 1
 
 
-def scores_fit_image(h, w, height, width):
-    """Whether (h, w) scores can come from a (height, width) image by one output stride.
+def scores_fit_image(sizes, image_shape):
+    """Whether scores of spatial ``sizes`` can come from an image of ``image_shape`` by one output stride.
 
-    Either axis's size predicted from the other axis's scale is within one
-    cell (a stride's floor or ceiling, or DeepLab's (size - 1) / stride + 1),
-    or the two scales agree within _MAX_ASPECT_MISMATCH. Transposed scores of
-    a non-square image fail both.
+    For every two axes: either axis's size predicted from the other axis's
+    scale is within one cell (a stride's floor or ceiling, or DeepLab's
+    (size - 1) / stride + 1), or the two scales agree within
+    _MAX_ASPECT_MISMATCH. Transposed scores of a non-square image fail.
     """
-    ratio_y, ratio_x = height / h, width / w
-    if max(ratio_y, ratio_x) / min(ratio_y, ratio_x) <= _MAX_ASPECT_MISMATCH:
-        return True
-    return _one_cell_apart(h, w, height, width)
+    return all(_pair_fits(*pair, tolerance=_MAX_ASPECT_MISMATCH) for pair in _pairs(sizes, image_shape))
 
 
 # ------------------------------------------------------------------ memory

@@ -72,23 +72,29 @@ def mean_field(scores, filters, weights, compatibility, iterations):
     return out
 
 
-def grid_features(image, pos_xy, bi_xy, bi_rgb):
-    """The smoothness (N, 2) and appearance (N, 2 + C) features of a (C, H, W) image in 0..255 units.
+def grid_features(image, pos_xy, bi_xy, bi_rgb, *, spacing=None):
+    """The smoothness (N, d) and appearance (N, d + C) features of a (C, H, W) image or (C, D, H, W) volume.
 
     Exactly as the CPU path builds them (``DenseCRF.add_gaussian`` /
-    ``add_bilateral``): float32 positions, x then y, ``arange * float32(1 /
-    sigma)``, and colours divided by a float32 bandwidth.
+    ``add_bilateral``): float32 positions, last axis first (x, y[, z]),
+    ``arange * float32(spacing / sigma)``, and intensities divided by a
+    float32 bandwidth. ``spacing``: per spatial axis, default 1.
     """
     import torch
 
-    c, h, w = image.shape
+    c, *spatial = image.shape
     device = image.device
+    spacing = np.ones(len(spatial)) if spacing is None else np.asarray(spacing, np.float64)
 
     def positions(sigma):
-        step = float(np.float32(1.0 / sigma))
-        xx = (torch.arange(w, device=device, dtype=torch.float32) * step).repeat(h)
-        yy = (torch.arange(h, device=device, dtype=torch.float32) * step).repeat_interleave(w)
-        return torch.stack([xx, yy], 1)
+        steps = (spacing / sigma).astype(np.float32)
+        columns = []
+        for axis in reversed(range(len(spatial))):
+            shape = [1] * len(spatial)
+            shape[axis] = spatial[axis]
+            coordinate = torch.arange(spatial[axis], device=device, dtype=torch.float32) * float(steps[axis])
+            columns.append(coordinate.reshape(shape).expand(spatial).reshape(-1))
+        return torch.stack(columns, 1)
 
     colours = image.reshape(c, -1).T.to(torch.float32) / torch.tensor(np.float32(bi_rgb), device=device)
     return positions(pos_xy), torch.cat([positions(bi_xy), colours], 1)

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _C
 from .._validation import (
     FLOAT32_MAX, MAX_CRF_SCORE, MIN_BANDWIDTH, channels_last, check_finite, check_float_dtype, check_int, like_input,
-    on_device, to_numpy,
+    on_device, per_axis, to_numpy,
 )
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
 from .inputs import check_memory, padded_labels
@@ -92,16 +92,6 @@ def _as_compat(compat, num_labels: int):
 def _check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-
-
-def _per_axis(value, n, name):
-    """A positive scalar or one positive value per axis -> float64 array of length n."""
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)) if not isinstance(value, (bool, np.bool_)) else None
-    if arr is None or arr.ndim != 1 or arr.size not in (1, n) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be a positive number or {n} positive numbers (one per axis), got {value!r}")
-    if np.any(arr < MIN_BANDWIDTH):
-        raise ValueError(f"{name} must be at least {MIN_BANDWIDTH:g} (features are divided by it), got {value!r}")
-    return np.broadcast_to(arr, (n,)).astype(np.float64)
 
 
 class DenseCRF:
@@ -337,7 +327,7 @@ class DenseCRF:
             )
         c = colors.shape[-1]
         ndim = len(self.spatial_shape)
-        sigma_color = _per_axis(sigma_color, c, "sigma_color")
+        sigma_color = per_axis(sigma_color, c, "sigma_color")
         sigma, spacing = self._axis_bandwidths(sigma, spacing)
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
@@ -366,8 +356,8 @@ class DenseCRF:
     def _axis_bandwidths(self, sigma, spacing):
         """(sigma, spacing) as one checked value per spatial axis; spacing defaults to 1."""
         ndim = len(self.spatial_shape)
-        sigma = _per_axis(sigma, ndim, "sigma")
-        return sigma, np.ones(ndim) if spacing is None else _per_axis(spacing, ndim, "spacing")
+        sigma = per_axis(sigma, ndim, "sigma")
+        return sigma, np.ones(ndim) if spacing is None else per_axis(spacing, ndim, "spacing")
 
     def _grid_positions(self, sigma, spacing, out=None):
         """(N, ndim) float32 grid positions in bandwidths, last axis first; sigma and spacing per axis."""

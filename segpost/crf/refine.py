@@ -28,15 +28,18 @@ class CRFParams:
         Weight w2 of the smoothness kernel ``exp(-|p_i - p_j|^2 / (2 pos_xy^2))``:
         removes small isolated regions.
     pos_xy : float, default 3
-        Its spatial bandwidth in pixels.
+        Its spatial bandwidth in pixels (in ``spacing`` units, millimetres
+        say, when crf_refine is given a ``spacing``).
     bi_weight : float, default 4
         Weight w1 of the appearance kernel
         ``exp(-|p_i - p_j|^2 / (2 bi_xy^2) - |I_i - I_j|^2 / (2 bi_rgb^2))``:
         nearby pixels of similar colour take the same label.
     bi_xy : float, default 49
-        Its spatial bandwidth in pixels.
+        Its spatial bandwidth in pixels (or ``spacing`` units).
     bi_rgb : float, default 5
-        Its colour bandwidth in 0..255 intensity units.
+        Its colour bandwidth in 0..255 intensity units for an image; for a
+        volume in the scan's own units (Hounsfield units for CT;
+        ``segpost.crf.inputs.INTENSITY_RULE``).
     iterations : int, default 10
         Mean-field iterations (5 to 10 are usually converged).
 
@@ -94,6 +97,12 @@ class CRFParams:
         return cls(pos_weight=3, pos_xy=3, bi_weight=10, bi_xy=80, bi_rgb=13, iterations=5)
 
     @classmethod
+    def ct(cls) -> "CRFParams":
+        """For CT volumes with ``spacing`` in millimetres: smoothness 1.5 mm (weight 1), appearance 5 mm and
+        10 HU (weight 3), 10 iterations; chosen on CT phantoms (``benchmarks/tune_volume_crf.py``)."""
+        return cls(pos_weight=1, pos_xy=1.5, bi_weight=3, bi_xy=5, bi_rgb=10, iterations=10)
+
+    @classmethod
     def coerce(cls, value) -> "CRFParams":
         """A CRFParams from None (DeepLab's), a preset name, a dict of fields, or a CRFParams."""
         if value is None:
@@ -101,9 +110,9 @@ class CRFParams:
         if isinstance(value, CRFParams):
             return value
         if isinstance(value, str):
-            presets = {"deeplab": cls.deeplab, "pydensecrf": cls.pydensecrf}
+            presets = {"deeplab": cls.deeplab, "pydensecrf": cls.pydensecrf, "ct": cls.ct}
             if value not in presets:
-                raise ValueError(f"unknown CRF preset {value!r}; choose 'deeplab' or 'pydensecrf'")
+                raise ValueError(f"unknown CRF preset {value!r}; choose 'deeplab', 'pydensecrf' or 'ct'")
             return presets[value]()
         if isinstance(value, dict):
             unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
@@ -117,26 +126,39 @@ class CRFParams:
         return dataclasses.replace(self, **changes)
 
 
+def _resize_volume(scores, size, align_corners):
+    """(C, d, h, w) float32 scores resized trilinearly to (C, *size): torch's interpolate, whose half-pixel
+    (``align_corners=False``) and corner conventions are the 2-D path's."""
+    import torch
+    import torch.nn.functional as F
+
+    resized = F.interpolate(torch.from_numpy(scores)[None], size=tuple(size), mode="trilinear",
+                            align_corners=bool(align_corners))
+    return resized[0].numpy()
+
+
 def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune):
     """crf_refine on the C++ CRF from checked inputs (:class:`segpost.crf.inputs.RefineInputs`): ``(labels, Q
     or None)`` as numpy, labels (N,) and Q (N, C) point-major."""
     scores = inputs.scores
-    num_classes, h, w = scores.shape
-    height, width, _ = inputs.colours.shape
-    # Point-major (H*W, C') scores straight from the resize: the layout the CRF
+    num_classes, spatial = scores.shape[0], inputs.spatial_shape
+    ndim = len(spatial)
+    # Point-major (N, C') scores straight from the resize: the layout the CRF
     # runs in, rows padded with zero classes to the kernel's width C' (a
     # multiple of 8; the padding is never read as a class).
-    padded = np.zeros((padded_labels(num_classes), h, w), np.float32)
+    padded = np.zeros((padded_labels(num_classes), *scores.shape[1:]), np.float32)
     padded[:num_classes] = scores
     # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
     # good a unary as -log softmax(logits): negated in the resize's pass.
     negate = not inputs.probabilities
-    if (h, w) == (height, width):
-        full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(height * width, -1)
+    if scores.shape[1:] == spatial or ndim == 3:
+        if scores.shape[1:] != spatial:
+            padded = _resize_volume(padded, spatial, align_corners)
+        full = np.ascontiguousarray(np.moveaxis(padded, 0, -1)).reshape(-1, padded.shape[0])
         if negate:
             np.negative(full, out=full)
     else:
-        full = _resize_points(padded, (height, width), bool(align_corners), negate=negate)
+        full = _resize_points(padded, spatial, bool(align_corners), negate=negate)
     if negate:
         unary = full
     else:
@@ -144,15 +166,15 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
 
     # The terms go in through the model's trusting entry points: the inputs are checked and the memory
     # estimated (refine_inputs), so add_gaussian/add_bilateral's checks would only repeat.
-    crf = DenseCRF._from_point_major(unary, (height, width), num_labels=num_classes)
-    one_per_axis = np.ones(2)
+    crf = DenseCRF._from_point_major(unary, spatial, num_labels=num_classes)
     if params.pos_weight > 0:
-        crf._add_grid_term(np.full(2, params.pos_xy), one_per_axis, _POTTS, params.pos_weight, None, "diag",
+        crf._add_grid_term(np.full(ndim, params.pos_xy), inputs.spacing, _POTTS, params.pos_weight, None, "diag",
                            "symmetric")
     if params.bi_weight > 0:
         colours = inputs.colours
-        crf._add_image_term(colours, np.full(2, params.bi_xy), one_per_axis, np.full(colours.shape[-1], params.bi_rgb),
-                            _POTTS, params.bi_weight, None, "diag", "symmetric")
+        crf._add_image_term(colours, np.full(ndim, params.bi_xy), inputs.spacing,
+                            np.full(colours.shape[-1], params.bi_rgb), _POTTS, params.bi_weight, None, "diag",
+                            "symmetric")
     if prune:
         from .pruning import worth_checking
 
@@ -162,7 +184,7 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
-               return_probs=False, prune=True):
+               return_probs=False, prune=True, spacing=None):
     """Refine a segmentation model's output with a dense CRF.
 
     The model's scores are upsampled bilinearly to the image size if needed,
@@ -171,18 +193,21 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
 
     Parameters
     ----------
-    image : ndarray (H, W, 3) uint8 or torch.Tensor (3, H, W)
+    image : ndarray (H, W, 3) uint8 or torch.Tensor (3, H, W), or a volume
         The image the model saw, at full resolution. Also (H, W) gray or any
         number of channels up to 16 (multi-modal). Integers hold 0..255
         whatever their dtype (values beyond raise; an image of 0..2 only
         warns), floats hold [0, 1] (scaled by 255), booleans are 0 / 255.
-    logits : (C, h, w) array_like or torch.Tensor, optional
+        With (C, d, h, w) scores, a scan: (D, H, W), or (D, H, W, M) with M
+        modalities (torch: (M, D, H, W)), read in its own units (Hounsfield
+        units for CT; standardise MRI first), which ``bi_rgb`` is given in.
+    logits : (C, h, w) or (C, d, h, w) array_like or torch.Tensor, optional
         Raw class scores at any resolution (output stride 1 to 32 ...), any
         float dtype (bfloat16 tensors too). One channel (a sigmoid model's z)
         means two classes, background and z: scores [0, z], whose softmax is
         [1 - sigmoid(z), sigmoid(z)]. Scores that look like softmax
         probabilities (all in [0, 1], summing to 1) raise a ValueError: pass them as probs=.
-    probs : (C, h, w) array_like or torch.Tensor, keyword-only, optional
+    probs : (C, h, w) or (C, d, h, w) array_like or torch.Tensor, keyword-only, optional
         Softmax probabilities instead of logits (clipped at 1e-5 before the
         log, as pydensecrf's ``unary_from_softmax``); one channel p means
         [1 - p, p]. Exactly one of ``logits`` and ``probs`` must be given: we
@@ -206,12 +231,16 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         returned marginals are 0. A model's peaked logits (few classes
         present) then cost about as much as their present classes. The
         device path runs every label.
+    spacing : float or sequence of float, keyword-only, optional
+        The size of a step along each spatial axis (a volume's voxel size in
+        millimetres, slice thickness first; a microscope's pixel size);
+        ``pos_xy`` and ``bi_xy`` are then in these units. Default 1 (pixels).
 
     Returns
     -------
-    labels : (H, W) int64
+    labels : (H, W) or (D, H, W) int64
         The refined label map.
-    probs : (C, H, W) float32
+    probs : (C, H, W) or (C, D, H, W) float32
         With ``return_probs=True``: the CRF's marginals (sum to 1 over C).
         Both are numpy arrays for numpy scores, CPU torch tensors for CPU
         torch scores, and tensors on the device for CUDA tensors: there
@@ -246,23 +275,33 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     >>> labels, probs = crf_refine(image, logits, return_probs=True, iterations=5)
     >>> probs.shape
     (3, 128, 128)
+
+    A CT volume with a 3-D network's logits at output stride (1, 4, 4), its
+    kernels in millimetres and Hounsfield units:
+
+    >>> ct = rng.normal(40, 15, size=(8, 64, 64)).astype(np.float32)  # (D, H, W) in HU
+    >>> ct[:, 16:48, 16:48] += 70                                         # an organ
+    >>> volume_logits = rng.normal(size=(2, 8, 16, 16)).astype(np.float32)
+    >>> crf_refine(ct, volume_logits, params="ct", spacing=(3.0, 0.8, 0.8)).shape
+    (8, 64, 64)
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
-    return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune)
+    return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune, spacing=spacing)
 
 
-def _crf_refine(image, logits, probs, params, iterations, align_corners, return_probs, prune, *, device=None):
+def _crf_refine(image, logits, probs, params, iterations, align_corners, return_probs, prune, *, spacing=None,
+                device=None):
     """crf_refine after its parameters: one front end (``refine_inputs``), then the CPU or the device path.
 
     ``device``: run the torch-ops path on this device whatever the inputs (the tests pass the CPU).
     """
-    inputs = refine_inputs(image, logits, probs, device=device)
-    height, width, _ = inputs.colours.shape
+    inputs = refine_inputs(image, logits, probs, spacing=spacing, device=device)
+    spatial = inputs.spatial_shape
     if inputs.device is None:
         q, labels = _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
-        labels = labels.reshape(height, width)
-        marginals = None if q is None else np.ascontiguousarray(q.T).reshape(-1, height, width)
+        labels = labels.reshape(spatial)
+        marginals = None if q is None else np.ascontiguousarray(q.T).reshape(-1, *spatial)
     else:
         labels, marginals = refine_on_device(inputs, params, iterations, align_corners, return_probs)
     if not return_probs:
