@@ -22,31 +22,41 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
     """crf_refine in torch ops on ``inputs.device`` (:class:`segpost.crf.inputs.RefineInputs`, checked):
     ``(labels, probs or None)`` as device tensors.
 
+    ``inputs`` may also be a list, a batch of images of one shape and
+    class count: one mean field over all their rows, on one lattice per
+    kernel for the whole batch where the CUDA extension builds it (images
+    share no vertex: each is refined as alone), and a list of results.
     ``compiled=False`` runs the torch lattice where the compiled one would
     run (the tests compare the two on the CPU).
     """
     import torch
     import torch.nn.functional as F
 
-    scores, colours, spatial = inputs.scores, inputs.colours, inputs.spatial_shape
-    num_classes = scores.shape[0]
-    if tuple(scores.shape[1:]) != spatial:
-        mode = "bilinear" if len(spatial) == 2 else "trilinear"
-        scores = F.interpolate(scores[None], size=spatial, mode=mode, align_corners=bool(align_corners))[0]
-    rows = scores.reshape(num_classes, -1).T
-    if inputs.probabilities:
-        rows = rows.clamp(PROBABILITY_CLIP, 1.0).log()
-    smooth, appearance = grid_features(colours.movedim(-1, 0), params.pos_xy, params.bi_xy, params.bi_rgb,
-                                       spacing=inputs.spacing)
-    terms = [(weight, features) for weight, features in ((params.pos_weight, smooth),
-                                                         (params.bi_weight, appearance)) if weight > 0]
-    filters = kernel_filters([features for _, features in terms], compiled=compiled)
+    batch = inputs if isinstance(inputs, list) else [inputs]
+    spatial, num_classes = batch[0].spatial_shape, batch[0].scores.shape[0]
+    rows, smooth, appearance = [], [], []
+    for item in batch:
+        scores = item.scores
+        if tuple(scores.shape[1:]) != spatial:
+            mode = "bilinear" if len(spatial) == 2 else "trilinear"
+            scores = F.interpolate(scores[None], size=spatial, mode=mode, align_corners=bool(align_corners))[0]
+        item_rows = scores.reshape(num_classes, -1).T
+        rows.append(item_rows.clamp(PROBABILITY_CLIP, 1.0).log() if item.probabilities else item_rows)
+        features = grid_features(item.colours.movedim(-1, 0), params.pos_xy, params.bi_xy, params.bi_rgb,
+                                 spacing=item.spacing)
+        smooth.append(features[0])
+        appearance.append(features[1])
+    terms = [(weight, torch.cat(features)) for weight, features in ((params.pos_weight, smooth),
+                                                                    (params.bi_weight, appearance)) if weight > 0]
+    filters = kernel_filters([features for _, features in terms], compiled=compiled, images=len(batch))
     with torch.no_grad():
-        out = mean_field(rows, filters, [weight for weight, _ in terms], None, iterations)
-    labels = out.argmax(1).reshape(spatial)
-    if not return_probs:
-        return labels, None
-    return labels, torch.softmax(out, dim=1).T.reshape(num_classes, *spatial)
+        out = mean_field(torch.cat(rows), filters, [weight for weight, _ in terms], None, iterations)
+    results = []
+    for item_out in out.chunk(len(batch)):
+        labels = item_out.argmax(1).reshape(spatial)
+        probs = torch.softmax(item_out, dim=1).T.reshape(num_classes, *spatial) if return_probs else None
+        results.append((labels, probs))
+    return results if isinstance(inputs, list) else results[0]
 
 
 class DeviceDenseCRF(DenseCRF, on_device=True):

@@ -234,10 +234,12 @@ def _check_scores_layout(name, shape, image_shape):
     """
     num_classes, sizes = shape[0], tuple(shape[1:])
     scores_text, image_text = "x".join(map(str, sizes)), "x".join(map(str, image_shape))
+    # 4-D scores are a volume's: a batch of images says so (crf_refine's batch=True).
+    batch_hint = " (a batch of 2-D images? pass batch=True)" if len(sizes) == 3 else ""
     if any(s > size for s, size in zip(sizes, image_shape)):
         raise ValueError(
             f"{name} ({scores_text}) are larger than the image ({image_text}); crf_refine only upsamples: "
-            f"resize the {name} or pass the full-resolution image"
+            f"resize the {name} or pass the full-resolution image{batch_hint}"
         )
     if len(sizes) == 3:
         # A 3-D network's output stride differs between axes as often as not ((1, 4, 4) on thick slices):
@@ -248,7 +250,7 @@ def _check_scores_layout(name, shape, image_shape):
                     f"{name} of {scores_text} do not fit the {image_text} scan: axis {axis} ({s} of {size}) is no "
                     f"whole output stride of it (floor or ceiling of {size} / stride); are the axes in the scan's "
                     f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
-                    f"resize the {name} first (segpost.resize_logits)")
+                    f"resize the {name} first (segpost.resize_logits){batch_hint}")
         return
     ratios = [size / s for s, size in zip(sizes, image_shape)]
     ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import MIN_BANDWIDTH
+from .._validation import MIN_BANDWIDTH, is_torch_tensor
 from ..upsample import _resize_points
 from .device import refine_on_device
 from .inputs import PROBABILITY_CLIP, padded_labels, refine_inputs
@@ -184,7 +184,7 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
-               return_probs=False, prune=True, spacing=None):
+               return_probs=False, prune=True, spacing=None, batch=False):
     """Refine a segmentation model's output with a dense CRF.
 
     The model's scores are upsampled bilinearly to the image size if needed,
@@ -235,6 +235,13 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         The size of a step along each spatial axis (a volume's voxel size in
         millimetres, slice thickness first; a microscope's pixel size);
         ``pos_xy`` and ``bi_xy`` are then in these units. Default 1 (pixels).
+    batch : bool, keyword-only, default False
+        A batch: (B, C, h, w) scores (or (B, C, d, h, w)) with B images along
+        the first axis ((B, H, W, 3) numpy, (B, 3, H, W) torch), each
+        refined as alone, giving (B, H, W) labels and (B, C, H, W) marginals.
+        On a GPU the batch is one mean field on one lattice per kernel; on
+        the CPU the images run one after another. Without it, 4-D scores are
+        a volume's.
 
     Returns
     -------
@@ -287,23 +294,92 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
-    return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune, spacing=spacing)
+    return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune, spacing=spacing,
+                       batch=batch)
 
 
 def _crf_refine(image, logits, probs, params, iterations, align_corners, return_probs, prune, *, spacing=None,
-                device=None):
+                device=None, batch=False):
     """crf_refine after its parameters: one front end (``refine_inputs``), then the CPU or the device path.
 
     ``device``: run the torch-ops path on this device whatever the inputs (the tests pass the CPU).
     """
+    if batch:
+        return _refine_batch(image, logits, probs, params, iterations, align_corners, return_probs, prune,
+                             spacing, device)
     inputs = refine_inputs(image, logits, probs, spacing=spacing, device=device)
-    spatial = inputs.spatial_shape
     if inputs.device is None:
-        q, labels = _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
-        labels = labels.reshape(spatial)
-        marginals = None if q is None else np.ascontiguousarray(q.T).reshape(-1, *spatial)
+        labels, marginals = _refine_points_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
     else:
         labels, marginals = refine_on_device(inputs, params, iterations, align_corners, return_probs)
     if not return_probs:
         return inputs.output(labels)
     return inputs.output(labels), inputs.output(marginals)
+
+
+def _refine_points_on_cpu(inputs, params, iterations, align_corners, return_probs, prune):
+    """``(labels, marginals or None)`` of the CPU path, shaped like the image."""
+    spatial = inputs.spatial_shape
+    q, labels = _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
+    return labels.reshape(spatial), None if q is None else np.ascontiguousarray(q.T).reshape(-1, *spatial)
+
+
+def _refine_batch(images, logits, probs, params, iterations, align_corners, return_probs, prune, spacing, device):
+    """crf_refine over a batch: (B, C, ...) scores and B images, each checked as alone; (B, ...) results.
+
+    On the CPU the images run one after another (each already uses every
+    thread); on a device all of them run as one mean field (``refine_on_device``).
+    """
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits (raw scores) or probs= (softmax probabilities)")
+    name, scores = ("logits", logits) if probs is None else ("probs", probs)
+    if not hasattr(scores, "shape"):
+        scores = np.asarray(scores)
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
+    if len(scores.shape) not in (4, 5):
+        raise ValueError(f"with batch=True, {name} must be (B, C, h, w) or (B, C, d, h, w), got shape "
+                         f"{tuple(scores.shape)}")
+    if len(images.shape) < 1 or images.shape[0] != scores.shape[0]:
+        raise ValueError(f"with batch=True, images must hold one image per {name[:-1]} map along axis 0: "
+                         f"{scores.shape[0]} {name} for images of shape {tuple(images.shape)}")
+    every = [refine_inputs(images[b], scores[b] if probs is None else None, scores[b] if probs is not None else None,
+                           spacing=spacing, device=device) for b in range(scores.shape[0])]
+    if not every:
+        return _empty_batch(images, scores, return_probs)
+    if every[0].device is None:
+        results = [_refine_points_on_cpu(inputs, params, iterations, align_corners, return_probs, prune)
+                   for inputs in every]
+    else:
+        results = refine_on_device(every, params, iterations, align_corners, return_probs)
+    stack = _stack_like(every[0])
+    labels = stack([labels for labels, _ in results])
+    return (labels, stack([marginals for _, marginals in results])) if return_probs else labels
+
+
+def _stack_like(inputs):
+    """Stacks results (numpy, or device tensors) into the type the caller gave the scores."""
+    def stack(parts):
+        if inputs.device is not None:
+            import torch
+
+            return inputs.output(torch.stack(parts))
+        return inputs.output(np.stack(parts))
+
+    return stack
+
+
+def _empty_batch(images, scores, return_probs):
+    """The results of an empty batch: (0, *spatial) labels (and (0, C, *spatial) marginals)."""
+    ndim = len(scores.shape) - 2
+    if len(images.shape) - 1 == ndim:
+        spatial = tuple(images.shape[1:])
+    else:
+        spatial = tuple(images.shape[2:] if is_torch_tensor(images) else images.shape[1:-1])
+    labels = np.zeros((0, *spatial), np.int64)
+    marginals = np.zeros((0, scores.shape[1], *spatial), np.float32)
+    if is_torch_tensor(scores):
+        import torch
+
+        labels, marginals = (torch.from_numpy(x).to(scores.device) for x in (labels, marginals))
+    return (labels, marginals) if return_probs else labels
