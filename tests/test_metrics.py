@@ -444,3 +444,25 @@ def test_unsync_without_sync_is_a_no_op_and_sync_without_a_group_changes_nothing
     metrics.sync().unsync()
     metrics.update(target, target)  # still allowed: nothing was synced
     assert metrics.num_images == 2 and int(metrics.confusion.sum()) == 2 * int(before["confusion"].sum())
+
+
+# --- inputs once mishandled ---------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+
+
+def test_big_endian_label_maps():
+    pred = RNG.integers(0, 4, (16, 16)).astype(">u2")
+    target = RNG.integers(0, 4, (16, 16)).astype(">i4")
+    expected = segpost.confusion_matrix(pred.astype(np.int64), target.astype(np.int64), 4)
+    np.testing.assert_array_equal(segpost.confusion_matrix(pred, target, 4), expected)
+    metrics = segpost.SegMetrics(4)
+    metrics.update(pred, target)
+    np.testing.assert_array_equal(metrics.confusion, expected)
+
+
+def test_ignore_index_beyond_int64_is_harmless():
+    pred = np.array([0, 1, 2, 1])
+    for ignore in (2**63, 2**64, -(2**63) - 1):
+        np.testing.assert_array_equal(segpost.confusion_matrix(pred, pred, 3, ignore_index=ignore),
+                                      np.diag([1, 2, 1]))
