@@ -441,18 +441,14 @@ def test_ctrl_c_interrupts_a_long_lattice_build():
     # the compiled build itself (the innermost Python frame is the call into _C), not after it returned.
     # The time is a loose bound only: on a shared VM one build of this size takes 0.7 to 2.6 s.
     result = run_python("""
-        import linecache, os, signal, statistics, threading, time
+        import linecache, os, signal, threading, time
         import numpy as np
         import segpost
+        from segpost.benchmarking import time_calls
 
         features = np.random.default_rng(0).uniform(0, 60, size=(1_500_000, 5))
-        segpost.PermutohedralLattice(features)  # warm: the memory cache then holds the build's buffers
-        builds = []
-        for _ in range(3):
-            start = time.perf_counter()
-            segpost.PermutohedralLattice(features)
-            builds.append(time.perf_counter() - start)
-        full = statistics.median(builds)
+        # warm-up: the memory cache then holds the build's buffers
+        full = time_calls(lambda: segpost.PermutohedralLattice(features), repeats=3, warmup=1).median
         threading.Timer(0.05 * full, os.kill, (os.getpid(), signal.SIGINT)).start()
         start = time.perf_counter()
         try:
