@@ -1,4 +1,6 @@
 """crf_refine and CRFParams: the one-call API."""
+import warnings
+
 import numpy as np
 import pytest
 from skimage import data
@@ -236,3 +238,64 @@ def test_ctrl_c_interrupts_a_long_crf_and_leaves_inputs_untouched():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("interrupted"), result.stdout
     assert float(result.stdout.split()[2]) < 5
+
+
+# --- inputs a user's real model hands crf_refine (each once gave a wrong answer) ----------------------------
+
+def _photo(h=48, w=64):
+    return data.astronaut()[100:100 + h, 150:150 + w]
+
+
+def test_probabilities_given_as_logits_are_refused_naming_probs():
+    rng = np.random.default_rng(0)
+    scores = rng.random((3, 8, 8)).astype(np.float32)
+    probs = scores / scores.sum(0)
+    with pytest.raises(ValueError, match="softmax probabilities; pass them as probs="):
+        crf_refine(_photo(32, 32), probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(_photo(32, 32), np.log(probs))  # real logits: no warning
+        crf_refine(_photo(32, 32), probs=probs)
+
+
+def test_an_rgba_image_warns_naming_the_fix():
+    rgba = np.dstack([_photo(32, 32), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))])
+    logits = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"RGBA picture\? .* pass image\[\.\.\., :3\]"):
+        crf_refine(rgba, logits)
+    rgba[..., 3] = 255  # a constant alpha separates no two pixels: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(rgba, logits)
+
+
+def test_scores_that_fit_in_two_layouts_warn():
+    """(h, w, C) logits with C equal to h on a square image read as (C, h, w): said, with the fix."""
+    logits = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    with pytest.warns(UserWarning, match="np.moveaxis"):
+        crf_refine(_photo(128, 128), logits, iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(_photo(128, 128), logits[:5], iterations=1)  # (5, 16, 16): one reading only
+
+
+@pytest.mark.parametrize("shape, size, warned", [
+    ((64, 64), (500, 512), True),     # a 512x512 input's logits stretched over the 500x512 image (12 px off)
+    ((63, 64), (500, 512), False),    # cropped to the image's part: one cell of rounding
+    ((65, 65), (513, 513), False),    # DeepLab's (n - 1) * 8 + 1
+    ((60, 64), (480, 512), False),
+])
+def test_scores_scaled_unevenly_warn_naming_the_crop(shape, size, warned):
+    logits = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crf_refine(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8), logits, iterations=1)
+    messages = [str(w.message) for w in caught]
+    assert any("crop the logits" in m for m in messages) == warned, messages
+
+
+def test_bfloat16_logits_are_converted():
+    torch = pytest.importorskip("torch")
+    logits = torch.randn(3, 12, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    got = crf_refine(_photo(), logits)
+    assert torch.equal(got, crf_refine(_photo(), logits.float()))
