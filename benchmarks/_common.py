@@ -1,5 +1,10 @@
-"""Small timing helpers shared by the benchmarks."""
-from segpost.benchmarking import median_time  # noqa: F401  (the same code as `segpost bench`)
+"""Helpers shared by the benchmarks.
+
+Timings go through ``time_calls`` (segpost.benchmarking, the same code as ``segpost bench``): a callable's
+median of ``repeats`` timed calls after ``warmup`` untimed ones, or several callables timed in rounds, the
+order rotating, so that drift of the machine falls on all of them alike.
+"""
+from segpost.benchmarking import time_calls  # noqa: F401
 
 
 def print_table(headers, rows):
@@ -9,19 +14,3 @@ def print_table(headers, rows):
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
-
-
-def paired_medians(fns, repeats):
-    """Median seconds of each of ``fns`` ({name: callable}), timed in rounds: every round calls each once,
-    the order rotating, so that drift of the machine (clock, the other core) falls on all of them alike."""
-    import statistics
-    import time
-
-    names = list(fns)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import paired_medians, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 from bench_metrics import H, K, W, maps  # noqa: E402
 
 import segpost  # noqa: E402
@@ -29,7 +29,7 @@ def main():
                  "compare": lambda: confusion._counts_by_compare(pred, target, K, (255,))}
         (fast_cm, fast_bad), (plain_cm, plain_bad) = paths["lookup"](), paths["compare"]()
         assert np.array_equal(fast_cm, plain_cm) and fast_bad == plain_bad
-        ms = {name: 1e3 * t for name, t in paired_medians(paths, 41).items()}
+        ms = {name: 1e3 * t.median for name, t in time_calls(paths, repeats=41, warmup=0).items()}
         for name, t in ms.items():
             rows.append([threads, name, f"{t:.2f}", f"{H * W / t / 1e3:.0f}", f"{ms['compare'] / t:.2f}x"])
     print(f"uint8 {H}x{W}, {K} classes, 10% ignore (255): counting paths, paired rounds")

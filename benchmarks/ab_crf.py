@@ -33,6 +33,8 @@ out = {"file": segpost.__file__}
 for preset in ("deeplab", "pydensecrf"):
     labels, probs = segpost.crf_refine(image, logits, params=preset, iterations=10, return_probs=True)
     out[preset + "_digest"] = hashlib.sha256(labels.tobytes() + probs.tobytes()).hexdigest()
+    # Timed inline, not with segpost.benchmarking.time_calls: this runs against the baseline build too, which
+    # may predate it. The same protocol: the call above is the warm-up, then the median of the timed calls.
     times = []
     for _ in range(int(sys.argv[1])):
         start = time.perf_counter()

@@ -18,12 +18,11 @@ import importlib.machinery
 import importlib.util
 import os
 import statistics
-import time
 
 import numpy as np
 
 from segpost import _C as current
-from segpost.benchmarking import photo
+from segpost.benchmarking import photo, time_calls
 from segpost.crf.model import DenseCRF
 
 
@@ -69,12 +68,10 @@ def main():
         sides = [model_on(ext, crf, features) for ext in (baseline, current)]
         results = [model.infer(crf._unary, 10, None, True, True) for model, _ in sides]
         same = all(np.array_equal(a, b) for a, b in zip(*results))
-        times = ([], [])
-        for i in range(args.pairs):
-            for side in ((0, 1) if i % 2 else (1, 0)):
-                start = time.perf_counter()
-                sides[side][0].infer(crf._unary, 10, None, False, True)
-                times[side].append(time.perf_counter() - start)
+        # Rounds of one call each, the side going first alternating (this build first in round 0).
+        timings = time_calls({side: (lambda model=sides[side][0]: model.infer(crf._unary, 10, None, False, True))
+                              for side in (1, 0)}, repeats=args.pairs, warmup=0)
+        times = (timings[0].times, timings[1].times)
         ratios = [new / old for old, new in zip(*times)]
         print(f"{name:>42}: baseline {1000 * statistics.median(times[0]):.1f} ms, this "
               f"{1000 * statistics.median(times[1]):.1f} ms, paired ratio median {statistics.median(ratios):.3f} "

@@ -21,18 +21,16 @@ Run:  python benchmarks/bench_cli.py [--pairs 500] [--images 100] [--repeats 2]
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost._datasets import list_files, pair_files, read_ahead, read_label_map  # noqa: E402
@@ -48,11 +46,10 @@ def blocky(rng, h, w, k, boxes=40):
     return labels
 
 
-def timed(args, threads=None):
+def command(args, threads=None):
+    """A callable that runs the command line ``args`` (with SEGPOST_NUM_THREADS=threads), for time_calls."""
     env = dict(os.environ, SEGPOST_NUM_THREADS=str(threads)) if threads else None
-    start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - start
+    return lambda: subprocess.run(args, check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def startup_seconds(root, repeats=3):
@@ -67,8 +64,8 @@ def startup_seconds(root, repeats=3):
     ev = COMMAND + ["eval", str(root / "pred"), str(root / "gt"), "--num-classes", "2", "-q"]
     refine = COMMAND + ["refine", str(root / "images"), str(root / "scores"), "-o", str(root / "out"), "--overwrite",
                         "-q"]
-    return (statistics.median(timed(ev) for _ in range(repeats)),
-            statistics.median(timed(refine) for _ in range(repeats)))
+    return (time_calls(command(ev), repeats=repeats, warmup=0).median,
+            time_calls(command(refine), repeats=repeats, warmup=0).median)
 
 
 def bench_eval(root, pairs, repeats, workers=2):
@@ -102,17 +99,13 @@ def bench_eval(root, pairs, repeats, workers=2):
         for n in range(pairs):
             metrics.update(*decoded[n % 10])
 
-    command = COMMAND + ["eval", str(root / "pred"), str(root / "gt"), "--num-classes", "19", "--ignore-index", "255",
-                         "--workers", str(workers), "-q"]
+    ev = COMMAND + ["eval", str(root / "pred"), str(root / "gt"), "--num-classes", "19", "--ignore-index", "255",
+                    "--workers", str(workers), "-q"]
     decode_all()  # the files into the page cache, the kernels compiled
     count_all()
-    times = {"decode": [], "count": [], "command": []}
-    for _ in range(repeats):
-        for name, fn in (("decode", decode_all), ("count", count_all), ("command", lambda: timed(command))):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    timings = time_calls({"decode": decode_all, "count": count_all, "command": command(ev)}, repeats=repeats,
+                         warmup=0, rotate=False)
+    return {name: t.median for name, t in timings.items()}
 
 
 def photos():
@@ -154,20 +147,21 @@ def bench_refine(root, images, repeats):
     per_image = {}
     for threads in (1, 2):
         segpost.set_num_threads(threads)
-        segpost.crf_refine(*first)
-        per_image[threads] = statistics.median(
-            (lambda s: (segpost.crf_refine(*first), time.perf_counter() - s)[1])(time.perf_counter())
-            for _ in range(5))
+        per_image[threads] = time_calls(lambda: segpost.crf_refine(*first), repeats=5, warmup=1).median
     # (workers, thread cap): one process on all cores, one process on one thread, two processes on one each.
     runs = [(1, None), (1, 1), (2, None)]
-    times = {run: [] for run in runs}
-    for r in range(repeats):
-        for workers, cap in runs if r % 2 == 0 else runs[::-1]:
-            out = root / "out"
-            shutil.rmtree(out, ignore_errors=True)
-            times[workers, cap].append(timed(COMMAND + ["refine", str(root / "images"), str(root / "scores"), "-o",
-                                                        str(out), "--workers", str(workers), "-q"], threads=cap))
-    return per_image, {run: statistics.median(t) for run, t in times.items()}
+    out = root / "out"
+
+    def empty_output():  # untimed, before every run: each run writes every label map
+        shutil.rmtree(out, ignore_errors=True)
+
+    def run(workers, cap):
+        refine = command(COMMAND + ["refine", str(root / "images"), str(root / "scores"), "-o", str(out),
+                                    "--workers", str(workers), "-q"], threads=cap)
+        return empty_output, lambda _: refine()
+
+    timings = time_calls({(workers, cap): run(workers, cap) for workers, cap in runs}, repeats=repeats, warmup=0)
+    return per_image, {run: t.median for run, t in timings.items()}
 
 
 def main():

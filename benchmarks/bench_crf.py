@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost.benchmarking import photo, pydensecrf_labels  # noqa: E402
@@ -73,20 +73,13 @@ def realistic_inputs(size, classes, present, seed=0):
 
 def compare_realistic(name, classes, present, preset, repeats, size=512, iterations=10):
     """Pruned segpost (crf_refine's default), unpruned segpost and pydensecrf on one realistic input."""
-    import statistics
-    import time
-
     image, logits = realistic_inputs(size, classes, present)
     params = segpost.CRFParams.coerce(preset)
     runners = {"pruned": run_segpost, "unpruned": run_segpost_unpruned, "pydensecrf": run_pydensecrf}
-    labels = {key: fn(image, logits, params, iterations) for key, fn in runners.items()}
-    times = {key: [] for key in runners}
-    for round_ in range(repeats):
-        for key in list(runners)[round_ % 3:] + list(runners)[:round_ % 3]:
-            start = time.perf_counter()
-            runners[key](image, logits, params, iterations)
-            times[key].append(time.perf_counter() - start)
-    ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+    labels = {key: fn(image, logits, params, iterations) for key, fn in runners.items()}  # also the warm-up
+    timings = time_calls({key: (lambda fn=fn: fn(image, logits, params, iterations)) for key, fn in runners.items()},
+                         repeats=repeats, warmup=0)
+    ms = {key: 1e3 * t.median for key, t in timings.items()}
     return [name, f"{classes} ({present} present)", preset, f"{ms['pydensecrf']:.0f}", f"{ms['unpruned']:.0f}",
             f"{ms['pruned']:.0f}", f"{ms['unpruned'] / ms['pruned']:.1f}x", f"{ms['pydensecrf'] / ms['pruned']:.1f}x",
             f"{100 * (labels['pruned'] == labels['unpruned']).mean():.2f}%",
@@ -95,19 +88,12 @@ def compare_realistic(name, classes, present, preset, repeats, size=512, iterati
 
 def compare_random_pruning(repeats, size=512, labels=21, iterations=10):
     """On random logits nothing is prunable: crf_refine with pruning (its check) against without."""
-    import statistics
-    import time
-
     image, logits = photo(size), coarse_logits(size, labels)
     params = segpost.CRFParams.deeplab()
-    times = {"pruned": [], "unpruned": []}
-    for round_ in range(repeats):
-        for key in (("pruned", "unpruned") if round_ % 2 == 0 else ("unpruned", "pruned")):
-            fn = run_segpost if key == "pruned" else run_segpost_unpruned
-            start = time.perf_counter()
-            fn(image, logits, params, iterations)
-            times[key].append(time.perf_counter() - start)
-    ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+    timings = time_calls({"pruned": lambda: run_segpost(image, logits, params, iterations),
+                          "unpruned": lambda: run_segpost_unpruned(image, logits, params, iterations)},
+                         repeats=repeats, warmup=0)
+    ms = {key: 1e3 * t.median for key, t in timings.items()}
     return [f"random, {labels} labels", f"{ms['unpruned']:.0f}", f"{ms['pruned']:.0f}",
             f"{ms['unpruned'] / ms['pruned']:.2f}x"]
 
@@ -132,20 +118,13 @@ print(json.dumps((peak_rss_kib() - before) / 1024))
 
 def compare(size, labels, preset, iterations, repeats):
     """Both libraries timed alternately (one run each per round, after a warm-up), medians compared."""
-    import statistics
-    import time
-
     image, logits = photo(size), coarse_logits(size, labels)
     params = segpost.CRFParams.coerce(preset)
-    ours_labels = run_segpost(image, logits, params, iterations)
+    ours_labels = run_segpost(image, logits, params, iterations)  # these two runs are the warm-up
     ref_labels = run_pydensecrf(image, logits, params, iterations)
-    times = {"segpost": [], "pydensecrf": []}
-    for _ in range(repeats):
-        for name in ("segpost", "pydensecrf"):
-            start = time.perf_counter()
-            RUNNERS[name](image, logits, params, iterations)
-            times[name].append(time.perf_counter() - start)
-    t_ours, t_ref = statistics.median(times["segpost"]), statistics.median(times["pydensecrf"])
+    timings = time_calls({name: (lambda fn=fn: fn(image, logits, params, iterations)) for name, fn in RUNNERS.items()},
+                         repeats=repeats, warmup=0, rotate=False)
+    t_ours, t_ref = timings["segpost"].median, timings["pydensecrf"].median
     agree = (ours_labels == ref_labels).mean()
     return [f"{size}x{size}", labels, preset, iterations, f"{t_ref * 1e3:.0f}", f"{t_ours * 1e3:.0f}",
             f"{t_ref / t_ours:.1f}x", f"{100 * agree:.2f}%"]
@@ -154,34 +133,29 @@ def compare(size, labels, preset, iterations, repeats):
 def compare_appearance_build(preset, repeats):
     """The appearance kernel alone (features, lattice, normalisation), 512x512: each library's
     add-a-bilateral-term call, timed alternately; the gap the end-to-end ratio inherits."""
-    import statistics
-    import time
-
     import pydensecrf.densecrf as dcrf
 
     image = np.ascontiguousarray(photo(512))
     params = segpost.CRFParams.coerce(preset)
     unary = np.ones((21, 512 * 512), np.float32)
 
-    def ours():
-        crf = segpost.DenseCRF._from_point_major(unary.T, (512, 512))
-        start = time.perf_counter()
-        crf.add_bilateral(image, params.bi_xy, params.bi_rgb, compat=params.bi_weight)
-        return time.perf_counter() - start, crf.pairwise_terms[-1]["num_vertices"]
-
-    def theirs():
+    def theirs_model():
         d = dcrf.DenseCRF2D(512, 512, 21)
         d.setUnaryEnergy(unary)
-        start = time.perf_counter()  # the model and its unary are not the kernel's cost
-        d.addPairwiseBilateral(sxy=params.bi_xy, srgb=params.bi_rgb, rgbim=image, compat=params.bi_weight)
-        return time.perf_counter() - start
+        return d
 
-    vertices = ours()[1]
-    times = {"segpost": [], "pydensecrf": []}
-    for _ in range(repeats):
-        times["segpost"].append(ours()[0])
-        times["pydensecrf"].append(theirs())
-    t_ours, t_ref = statistics.median(times["segpost"]), statistics.median(times["pydensecrf"])
+    # The model and its unary (the setups, untimed) are not the kernel's cost.
+    add_ours = (lambda: segpost.DenseCRF._from_point_major(unary.T, (512, 512)),
+                lambda crf: crf.add_bilateral(image, params.bi_xy, params.bi_rgb, compat=params.bi_weight))
+    add_theirs = (theirs_model,
+                  lambda d: d.addPairwiseBilateral(sxy=params.bi_xy, srgb=params.bi_rgb, rgbim=image,
+                                                   compat=params.bi_weight))
+    warm = add_ours[0]()  # the warm-up, which also counts the vertices
+    add_ours[1](warm)
+    vertices = warm.pairwise_terms[-1]["num_vertices"]
+    del warm
+    timings = time_calls({"segpost": add_ours, "pydensecrf": add_theirs}, repeats=repeats, warmup=0, rotate=False)
+    t_ours, t_ref = timings["segpost"].median, timings["pydensecrf"].median
     return [preset, vertices, f"{t_ref * 1e3:.1f}", f"{t_ours * 1e3:.1f}", f"{t_ref / t_ours:.1f}x"]
 
 

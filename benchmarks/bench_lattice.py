@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import median_time, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 import segpost  # noqa: E402
 
@@ -83,10 +83,10 @@ def main():
     previous = segpost.get_num_threads()
     for threads in (1, 2):
         segpost.set_num_threads(threads)
-        build = median_time(lambda: segpost.PermutohedralLattice(features), repeats=args.repeats)
+        build = time_calls(lambda: segpost.PermutohedralLattice(features), repeats=args.repeats).median
         lattice = segpost.PermutohedralLattice(features)
-        filt = median_time(lambda: lattice.filter(values), repeats=args.repeats)
-        filt_norm = median_time(lambda: lattice.filter(values, normalize=True), repeats=args.repeats)
+        filt = time_calls(lambda: lattice.filter(values), repeats=args.repeats).median
+        filt_norm = time_calls(lambda: lattice.filter(values, normalize=True), repeats=args.repeats).median
         probe = subprocess.run(
             [sys.executable, __file__, "--memory-probe", str(threads)], capture_output=True, text=True, check=True
         )
@@ -113,14 +113,14 @@ def main():
 
     sigma_spatial, sigma_color = 3.0, 0.1
     image_float = image.astype(np.float32) / 255.0
-    ours = median_time(
+    ours = time_calls(
         lambda: segpost.bilateral_filter(image_float, sigma_spatial, sigma_color), repeats=max(3, args.repeats // 2)
-    )
-    theirs = median_time(
+    ).median
+    theirs = time_calls(
         lambda: denoise_bilateral(image_float, sigma_color=sigma_color, sigma_spatial=sigma_spatial, channel_axis=-1),
         repeats=3,
         warmup=0,
-    )
+    ).median
     print()
     print(f"bilateral filter, 512x512 RGB, sigma_spatial={sigma_spatial}, sigma_color={sigma_color} (0..1 units), "
           f"{segpost.get_num_threads()} threads")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import paired_medians, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost.benchmarking import photo  # noqa: E402
@@ -66,9 +66,8 @@ def main():
     rows = []
     for batch, size, with_torch, repeats in ((1, 128, True, 3), (4, 256, False, 3)):
         fns = runners(batch, size, with_torch)
-        for fn in fns.values():
-            fn()  # warm: the smoothness lattice's cache, allocator
-        times = paired_medians(fns, 1 if args.quick else repeats)
+        # warm-up: the smoothness lattice's cache, the allocator
+        times = {name: t.median for name, t in time_calls(fns, repeats=1 if args.quick else repeats, warmup=1).items()}
         base = times["crf_refine (inference)"]
         for name, t in times.items():
             rows.append([f"({batch}, {CLASSES}, {size}, {size})", name, f"{t * 1e3:.0f}", f"{t / base:.1f}x"])

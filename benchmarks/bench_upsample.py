@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import median_time, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 H, W, C = 1024, 2048, 150
 
@@ -57,7 +57,7 @@ def main():
     rows = []
     for name, fn in (("resize_logits + argmax (naive)", naive), ("upsample_argmax (64-row blocks)", blocked)):
         key = "naive" if "naive" in name else "blocked"
-        rows.append([name, f"{median_time(lambda: fn(x), repeats=3) * 1e3:.0f}", f"{probe(key):.0f}"])
+        rows.append([name, f"{time_calls(lambda: fn(x), repeats=3).median * 1e3:.0f}", f"{probe(key):.0f}"])
     print(f"{C} classes, stride-8 logits -> {H}x{W} labels; same labels: {100 * agree:.3f}%")
     print_table(["method", "median ms", "peak MiB"], rows)
 

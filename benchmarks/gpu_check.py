@@ -17,16 +17,14 @@ bits twice); no memory growth over repeated calls. Timings: crf_refine
 
 Run:  python benchmarks/gpu_check.py
 """
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
 import segpost
 from segpost.lattice.cuda import CudaLattice, cuda_extension
-from segpost.benchmarking import photo
+from segpost.benchmarking import photo, time_calls
 from segpost.nn import DenseCRF
 
 FAILURES = []
@@ -39,15 +37,8 @@ def check(name, ok, detail=""):
 
 
 def gpu_time(fn, repeats=10):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``fn`` after one warm-up call, each call waited for on the device."""
+    return time_calls(fn, repeats=repeats, warmup=1, sync=torch.cuda.synchronize).median
 
 
 def main():

@@ -17,12 +17,12 @@ training scenes only. Held-out scenes then compare, by mIoU and boundary F
 Run:  python benchmarks/train_crf.py [--steps N]
 """
 import argparse
-import time
 
 import numpy as np
 import torch
 
 import segpost
+from segpost.benchmarking import time_calls
 from segpost.demo import make_scene, simulate_network
 from segpost.metrics import SegMetrics, boundary_fscore
 from segpost.nn import DenseCRF
@@ -75,14 +75,16 @@ def main():
     train_scenes, held_out = scenes(TRAIN_SEEDS), scenes(HELD_OUT_SEEDS)
     truths = [t for _, t, _ in held_out]
 
-    start = time.perf_counter()
-    crf, losses = train(train_scenes, args.steps)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    probs = [torch.softmax(torch.from_numpy(l), 0).numpy() for _, _, l in train_scenes]
-    tuned, _ = segpost.tune_crf([i for i, _, _ in train_scenes], probs, [t for _, t, _ in train_scenes],
+    timing = time_calls(lambda: train(train_scenes, args.steps), repeats=1, warmup=0)
+    (crf, losses), train_s = timing.value, timing.median
+
+    def tune():
+        probs = [torch.softmax(torch.from_numpy(l), 0).numpy() for _, _, l in train_scenes]
+        return segpost.tune_crf([i for i, _, _ in train_scenes], probs, [t for _, t, _ in train_scenes],
                                 num_classes=CLASSES, progress=False)
-    tune_s = time.perf_counter() - start
+
+    timing = time_calls(tune, repeats=1, warmup=0)
+    (tuned, _), tune_s = timing.value, timing.median
 
     with torch.no_grad():
         learned = [crf(torch.from_numpy(l)[None], torch.from_numpy(i).permute(2, 0, 1)[None])[0].argmax(0).numpy()

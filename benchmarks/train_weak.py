@@ -31,7 +31,6 @@ on 2 cores its thread pool and torch's OpenMP threads otherwise contend.
 Run:  python benchmarks/train_weak.py [--steps N] [--cost]
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ from segpost.demo import make_scene
 from segpost.metrics import SegMetrics
 from segpost.nn import DenseCRFLoss
 
-from _common import paired_medians, print_table
+from _common import print_table, time_calls
 
 CLASSES, SIZE, IGNORE = 5, (128, 128), 255
 TRAIN_SEEDS, HELD_OUT_SEEDS = range(0, 24), range(100, 112)
@@ -149,10 +148,9 @@ def cost(repeats, threads):
         loss.backward()
         optimiser.step()
 
-    for _ in range(3):
-        step(False), step(True)
-    times = paired_medians({"partial cross-entropy": lambda: step(False),
-                            "+ DenseCRFLoss": lambda: step(True)}, repeats)
+    times = {name: t.median for name, t in time_calls({"partial cross-entropy": lambda: step(False),
+                                                       "+ DenseCRFLoss": lambda: step(True)},
+                                                      repeats=repeats, warmup=3).items()}
     base, with_loss = times["partial cross-entropy"], times["+ DenseCRFLoss"]
     print(f"smp resnet18 U-Net training step, batch 2, 128x128, CPU, torch {torch.get_num_threads()} threads, "
           f"segpost {segpost.get_num_threads()}, {repeats} paired rounds (medians):")
@@ -175,9 +173,8 @@ def main():
     rows = []
     for mode, name in (("scribbles", "scribbles: partial cross-entropy"),
                        ("crf", "scribbles + DenseCRFLoss"), ("full", "full supervision")):
-        start = time.perf_counter()
-        net = train(train_data, mode, args.steps)
-        seconds = time.perf_counter() - start
+        timing = time_calls(lambda: train(train_data, mode, args.steps), repeats=1, warmup=0)
+        net, seconds = timing.value, timing.median
         rows.append([name, f"{100 * miou(net, held_out):.1f}", f"{seconds:.0f}"])
     print(f"{len(TRAIN_SEEDS)} training / {len(HELD_OUT_SEEDS)} held-out scenes of {SIZE[0]}x{SIZE[1]}, "
           f"{CLASSES} classes, scribbles label {100 * labelled:.1f}% of the pixels; {args.steps} Adam steps of 4 "

@@ -3,22 +3,97 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["median_time", "crf_timings", "metrics_throughput", "photo", "pydensecrf_labels"]
+__all__ = ["Timing", "time_calls", "crf_timings", "metrics_throughput", "photo", "pydensecrf_labels"]
 
 
-def median_time(fn, *, repeats=5, warmup=1):
-    """Median wall time of fn() in seconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+@dataclass(frozen=True)
+class Timing:
+    """The wall times of one callable's timed calls (see :func:`time_calls`)."""
+
+    times: tuple  #: seconds of each timed call, in the order they ran
+    value: object = None  #: what the last call returned (when one callable was timed)
+
+    @property
+    def median(self):
+        """The median of ``times``, in seconds."""
+        return statistics.median(self.times)
+
+
+def time_calls(fns, *, repeats=5, warmup=1, rotate=True, sync=None):
+    """Wall times of calls, after ``warmup`` untimed calls: segpost's one way of timing code.
+
+    Parameters
+    ----------
+    fns : callable, or dict of name -> callable
+        What to time. Several are timed in rounds, each called once per
+        round, so that drift of the machine (clock, load on the other cores)
+        falls on all of them alike. A value may be a pair ``(setup, fn)``:
+        ``setup()`` runs untimed before every call and ``fn`` gets what it
+        returned (a fresh model, an emptied output folder).
+    repeats : int
+        Timed calls of each.
+    warmup : int
+        Untimed calls of each first (compilation, caches, the page cache).
+    rotate : bool
+        Round ``r`` starts at the ``r``-th callable (and goes round), so that
+        none always runs first; False: the order of ``fns`` every round.
+    sync : callable, optional
+        Called after every call, inside the timed span:
+        ``torch.cuda.synchronize`` for work queued on a GPU.
+
+    Returns
+    -------
+    Timing, or dict of name -> Timing
+        For a callable (with what its last call returned), or for a dict of
+        them (in the dict's order).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> timing = time_calls(lambda: np.sort(np.arange(1000)), repeats=3)
+    >>> len(timing.times), timing.median > 0, timing.value[:3]
+    (3, True, array([0, 1, 2]))
+    >>> rounds = time_calls({"sort": lambda: sorted(range(100)), "sum": lambda: sum(range(100))}, repeats=2)
+    >>> list(rounds), len(rounds["sum"].times)
+    (['sort', 'sum'], 2)
+    """
+    single = callable(fns)
+    named = {None: fns} if single else dict(fns)
+    calls = {name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in named.items()}
+    times = {name: [] for name in calls}
+    value = None
+
+    def call(name, timed, keep):
+        nonlocal value
+        setup, fn = calls[name]
+        args = () if setup is None else (setup(),)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        out = fn(*args)
+        if sync is not None:
+            sync()
+        if keep:
+            value = out
+        # Otherwise freed inside the timed span, as a bare call's result is: a result held over into the next
+        # call would change what it measures (segpost's kernels reuse freed buffers).
+        del out
+        if timed:
+            times[name].append(time.perf_counter() - start)
+
+    names = list(calls)
+    for w in range(warmup):
+        for name in names:
+            call(name, False, single and repeats == 0 and w == warmup - 1)
+    for r in range(repeats):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            call(name, True, single and r == repeats - 1)
+    if single:
+        return Timing(tuple(times[None]), value)
+    return {name: Timing(tuple(times[name])) for name in names}
 
 
 def photo(size):
@@ -64,8 +139,9 @@ def crf_timings(*, sizes=(512,), labels=(21,), preset="pydensecrf", iterations=1
         image = photo(size)
         for n in labels:
             logits = np.random.default_rng(0).normal(scale=2.0, size=(n, size // 8, size // 8)).astype(np.float32)
-            ours = median_time(lambda: crf_refine(image, logits, params=params), repeats=repeats)
-            ref = median_time(lambda: pydensecrf_labels(image, logits, params), repeats=repeats) if have_reference else None
+            ours = time_calls(lambda: crf_refine(image, logits, params=params), repeats=repeats).median
+            ref = (time_calls(lambda: pydensecrf_labels(image, logits, params), repeats=repeats).median
+                   if have_reference else None)
             rows.append({"size": f"{size}x{size}", "labels": n, "segpost_ms": ours * 1e3,
                          "pydensecrf_ms": None if ref is None else ref * 1e3})
     return rows
@@ -89,7 +165,7 @@ def metrics_throughput(*, shape=(1024, 2048), num_classes=19, repeats=5):
             keep = t != 255
             return np.bincount(t[keep].astype(np.int64) * num_classes + p[keep], minlength=num_classes**2)
 
-        ours = median_time(lambda: confusion_matrix(p, t, num_classes, ignore_index=255), repeats=repeats)
-        ref = median_time(bincount, repeats=repeats)
+        ours = time_calls(lambda: confusion_matrix(p, t, num_classes, ignore_index=255), repeats=repeats).median
+        ref = time_calls(bincount, repeats=repeats).median
         rows.append({"dtype": np.dtype(dtype).name, "segpost_mpx": h * w / ours / 1e6, "bincount_mpx": h * w / ref / 1e6})
     return rows

@@ -353,23 +353,28 @@ def _init_distributed():
     return dist
 
 
-def _eval(args) -> int:
-    from .metrics import SegMetrics
+def _read_class_names(args):
+    """``--class-names``: one name per line, as many as ``--num-classes``; None without the option."""
+    if not args.class_names:
+        return None
+    path = Path(args.class_names)
+    if not path.is_file():
+        raise UserError(f"class names file not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != args.num_classes:
+        raise UserError(f"{path} has {len(names)} names but --num-classes is {args.num_classes}")
+    return names
 
-    names = None
-    if args.class_names:
-        path = Path(args.class_names)
-        if not path.is_file():
-            raise UserError(f"class names file not found: {path}")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if len(names) != args.num_classes:
-            raise UserError(f"{path} has {len(names)} names but --num-classes is {args.num_classes}")
-    if args.json:
-        _check_output(args.json, (".json",), "--json")
-    if args.plot:
-        _check_output(args.plot, (".png", ".pdf", ".svg"), "--plot")
-    palette = read_palette(args.gt_palette) if args.gt_palette else None
-    rank, world, launcher = shard_spec(args.shard)
+
+def _pair_eval_files(args):
+    """Predictions paired with ground truths by name; no output may name one of the files read.
+
+    Returns
+    -------
+    pairs : list of (key, prediction path, ground-truth path)
+    unmatched, missing : list of str
+        The predictions without a ground truth, the ground truths without a prediction.
+    """
     extensions = IMAGE_SUFFIXES + VOLUME_SUFFIXES
     preds = list_files(args.pred_dir, suffix=args.pred_suffix, recursive=args.recursive, name="PRED_DIR",
                        extensions=extensions)
@@ -380,112 +385,7 @@ def _eval(args) -> int:
         [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot), ("--per-case", args.per_case)) if path],
         [*preds.values(), *gts.values(),
          *(Path(s) for s in (args.pred_dir, args.gt_dir, args.class_names, args.gt_palette) if s and Path(s).is_file())])
-    volumes = _check_volume_pairs(pairs)
-    surface = args.surface or volumes
-    if args.per_case:
-        _check_output(args.per_case, (".csv", ".json"), "--per-case")
-        if not surface:
-            raise UserError("--per-case lists the surface metrics per case: add --surface (on by itself for NIfTI)")
-    if not (args.tolerance >= 0 and args.tolerance < float("inf")):
-        raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
-    lead = rank == 0 or launcher == "shard"  # under torchrun rank 0 speaks for all
-    if lead:
-        if missing:
-            print(f"warning: {len(missing)} ground-truth file(s) have no prediction, e.g. {missing[:3]}",
-                  file=sys.stderr)
-        if unmatched:
-            print(f"warning: {len(unmatched)} prediction(s) have no ground truth, e.g. {unmatched[:3]}",
-                  file=sys.stderr)
-        lossy = [str(p) for _, p, _ in pairs if p.suffix.lower() in LOSSY_SUFFIXES]
-        if lossy:
-            print(f"warning: {len(lossy)} prediction(s) are lossy (JPEG/WebP), e.g. {lossy[0]}: compression changes "
-                  f"labels along edges; save label maps as PNG", file=sys.stderr)
-    if not pairs:
-        raise UserError("no prediction/ground-truth pairs with the same name were found (see --pred-suffix, "
-                        "--gt-suffix, -r)")
-    # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
-    metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
-                         boundary=args.boundary, **_surface_options(args, surface, volumes))
-    mismatched, unreadable, evaluated, case_rows = [], [], 0, []
-
-    def load(pair):
-        key, pred_path, gt_path = pair
-        try:
-            if volumes:
-                return key, read_volume(pred_path), read_volume(gt_path)
-            return key, read_label_map(pred_path), read_label_map(gt_path, palette)
-        except UserError as exc:  # one bad file is listed and skipped, not fatal
-            return key, exc, None
-
-    dist = _init_distributed() if launcher == "torchrun" else None
-    mine = shard(pairs, rank, world)
-    progress = _Progress(len(mine), "eval", quiet=args.quiet or not lead)
-    try:
-        for key, pred, gt in read_ahead(load, mine, max(1, args.workers)):
-            progress.update()
-            spacing = None
-            if gt is not None and volumes:
-                (pred, pred_spacing), (gt, spacing) = pred, gt
-                _check_same_spacing(key, pred_spacing, spacing)
-            if gt is None:
-                unreadable.append(str(pred))
-            elif pred.shape != gt.shape:
-                mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
-            else:
-                cases = metrics.update(pred, gt, spacing=spacing) if surface else metrics.update(pred, gt)
-                if cases:
-                    case_rows += [dict(row, spacing=list(case.spacing)) for case in cases
-                                  for row in case.rows(key, metrics.class_names)]
-                evaluated += 1
-        if dist is not None:  # one table: the counts summed over the ranks, the skipped files gathered
-            metrics.sync()
-            gathered = [None] * world
-            dist.all_gather_object(gathered, (evaluated, unreadable, mismatched, case_rows, metrics.first_invalid))
-            evaluated = sum(count for count, *_ in gathered)
-            unreadable = [item for _, items, *_ in gathered for item in items]
-            mismatched = [item for _, _, items, *_ in gathered for item in items]
-            case_rows = sorted((row for _, _, _, rows, _ in gathered for row in rows), key=lambda row: row["case"])
-            metrics.first_invalid = next((first for *_, first in gathered if first is not None), None)
-    finally:
-        progress.close()
-        if dist is not None:
-            dist.destroy_process_group()
-    # From here on every rank holds the same numbers, so all raise or none does.
-    if evaluated == 0:
-        raise UserError(f"no pair could be evaluated: {'; '.join((unreadable + mismatched)[:3])}")
-    if metrics.num_invalid and not args.drop_invalid:
-        first = metrics.first_invalid
-        raise UserError(f"{metrics.num_invalid} pixels have labels outside [0, {args.num_classes}) that are not "
-                        f"ignored (first bad value: {first}): is --num-classes right? (--ignore-index {first} for "
-                        f"void labels, or --drop-invalid to count and skip them)")
-    if not lead:
-        return 0
-    if unreadable:
-        print(f"warning: skipped {len(unreadable)} unreadable pair(s): {'; '.join(unreadable[:3])}", file=sys.stderr)
-    if mismatched:
-        print(f"warning: skipped {len(mismatched)} pair(s) of different sizes, e.g. {mismatched[:3]}", file=sys.stderr)
-    result = metrics.compute()
-    print(result.table())
-    if launcher == "shard":
-        print(f"shard {rank}/{world}: {evaluated} image pairs evaluated, of {len(pairs)} in all (this shard's table; "
-              f"sum the --json confusion matrices, or run under torchrun for one table)")
-    else:
-        print(f"{evaluated} image pairs evaluated" + (f" on {world} ranks" if world > 1 else ""))
-    if result.num_invalid:
-        print(f"warning: {result.num_invalid} pixels had labels outside [0, {args.num_classes}) and were not counted "
-              f"(--drop-invalid)", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
-        print(f"wrote {args.json}")
-    if args.per_case:
-        _write_per_case(args.per_case, case_rows, result)
-        print(f"wrote {args.per_case}")
-    if args.plot:
-        from .viz import plot_confusion_matrix
-
-        plot_confusion_matrix(result).savefig(args.plot, dpi=100)
-        print(f"wrote {args.plot}")
-    return 0
+    return pairs, unmatched, missing
 
 
 def _check_volume_pairs(pairs):
@@ -498,6 +398,30 @@ def _check_volume_pairs(pairs):
     example = next(f"{p} and {g}" for _, p, g in pairs if is_volume(p) != is_volume(g)) if any(
         a != b for a, b in kinds) else next(f"{p}" for _, p, g in pairs if not is_volume(p))
     raise UserError(f"the pairs mix NIfTI volumes and images (e.g. {example}): compare volumes with volumes")
+
+
+def _check_surface_options(args, surface):
+    """``--per-case`` (which needs the surface metrics) and ``--tolerance``, once the pairs say what they are."""
+    if args.per_case:
+        _check_output(args.per_case, (".csv", ".json"), "--per-case")
+        if not surface:
+            raise UserError("--per-case lists the surface metrics per case: add --surface (on by itself for NIfTI)")
+    if not (args.tolerance >= 0 and args.tolerance < float("inf")):
+        raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+
+
+def _warn_unpaired(pairs, unmatched, missing):
+    """What pairing left out, and predictions saved in a lossy format."""
+    if missing:
+        print(f"warning: {len(missing)} ground-truth file(s) have no prediction, e.g. {missing[:3]}",
+              file=sys.stderr)
+    if unmatched:
+        print(f"warning: {len(unmatched)} prediction(s) have no ground truth, e.g. {unmatched[:3]}",
+              file=sys.stderr)
+    lossy = [str(p) for _, p, _ in pairs if p.suffix.lower() in LOSSY_SUFFIXES]
+    if lossy:
+        print(f"warning: {len(lossy)} prediction(s) are lossy (JPEG/WebP), e.g. {lossy[0]}: compression changes "
+              f"labels along edges; save label maps as PNG", file=sys.stderr)
 
 
 def _check_same_spacing(key, pred_spacing, gt_spacing):
@@ -514,6 +438,158 @@ def _surface_options(args, surface, volumes):
         return {}
     return {"surface": True, "tolerance": args.tolerance, "exclude_classes": args.exclude_class or (),
             "spacing": (1.0, 1.0, 1.0) if volumes else None}
+
+
+class _Tally:
+    """What eval counted besides the confusion matrix: the pairs scored, those skipped and why, per-case rows."""
+
+    def __init__(self):
+        self.evaluated, self.unreadable, self.mismatched, self.case_rows = 0, [], [], []
+
+
+def _label_reader(volumes, palette):
+    """``read(pair) -> (key, prediction, ground truth)``; a file that cannot be read gives ``(key, error, None)``.
+
+    Volumes come as ``(labels, spacing)``.
+    """
+    def read(pair):
+        key, pred_path, gt_path = pair
+        try:
+            if volumes:
+                return key, read_volume(pred_path), read_volume(gt_path)
+            return key, read_label_map(pred_path), read_label_map(gt_path, palette)
+        except UserError as exc:  # one bad file is listed and skipped, not fatal
+            return key, exc, None
+
+    return read
+
+
+def _count_pair(metrics, tally, key, pred, gt, *, volumes, surface):
+    """One pair into ``metrics`` (and its per-case rows into ``tally``), or listed in ``tally`` as skipped."""
+    spacing = None
+    if gt is not None and volumes:
+        (pred, pred_spacing), (gt, spacing) = pred, gt
+        _check_same_spacing(key, pred_spacing, spacing)
+    if gt is None:
+        tally.unreadable.append(str(pred))
+    elif pred.shape != gt.shape:
+        tally.mismatched.append(f"{key} {pred.shape} vs {gt.shape}")
+    else:
+        cases = metrics.update(pred, gt, spacing=spacing) if surface else metrics.update(pred, gt)
+        if cases:
+            tally.case_rows += [dict(row, spacing=list(case.spacing)) for case in cases
+                                for row in case.rows(key, metrics.class_names)]
+        tally.evaluated += 1
+
+
+def _gather(dist, world, metrics, tally):
+    """One table from torchrun's ranks: the counts summed, the skipped files and the per-case rows gathered."""
+    metrics.sync()
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (tally.evaluated, tally.unreadable, tally.mismatched, tally.case_rows,
+                                      metrics.first_invalid))
+    tally.evaluated = sum(count for count, *_ in gathered)
+    tally.unreadable = [item for _, items, *_ in gathered for item in items]
+    tally.mismatched = [item for _, _, items, *_ in gathered for item in items]
+    tally.case_rows = sorted((row for _, _, _, rows, _ in gathered for row in rows), key=lambda row: row["case"])
+    metrics.first_invalid = next((first for *_, first in gathered if first is not None), None)
+
+
+def _count_pairs(args, metrics, pairs, *, rank, world, launcher, lead, volumes, palette, surface):
+    """This rank's share of ``pairs`` read ahead on threads and counted into ``metrics``; under torchrun the
+    ranks' counts summed. Returns the :class:`_Tally`."""
+    tally = _Tally()
+    read = _label_reader(volumes, palette)
+    dist = _init_distributed() if launcher == "torchrun" else None
+    mine = shard(pairs, rank, world)
+    progress = _Progress(len(mine), "eval", quiet=args.quiet or not lead)
+    try:
+        for key, pred, gt in read_ahead(read, mine, max(1, args.workers)):
+            progress.update()
+            _count_pair(metrics, tally, key, pred, gt, volumes=volumes, surface=surface)
+        if dist is not None:
+            _gather(dist, world, metrics, tally)
+    finally:
+        progress.close()
+        if dist is not None:
+            dist.destroy_process_group()
+    return tally
+
+
+def _check_counts(args, metrics, tally):
+    """Refuse a run that scored nothing, or counted labels outside [0, K) without ``--drop-invalid``.
+
+    Every rank holds the same numbers by now, so all raise or none does.
+    """
+    if tally.evaluated == 0:
+        raise UserError(f"no pair could be evaluated: {'; '.join((tally.unreadable + tally.mismatched)[:3])}")
+    if metrics.num_invalid and not args.drop_invalid:
+        first = metrics.first_invalid
+        raise UserError(f"{metrics.num_invalid} pixels have labels outside [0, {args.num_classes}) that are not "
+                        f"ignored (first bad value: {first}): is --num-classes right? (--ignore-index {first} for "
+                        f"void labels, or --drop-invalid to count and skip them)")
+
+
+def _report_eval(args, result, tally, *, pairs, rank, world, launcher):
+    """The skipped pairs, the table and what it covers, and the files asked for (JSON, per-case, plot)."""
+    if tally.unreadable:
+        print(f"warning: skipped {len(tally.unreadable)} unreadable pair(s): {'; '.join(tally.unreadable[:3])}",
+              file=sys.stderr)
+    if tally.mismatched:
+        print(f"warning: skipped {len(tally.mismatched)} pair(s) of different sizes, e.g. {tally.mismatched[:3]}",
+              file=sys.stderr)
+    print(result.table())
+    if launcher == "shard":
+        print(f"shard {rank}/{world}: {tally.evaluated} image pairs evaluated, of {len(pairs)} in all (this shard's "
+              f"table; sum the --json confusion matrices, or run under torchrun for one table)")
+    else:
+        print(f"{tally.evaluated} image pairs evaluated" + (f" on {world} ranks" if world > 1 else ""))
+    if result.num_invalid:
+        print(f"warning: {result.num_invalid} pixels had labels outside [0, {args.num_classes}) and were not counted "
+              f"(--drop-invalid)", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    if args.per_case:
+        _write_per_case(args.per_case, tally.case_rows, result)
+        print(f"wrote {args.per_case}")
+    if args.plot:
+        from .viz import plot_confusion_matrix
+
+        plot_confusion_matrix(result).savefig(args.plot, dpi=100)
+        print(f"wrote {args.plot}")
+
+
+def _eval(args) -> int:
+    """Predicted label maps (or volumes) against their ground truths: pair, check, count, report."""
+    from .metrics import SegMetrics
+
+    names = _read_class_names(args)
+    if args.json:
+        _check_output(args.json, (".json",), "--json")
+    if args.plot:
+        _check_output(args.plot, (".png", ".pdf", ".svg"), "--plot")
+    palette = read_palette(args.gt_palette) if args.gt_palette else None
+    rank, world, launcher = shard_spec(args.shard)
+    pairs, unmatched, missing = _pair_eval_files(args)
+    volumes = _check_volume_pairs(pairs)
+    surface = args.surface or volumes
+    _check_surface_options(args, surface)
+    lead = rank == 0 or launcher == "shard"  # under torchrun rank 0 speaks for all
+    if lead:
+        _warn_unpaired(pairs, unmatched, missing)
+    if not pairs:
+        raise UserError("no prediction/ground-truth pairs with the same name were found (see --pred-suffix, "
+                        "--gt-suffix, -r)")
+    # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
+    metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
+                         boundary=args.boundary, **_surface_options(args, surface, volumes))
+    tally = _count_pairs(args, metrics, pairs, rank=rank, world=world, launcher=launcher, lead=lead,
+                         volumes=volumes, palette=palette, surface=surface)
+    _check_counts(args, metrics, tally)
+    if lead:
+        _report_eval(args, metrics.compute(), tally, pairs=pairs, rank=rank, world=world, launcher=launcher)
+    return 0
 
 
 def _write_per_case(path, rows, result):

@@ -1,6 +1,8 @@
-"""Brute-force reference implementations the fast kernels are tested against, and the reference libraries."""
+"""Brute-force reference implementations the fast kernels are tested against, the reference libraries, and a
+fresh interpreter for the tests of crashes and hangs."""
 import importlib
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -100,3 +102,20 @@ def sanitizer_environment():
     import os
 
     return {k: v for k, v in os.environ.items() if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+
+
+# Fork, rlimits and signals as on Linux: the subprocess tests of threads, memory and Ctrl-C.
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="fork, rlimits and signals as on Linux")
+
+
+def run_python(code, timeout=120, env=None):
+    """Run ``code`` in a fresh interpreter (-P: the installed segpost); returns the CompletedProcess.
+
+    For tests of crashes and hangs: a crash or a hang in the subprocess fails the test instead of killing the
+    test session.
+    """
+    import subprocess
+    import textwrap
+
+    return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=None if env is None else {**os.environ, **env})

@@ -128,3 +128,63 @@ def test_nn_dense_crf_defaults_are_the_pydensecrf_preset_crf_refine_deeplabs():
             defaults["iterations"]) == (preset.pos_xy, preset.pos_weight, preset.bi_xy, preset.bi_rgb,
                                         preset.bi_weight, preset.iterations)
     assert segpost.CRFParams() == segpost.CRFParams.deeplab()
+
+
+# --- the intensity rule and one-channel scores, in crf_refine, Pipeline and nn.DenseCRF ---------------------
+
+def _photo(h=48, w=64):
+    return data.astronaut()[100:100 + h, 150:150 + w]
+
+
+def _pointwise_model(classes=4):
+    """A 1x1 conv, seeded."""
+    torch.manual_seed(1)
+    return torch.nn.Conv2d(3, classes, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.int32])
+def test_integer_images_hold_0_to_255_whatever_their_dtype(dtype):
+    img = _photo()
+    logits = np.random.default_rng(0).normal(size=(3, 12, 16)).astype(np.float32)
+    expected = segpost.crf_refine(img, logits)
+    np.testing.assert_array_equal(segpost.crf_refine(img.astype(dtype), logits), expected)
+    np.testing.assert_array_equal(segpost.crf_refine(img.astype(np.float32) / 255, logits), expected)
+    model = _pointwise_model()
+    np.testing.assert_allclose(segpost.Pipeline(model)(img.astype(dtype), return_probs=True).probs,
+                               segpost.Pipeline(model)(img, return_probs=True).probs, atol=1e-6)
+
+
+def test_images_outside_the_rule_raise_or_warn():
+    logits = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="0..255"):
+        segpost.crf_refine(np.full((32, 32, 3), 1000, np.uint16), logits)
+    with pytest.raises(ValueError, match="ImageNet-normalised"):
+        segpost.crf_refine(np.full((32, 32, 3), -1.5, np.float32), logits)
+    with pytest.warns(UserWarning, match="under 1%"):
+        segpost.crf_refine(np.ones((32, 32, 3), np.int64), logits)
+    with pytest.warns(UserWarning, match="under 1%"):
+        segpost.Pipeline(_pointwise_model())(np.ones((32, 32, 3), np.uint8))
+    normalised = (torch.rand(1, 3, 8, 8) - torch.tensor(segpost.IMAGENET_MEAN).view(1, 3, 1, 1)) / 0.229
+    with pytest.raises(ValueError, match="ImageNet-normalised"):
+        segpost.nn.DenseCRF(2)(torch.randn(1, 2, 8, 8), normalised)
+
+
+def test_one_channel_logits_are_two_classes_background_and_sigmoid():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, 1)
+    img = _photo()
+    out = segpost.Pipeline(model)(img, return_probs=True)
+    x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(segpost.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(segpost.IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        z = model(((x - mean) / std)[None])[0, 0].numpy()
+    assert out.probs.shape == (2, *img.shape[:2])
+    np.testing.assert_allclose(out.probs[1], 1 / (1 + np.exp(-z)), atol=1e-6)
+    np.testing.assert_array_equal(out.labels, (z > 0).astype(np.int64))
+    # crf_refine: one channel of logits z is [0, z]; one channel of probabilities p is [1 - p, p]
+    z_small = z[::4, ::4][None].astype(np.float32)
+    np.testing.assert_array_equal(segpost.crf_refine(img, z_small),
+                                  segpost.crf_refine(img, np.concatenate([0 * z_small, z_small])))
+    p = 1 / (1 + np.exp(-z_small))
+    np.testing.assert_array_equal(segpost.crf_refine(img, probs=p),
+                                  segpost.crf_refine(img, probs=np.concatenate([1 - p, p])))

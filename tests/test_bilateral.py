@@ -76,3 +76,25 @@ def test_bad_input_raises(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         bilateral_filter(**args)
+
+
+# --- inputs once refused or turned into wrong numbers -------------------------------------------------------
+
+IMAGE = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+
+
+def test_float64_beyond_float32_range_is_refused():
+    with pytest.raises(ValueError, match="range|magnitude"):
+        bilateral_filter(np.full((32, 32, 3), 1e300), sigma_spatial=3, sigma_color=10)
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: bilateral_filter(IMAGE, sigma_spatial=3, sigma_color=1e-40), ValueError, "sigma_color"),
+    (lambda: bilateral_filter(IMAGE, sigma_spatial=1e-50, sigma_color=10), ValueError, "sigma_spatial"),
+])
+def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()

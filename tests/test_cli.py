@@ -710,3 +710,17 @@ def test_under_the_real_torchrun(image_folder):
                         capture_output=True, text=True, env=env, timeout=300)
     assert ev.returncode == 0, ev.stderr
     assert ev.stdout.count("mIoU 100.00") == 1 and "6 image pairs evaluated on 2 ranks" in ev.stdout
+
+
+# --- scores that are probabilities --------------------------------------------------------------------------
+
+def test_probabilities_given_as_logits_are_refused_naming_the_cli_option(tmp_path, capsys):
+    from segpost.cli import main
+
+    scores = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "p.npy", scores / scores.sum(0))
+    io.imsave(tmp_path / "i.png", data.astronaut()[100:132, 150:182], check_contrast=False)
+    assert main(["refine", str(tmp_path / "i.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "pass them as --probs" in err and "probs=" not in err
+    assert not (tmp_path / "o.png").exists()

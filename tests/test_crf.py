@@ -17,7 +17,7 @@ from oracles import exact_mean_field
 # crops this small the lattice is coarse and the largest difference of an
 # example has a long tail, so each test bounds both the largest and the mean
 # difference. Worst cases seen in over 100,000 random examples per setting,
-# half of them at the maximum weight (python tests/measure_crf_bounds.py, plus
+# half of them at the maximum weight (python benchmarks/measure_crf_bounds.py, plus
 # earlier searches with the same draws), then bounds with headroom:
 # - smoothness kernel only (d = 2): one step 0.040 largest, 0.014 mean; after
 #   10 iterations 0.035 largest, 0.012 mean;
@@ -409,3 +409,43 @@ def test_wide_label_sets_agree_with_the_labels_that_carry_mass(extra, real_first
     real = slice(0, 21) if real_first else slice(extra, extra + 21)
     np.testing.assert_allclose(results[1][real], results[0], rtol=0, atol=1e-6)
     assert np.all(np.delete(results[1], np.arange(real.start, real.stop), axis=0) == 0)
+
+
+# --- inputs once refused, mishandled or turned into wrong numbers -------------------------------------------
+
+RNG = np.random.default_rng(0)
+IMAGE = RNG.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("unary_scale, compat", [(1e16, 3.0), (1.0, 1e16), (1e30, 1e30)])
+def test_extreme_crf_scores_are_refused(unary_scale, compat):
+    unary = (RNG.normal(size=(3, 16, 16)) * unary_scale).astype(np.float32)
+    with pytest.raises(ValueError, match="magnitude"):
+        crf = segpost.DenseCRF(unary)
+        crf.add_gaussian(3, compat=compat)
+
+
+@pytest.mark.parametrize("labels", [3, 9, 21])
+def test_largest_accepted_scores_give_marginals_that_sum_to_one(labels):
+    # Scores at the accepted bound: messages stay finite and the padding lanes never win.
+    unary = (np.sign(RNG.normal(size=(labels, 16, 16))) * 1e15).astype(np.float32)
+    crf = segpost.DenseCRF(unary)
+    crf.add_gaussian(3, compat=1e15)
+    crf.add_bilateral(RNG.integers(0, 255, (16, 16, 3), dtype=np.uint8), 5, 10, compat=-1e15)
+    q = np.asarray(crf.inference(3))
+    assert np.isfinite(q).all()
+    np.testing.assert_allclose(q.sum(axis=0), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: DenseCRF(np.zeros((3, 8, 8), np.float32)).inference(2**31), ValueError, "iterations"),
+    (lambda: DenseCRF(np.zeros((3, 8, 8), np.float32)).add_gaussian(1e-50), ValueError, "sigma"),
+    (lambda: DenseCRF(np.zeros((3, 8, 8), np.float32)).add_bilateral(IMAGE[:8, :8], 3, 1e-40), ValueError,
+     "sigma_color"),
+])
+def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()

@@ -1,9 +1,13 @@
 """crf_refine and CRFParams: the one-call API."""
+import warnings
+
 import numpy as np
 import pytest
 from skimage import data
 
 from segpost import CRFParams, crf_refine
+
+from oracles import linux_only, run_python
 
 
 def _scene():
@@ -146,3 +150,152 @@ def test_huge_images_raise_memory_error_before_allocating(monkeypatch):
     image = np.zeros((1024, 1024, 3), np.uint8)
     with pytest.raises(MemoryError, match="GiB"):
         crf_refine(image, np.zeros((21, 128, 128), np.float32))
+
+
+# --- inputs once refused, mishandled or turned into wrong numbers -------------------------------------------
+
+RNG = np.random.default_rng(0)
+IMAGE = RNG.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+LOGITS = RNG.normal(size=(3, 8, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: crf_refine(IMAGE, np.full((3, 8, 8), 1e39)),
+    lambda: crf_refine(np.full((32, 32, 3), 1e300), LOGITS),
+], ids=["logits", "image"])
+def test_float64_beyond_float32_range_is_refused(call):
+    with pytest.raises(ValueError, match="range|magnitude"):
+        call()
+
+
+def test_big_endian_float_inputs():
+    expected = crf_refine(IMAGE, LOGITS)
+    np.testing.assert_array_equal(crf_refine(IMAGE, LOGITS.astype(">f4")), expected)
+
+
+def test_half_precision_probabilities_are_accepted():
+    # A softmax under AMP: summed in float16, as the check once did, its
+    # rounding exceeds the tolerance (float64 sums are within 4e-4).
+    import torch
+
+    probs = torch.softmax(torch.from_numpy(RNG.normal(scale=4, size=(150, 16, 16))).half(), dim=0)
+    assert np.abs(probs.numpy().sum(0) - 1).max() > 1e-3
+    labels = crf_refine(RNG.integers(0, 255, (64, 64, 3), dtype=np.uint8), probs=probs)
+    assert labels.shape == (64, 64)
+
+
+@pytest.mark.parametrize("size, stride", [((40, 64), 32), ((33, 65), 16), ((100, 30), 32), ((17, 513), 8)])
+def test_scores_of_any_output_stride_fit(size, stride):
+    height, width = size
+    for h, w in {(-(-height // stride), -(-width // stride)), (max(1, height // stride), max(1, width // stride)),
+                 ((height - 1) // stride + 1, (width - 1) // stride + 1)}:
+        image = RNG.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        logits = RNG.normal(size=(3, h, w)).astype(np.float32)
+        assert crf_refine(image, logits).shape == size
+
+
+def test_transposed_scores_are_still_refused():
+    image = RNG.integers(0, 255, (256, 64, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="transposed"):
+        crf_refine(image, RNG.normal(size=(3, 8, 32)).astype(np.float32))
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: crf_refine(IMAGE, LOGITS, iterations=2**40), ValueError, "iterations"),
+    (lambda: crf_refine([[1, 2], [3]], LOGITS), TypeError, "image"),
+    (lambda: crf_refine(IMAGE, LOGITS, params={"bi_rgb": 1e-9}), ValueError, "bi_rgb must be at least"),
+    (lambda: crf_refine(IMAGE.astype(np.float32), LOGITS), ValueError,
+     "image of a floating-point dtype must hold"),
+])
+def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()
+
+
+@linux_only
+def test_ctrl_c_interrupts_a_long_crf_and_leaves_inputs_untouched():
+    result = run_python("""
+        import os, signal, threading, time
+        import numpy as np
+        import segpost
+
+        image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+        logits = np.random.default_rng(1).normal(size=(5, 16, 16)).astype(np.float32)
+        before = logits.copy()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            segpost.crf_refine(image, logits, iterations=1_000_000)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.perf_counter() - start:.1f} s")
+        assert np.array_equal(logits, before)
+        # The library still works afterwards.
+        assert segpost.crf_refine(image, logits).shape == (128, 128)
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("interrupted"), result.stdout
+    assert float(result.stdout.split()[2]) < 5
+
+
+# --- inputs a user's real model hands crf_refine (each once gave a wrong answer) ----------------------------
+
+def _photo(h=48, w=64):
+    return data.astronaut()[100:100 + h, 150:150 + w]
+
+
+def test_probabilities_given_as_logits_are_refused_naming_probs():
+    rng = np.random.default_rng(0)
+    scores = rng.random((3, 8, 8)).astype(np.float32)
+    probs = scores / scores.sum(0)
+    with pytest.raises(ValueError, match="softmax probabilities; pass them as probs="):
+        crf_refine(_photo(32, 32), probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(_photo(32, 32), np.log(probs))  # real logits: no warning
+        crf_refine(_photo(32, 32), probs=probs)
+
+
+def test_an_rgba_image_warns_naming_the_fix():
+    rgba = np.dstack([_photo(32, 32), np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))])
+    logits = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"RGBA picture\? .* pass image\[\.\.\., :3\]"):
+        crf_refine(rgba, logits)
+    rgba[..., 3] = 255  # a constant alpha separates no two pixels: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(rgba, logits)
+
+
+def test_scores_that_fit_in_two_layouts_warn():
+    """(h, w, C) logits with C equal to h on a square image read as (C, h, w): said, with the fix."""
+    logits = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    with pytest.warns(UserWarning, match="np.moveaxis"):
+        crf_refine(_photo(128, 128), logits, iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crf_refine(_photo(128, 128), logits[:5], iterations=1)  # (5, 16, 16): one reading only
+
+
+@pytest.mark.parametrize("shape, size, warned", [
+    ((64, 64), (500, 512), True),     # a 512x512 input's logits stretched over the 500x512 image (12 px off)
+    ((63, 64), (500, 512), False),    # cropped to the image's part: one cell of rounding
+    ((65, 65), (513, 513), False),    # DeepLab's (n - 1) * 8 + 1
+    ((60, 64), (480, 512), False),
+])
+def test_scores_scaled_unevenly_warn_naming_the_crop(shape, size, warned):
+    logits = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crf_refine(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8), logits, iterations=1)
+    messages = [str(w.message) for w in caught]
+    assert any("crop the logits" in m for m in messages) == warned, messages
+
+
+def test_bfloat16_logits_are_converted():
+    torch = pytest.importorskip("torch")
+    logits = torch.randn(3, 12, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    got = crf_refine(_photo(), logits)
+    assert torch.equal(got, crf_refine(_photo(), logits.float()))

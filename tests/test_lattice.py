@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import segpost
 from segpost import PermutohedralLattice
 
-from oracles import exact_gaussian_filter
+from oracles import exact_gaussian_filter, linux_only, run_python
 
 # Error of the normalised lattice filter against the exact normalised Gaussian
 # filter, as fractions of the value range (max - min), per feature dimension d:
@@ -426,3 +426,42 @@ def test_grid_vertex_order_over_several_partitions_and_tiles():
 def test_grid_row_length_must_divide_the_points(row_length):
     with pytest.raises(ValueError, match="row_length"):
         PermutohedralLattice._for_grid(np.zeros((30, 2)), row_length)
+
+
+# --- inputs once turned into wrong numbers, and Ctrl-C ------------------------------------------------------
+
+def test_float64_beyond_float32_range_is_refused():
+    with pytest.raises(ValueError, match="range|magnitude"):
+        PermutohedralLattice(np.random.default_rng(0).uniform(size=(10, 2))).filter(np.full((10, 2), 1e39))
+
+
+@linux_only
+def test_ctrl_c_interrupts_a_long_lattice_build():
+    # Interrupted early, a build stops at its next phase boundary: the KeyboardInterrupt comes out of
+    # the compiled build itself (the innermost Python frame is the call into _C), not after it returned.
+    # The time is a loose bound only: on a shared VM one build of this size takes 0.7 to 2.6 s.
+    result = run_python("""
+        import linecache, os, signal, threading, time
+        import numpy as np
+        import segpost
+        from segpost.benchmarking import time_calls
+
+        features = np.random.default_rng(0).uniform(0, 60, size=(1_500_000, 5))
+        # warm-up: the memory cache then holds the build's buffers
+        full = time_calls(lambda: segpost.PermutohedralLattice(features), repeats=3, warmup=1).median
+        threading.Timer(0.05 * full, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.perf_counter()
+        try:
+            segpost.PermutohedralLattice(features)
+            print("not interrupted")
+        except KeyboardInterrupt as exc:
+            tb = exc.__traceback__
+            while tb.tb_next:
+                tb = tb.tb_next
+            where = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+            print(f"interrupted {(time.perf_counter() - start) / full:.2f} in: {where}")
+    """, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("interrupted"), result.stdout
+    assert "_C.PermutohedralLattice(" in result.stdout, result.stdout  # raised inside the build
+    assert float(result.stdout.split()[1]) < 1.5, result.stdout  # the fraction of a full build it took

@@ -444,3 +444,63 @@ def test_unsync_without_sync_is_a_no_op_and_sync_without_a_group_changes_nothing
     metrics.sync().unsync()
     metrics.update(target, target)  # still allowed: nothing was synced
     assert metrics.num_images == 2 and int(metrics.confusion.sum()) == 2 * int(before["confusion"].sum())
+
+
+# --- inputs once mishandled ---------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+
+
+def test_big_endian_label_maps():
+    pred = RNG.integers(0, 4, (16, 16)).astype(">u2")
+    target = RNG.integers(0, 4, (16, 16)).astype(">i4")
+    expected = segpost.confusion_matrix(pred.astype(np.int64), target.astype(np.int64), 4)
+    np.testing.assert_array_equal(segpost.confusion_matrix(pred, target, 4), expected)
+    metrics = segpost.SegMetrics(4)
+    metrics.update(pred, target)
+    np.testing.assert_array_equal(metrics.confusion, expected)
+
+
+def test_ignore_index_beyond_int64_is_harmless():
+    pred = np.array([0, 1, 2, 1])
+    for ignore in (2**63, 2**64, -(2**63) - 1):
+        np.testing.assert_array_equal(segpost.confusion_matrix(pred, pred, 3, ignore_index=ignore),
+                                      np.diag([1, 2, 1]))
+
+
+# --- what a user's eval loop hands SegMetrics (each once gave a wrong answer) -------------------------------
+
+def test_one_channel_scores_in_metrics_raise_with_the_fix():
+    torch = pytest.importorskip("torch")
+    target = np.zeros((2, 8, 8), np.int64)
+    with pytest.raises(ValueError, match=r"\(pred > 0\)"):
+        SegMetrics(2).update(np.zeros((2, 1, 8, 8), np.float32), target)
+    with pytest.raises(ValueError, match=r"\(pred > 0\)"):
+        segpost.confusion_matrix(torch.zeros(1, 8, 8), torch.zeros(8, 8, dtype=torch.long), 2)
+
+
+def test_a_result_keeps_its_confusion_after_later_updates():
+    metrics = SegMetrics(3)
+    target = np.arange(16).reshape(4, 4) % 3
+    metrics.update(target, target)
+    first = metrics.compute()
+    metrics.update(np.zeros_like(target), target)
+    assert first.confusion.sum() == 16 and np.trace(first.confusion) == 16 and first.miou == 1.0
+
+
+def test_state_dict_loads_weights_only_and_records_its_settings(tmp_path):
+    torch = pytest.importorskip("torch")
+    metrics = SegMetrics(3, ignore_index=255, per_image=True, boundary=True)
+    target = np.arange(64).reshape(8, 8) % 3
+    metrics.update(target, np.where(target == 0, 255, target))
+    torch.save(metrics.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert state["num_classes"] == 3 and state["ignore_index"] == [255] and state["per_image"] is True
+    restored = SegMetrics(3, ignore_index=255, per_image=True, boundary=True).load_state_dict(state)
+    assert restored.compute().to_dict() == metrics.compute().to_dict()
+    for other in (SegMetrics(3, ignore_index=0, per_image=True, boundary=True),
+                  SegMetrics(3, ignore_index=255, boundary=True), SegMetrics(4, ignore_index=255, per_image=True)):
+        with pytest.raises(ValueError, match="different settings"):
+            other.load_state_dict(state)
+        with pytest.raises(ValueError, match="different settings"):
+            other.merge(metrics)

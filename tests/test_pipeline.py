@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
+from torch.utils.data import DataLoader
 
 import segpost
-from segpost import Pipeline, evaluate, tune_crf
+from segpost import Pipeline, SegMetrics, evaluate, mask_queries_to_logits, tune_crf
 from segpost.nn import linear_to_conv1x1
 
 
@@ -185,3 +186,173 @@ def test_tune_crf_end_to_end():
 def test_bad_input(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+# --- what a user's real model and eval loop hand a Pipeline (each once gave a wrong answer) -----------------
+
+class BatchNormNet(torch.nn.Module):
+    """Conv, BatchNorm, Dropout: train mode changes the answer and the running statistics."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.Dropout2d(0.5))
+        self.head = torch.nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class CountingModel(torch.nn.Module):
+    """A 1x1 conv that records the batch size of every forward pass."""
+
+    def __init__(self, classes=4, multiple=1):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, classes, 1)
+        self.batches, self.multiple = [], multiple
+
+    def forward(self, x):
+        if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
+            raise RuntimeError(f"input {tuple(x.shape)} is not a multiple of {self.multiple}")
+        self.batches.append(x.shape[0])
+        return self.conv(x)
+
+
+def test_pipeline_runs_in_eval_mode_and_restores_each_modules_mode():
+    model = BatchNormNet()
+    model.train()
+    model.body[1].eval()  # a user's frozen BatchNorm inside a training model
+    stats = model.body[1].running_mean.clone()
+    pipe = Pipeline(model)
+    first = pipe(image(48, 64), return_probs=True).probs
+    second = pipe(image(48, 64), return_probs=True).probs
+    np.testing.assert_array_equal(first, second)  # no dropout, no statistics update
+    assert torch.equal(model.body[1].running_mean, stats)
+    assert model.training and model.body[3].training and not model.body[1].training
+    model.eval()
+    np.testing.assert_allclose(Pipeline(model)(image(48, 64), return_probs=True).probs, first, atol=1e-6)
+
+
+def test_views_and_images_batched_equal_one_by_one():
+    model = CountingModel()
+    one = Pipeline(model, scales=(0.5, 1.0), flip=True)
+    many = Pipeline(model, scales=(0.5, 1.0), flip=True, batch_size=4)
+    images = [image(48, 64), image(48, 64)[::-1].copy(), image(40, 50)]
+    model.batches.clear()
+    expected = [one(im, return_probs=True).probs for im in images]
+    assert model.batches == [1] * 12
+    model.batches.clear()
+    got = many.predict_batch(images, return_probs=True)
+    # scale 0.5 of the two 48x64 images and their flips: one pass of 4; the same at scale 1; the 40x50 image
+    # makes two passes of 2 (an image and its flip at each scale)
+    assert sorted(model.batches) == [2, 2, 4, 4]
+    for out, want in zip(got, expected):
+        np.testing.assert_allclose(out.probs, want, atol=1e-6)
+    stacked = torch.from_numpy(np.stack(images[:2])).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+    for out, want in zip(many.predict_batch(stacked, return_probs=True), expected):
+        np.testing.assert_allclose(out.probs, want, atol=1e-6)
+
+
+def test_images_of_sizes_that_pad_alike_batch_apart():
+    # 45x61 and 47x63 both pad to 48x64 with size_divisor=16: their views have different sizes and must
+    # not be stacked into one batch.
+    model = CountingModel(multiple=16)
+    images = [image(45, 61), image(47, 63)]
+    one = [Pipeline(model, size_divisor=16)(im, return_probs=True).probs for im in images]
+    got = Pipeline(model, size_divisor=16, batch_size=4, flip=True).predict_batch(images, return_probs=True)
+    flipped = [Pipeline(model, size_divisor=16, flip=True)(im, return_probs=True).probs for im in images]
+    for out, want in zip(got, flipped):
+        np.testing.assert_allclose(out.probs, want, atol=1e-6)
+    assert one[0].shape == (4, 45, 61)
+
+
+def test_size_divisor_pads_sliding_windows_too():
+    model = CountingModel(multiple=8)
+    img = image(45, 61)
+    whole = Pipeline(model, size_divisor=8)(img, return_probs=True).probs
+    windowed = Pipeline(model, window=(20, 28), size_divisor=8, batch_size=3)(img, return_probs=True).probs
+    np.testing.assert_allclose(windowed, whole, atol=1e-5)  # a pointwise model: windows change nothing
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        Pipeline(model, window=(20, 28))(img)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_model_dtype_inputs_are_cast(dtype):
+    model = CountingModel()
+    expected = Pipeline(model)(image(48, 64), return_probs=True).probs
+    out = Pipeline(CountingModel().to(dtype))(image(48, 64), return_probs=True)
+    assert out.probs.dtype == np.float32
+    np.testing.assert_allclose(out.probs, expected, atol=0.02 if dtype != torch.float64 else 1e-6)
+
+
+def test_mask_queries_to_logits_gives_transformers_semantic_argmax():
+    # transformers' post_process_semantic_segmentation (Mask2Former), transcribed: softmax over classes
+    # dropping the last ("no object"), sigmoid masks, einsum over queries, argmax over classes.
+    rng = torch.Generator().manual_seed(0)
+    class_logits, mask_logits = torch.randn(2, 7, 5, generator=rng), torch.randn(2, 7, 12, 16, generator=rng)
+    reference = torch.einsum("bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1], mask_logits.sigmoid())
+    out = {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+    logits = mask_queries_to_logits(out)
+    assert logits.shape == (2, 4, 12, 16)
+    assert torch.equal(logits.argmax(1), reference.argmax(1))
+    torch.testing.assert_close(logits.softmax(1), reference / reference.sum(1, keepdim=True))
+
+    class Mask2FormerLike(torch.nn.Module):
+        def forward(self, x):
+            n = x.shape[0]
+            return {"class_queries_logits": class_logits[:1].expand(n, -1, -1),
+                    "masks_queries_logits": mask_logits[:1].expand(n, -1, -1, -1)}
+
+    labels = Pipeline(Mask2FormerLike(), output=mask_queries_to_logits)(image(12, 16)).labels
+    np.testing.assert_array_equal(labels, reference[0].argmax(0).numpy())
+
+
+def test_output_option_takes_a_key_or_a_callable():
+    base = CountingModel()
+    expected = Pipeline(base)(image(48, 64)).labels
+    np.testing.assert_array_equal(Pipeline(lambda x: {"seg": base(x)}, output="seg")(image(48, 64)).labels, expected)
+    np.testing.assert_array_equal(Pipeline(lambda x: [base(x) * 2], output=lambda o: o[0] / 2)(image(48, 64)).labels,
+                                  expected)
+    np.testing.assert_array_equal(Pipeline(lambda x: {"logits": base(x)})(image(48, 64)).labels, expected)
+
+
+# --- evaluate over a user's DataLoader ----------------------------------------------------------------------
+
+class Samples(torch.utils.data.Dataset):
+    """(3, H, W) float images in [0, 1] with (H, W) targets, as torchvision-style datasets give them."""
+
+    def __init__(self, n=7, as_dict=False):
+        rng = np.random.default_rng(0)
+        self.items = [(torch.from_numpy(image(24, 32).copy()).permute(2, 0, 1).float() / 255,
+                       torch.from_numpy(rng.integers(0, 3, size=(24, 32)))) for _ in range(n)]
+        self.as_dict = as_dict
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        img, target = self.items[i]
+        return {"pixel_values": img, "labels": target} if self.as_dict else (img, target)
+
+
+def test_evaluate_over_a_batched_dataloader_with_workers_counts_each_sample_once():
+    pipe = Pipeline(CountingModel(classes=3), flip=True, batch_size=4)
+    dataset = Samples()
+    expected = SegMetrics(3)
+    for img, target in dataset:
+        expected.update(pipe(img).labels, target)
+    for batch_size, workers in ((3, 2), (1, 0), (None, 0)):
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        result = evaluate(pipe, loader, num_classes=3, progress=False, per_image=True)
+        np.testing.assert_array_equal(result.confusion, expected.confusion)
+        assert result.num_images == 7
+    dict_loader = DataLoader(Samples(as_dict=True), batch_size=4)
+    result = evaluate(pipe, dict_loader, num_classes=3, image_key="pixel_values", target_key="labels", progress=False)
+    np.testing.assert_array_equal(result.confusion, expected.confusion)
+    with pytest.raises(ValueError, match="image_key="):
+        evaluate(pipe, dict_loader, num_classes=3, progress=False)
+    numpy_images = [(image(24, 32), t.numpy()) for _, t in dataset.items]  # collated into (B, H, W, 3) tensors
+    result = evaluate(pipe, DataLoader(numpy_images, batch_size=3), num_classes=3, progress=False)
+    np.testing.assert_array_equal(result.confusion, expected.confusion)

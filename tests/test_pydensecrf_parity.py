@@ -140,3 +140,23 @@ def test_drop_in_raises_value_error_at_the_wrong_call(call, match):
     d = sdcrf.DenseCRF2D(4, 3, 3)
     with pytest.raises(ValueError, match=match):
         call(d)
+
+
+# --- the drop-in's bad inputs -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: sutils.unary_from_labels(np.zeros((4, 4), np.int32), 1, 0.5), ValueError, "n_labels"),
+    (lambda: _drop_in_gaussian((0, 1)), ValueError, r"sxy .* got \(0, 1\)"),
+])
+def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()
+
+
+def _drop_in_gaussian(sxy):
+    crf = sdcrf.DenseCRF2D(8, 8, 3)
+    crf.setUnaryEnergy(np.ones((3, 64), np.float32))
+    crf.addPairwiseGaussian(sxy=sxy, compat=3)

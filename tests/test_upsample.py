@@ -195,3 +195,49 @@ def test_joint_bilateral_upsample_gradient_is_its_jacobian():
         unit[index] = 1
         expected[index] = float((joint_bilateral_upsample(unit, guide, **options) * weights.numpy()).sum())
     np.testing.assert_allclose(coarse.grad.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+# --- inputs once refused, mishandled or turned into wrong numbers -------------------------------------------
+
+RNG = np.random.default_rng(0)
+IMAGE = RNG.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+LOGITS = RNG.normal(size=(3, 8, 8)).astype(np.float32)
+
+
+def test_float64_beyond_float32_range_is_refused():
+    with pytest.raises(ValueError, match="range|magnitude"):
+        resize_logits(np.full((3, 8, 8), 1e39), (16, 16))
+
+
+def test_joint_bilateral_upsample_stays_within_the_coarse_range():
+    # A guide whose colours match no coarse sample near a pixel: the lattice
+    # weight underflows there; the result must still be an average of the scores.
+    coarse = RNG.normal(size=(4, 4, 4)).astype(np.float32)
+    guide = np.zeros((32, 32, 3), np.float32)
+    guide[::2, ::2] = 255.0  # isolated pixels of a colour far from every sample's
+    out = joint_bilateral_upsample(coarse, guide, sigma_spatial=2, sigma_color=1)
+    assert np.isfinite(out).all()
+    lo, hi = coarse.reshape(4, -1).min(1), coarse.reshape(4, -1).max(1)
+    assert (out >= lo[:, None, None]).all() and (out <= hi[:, None, None]).all()
+    assert (np.abs(out).reshape(4, -1).max(1) > 0).all()
+
+
+def test_a_huge_resize_is_refused_before_allocating(monkeypatch):
+    """20000 x 20000 x 21 floats (34 GiB): refused at once, not after torch allocated what it could."""
+    monkeypatch.setenv("SEGPOST_MAX_MEMORY_GB", "16")
+    with pytest.raises(MemoryError, match="resize_logits to 20000x20000"):
+        resize_logits(np.zeros((21, 4, 4), np.float32), (20000, 20000))
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: joint_bilateral_upsample(LOGITS, RNG.uniform(size=(32, 32, 70)), sigma_spatial=2, sigma_color=0.1),
+     ValueError, "channels"),
+    (lambda: pad_to_multiple([[1, 2, 3]], 2), None, None),
+    (lambda: crop_to([[1, 2, 3], [4, 5, 6]], (1, 2)), None, None),
+])
+def test_probe_list(call, error, fragment):
+    if error is None:  # works
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()

@@ -4,9 +4,10 @@ Draws random problems the way test_crf.crf_problems does (photo crops of 3x3
 to 12x12, 2-4 labels, any compatibility and normalisation), with half of the
 weights at the strategy's maximum, where the differences are largest, and
 prints per kernel the distribution of each example's largest and mean
-absolute difference. Not a test (pytest does not collect it).
+absolute difference. A measurement, not a test: it draws from the tests'
+own oracle and problem builder (tests/oracles.py, tests/test_crf.py).
 
-Run:  python tests/measure_crf_bounds.py [--examples 20000] [--seed 0]
+Run:  python benchmarks/measure_crf_bounds.py [--examples 20000] [--seed 0]
 """
 import argparse
 import os
@@ -15,7 +16,8 @@ import sys
 import numpy as np
 from skimage import data
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The oracle and the problem builder are the tests': the bounds measured are the bounds they check.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from oracles import exact_mean_field  # noqa: E402
 from test_crf import _build, random_compat  # noqa: E402
 
