@@ -405,7 +405,8 @@ def _eval(args) -> int:
                         "--gt-suffix, -r)")
     # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
     metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
-                         boundary=args.boundary, **_surface_options(args, surface, volumes))
+                         boundary=args.boundary, spatial_ndim=3 if volumes else 2,  # a volume is one case
+                         **_surface_options(args, surface, volumes))
     mismatched, unreadable, evaluated, case_rows = [], [], 0, []
 
     def load(pair):
