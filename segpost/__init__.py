@@ -11,6 +11,7 @@ from .lattice import MAX_LATTICE_DIM, PermutohedralLattice
 from .metrics import SegMetrics, confusion_matrix
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, Pipeline, PipelineOutput, mask_queries_to_logits
 from .evaluation import evaluate, tune_crf
+from .sliding_window import predict_volume, sliding_window_inference
 from .upsample import (
     crop_to, deeplab_size, joint_bilateral_upsample, pad_to_multiple, resize_labels, resize_logits, upsample_argmax,
 )
@@ -45,6 +46,8 @@ __all__ = [
     "Pipeline",
     "PipelineOutput",
     "mask_queries_to_logits",
+    "predict_volume",
+    "sliding_window_inference",
     "SegMetrics",
     "bilateral_filter",
     "cached_memory_bytes",

@@ -583,7 +583,8 @@ def _eval(args) -> int:
                         "--gt-suffix, -r)")
     # Invalid labels are counted here and judged once all pairs are read (the count goes in the message).
     metrics = SegMetrics(args.num_classes, ignore_index=args.ignore_index, class_names=names, on_invalid="ignore",
-                         boundary=args.boundary, **_surface_options(args, surface, volumes))
+                         boundary=args.boundary, spatial_ndim=3 if volumes else 2,  # a volume is one case
+                         **_surface_options(args, surface, volumes))
     tally = _count_pairs(args, metrics, pairs, rank=rank, world=world, launcher=launcher, lead=lead,
                          volumes=volumes, palette=palette, surface=surface)
     _check_counts(args, metrics, tally)

@@ -48,11 +48,14 @@ def _distributed_sampler(dataset):
     return sampler if isinstance(sampler, DistributedSampler) else None
 
 
-def _is_batch(x):
-    return (is_torch_tensor(x) or isinstance(x, np.ndarray)) and x.ndim == 4
+def _is_batch(image, target, spatial_ndim):
+    """Images: a 4-D image array is a batch. Volumes (whose images may be 4-D, (M, D, H, W)): a 4-D target is."""
+    if spatial_ndim == 3:
+        return (is_torch_tensor(target) or isinstance(target, np.ndarray)) and target.ndim == 4
+    return (is_torch_tensor(image) or isinstance(image, np.ndarray)) and image.ndim == 4
 
 
-def _pairs(sample, image_key, target_key, batched):
+def _pairs(sample, image_key, target_key, batched, spatial_ndim=2):
     """The (image, target) pairs of one item a dataset or DataLoader yields: a pair, a dict, or a batch of either.
 
     ``batched``: the item is a batch (from a collating DataLoader) even if its images are not 4-D.
@@ -68,10 +71,12 @@ def _pairs(sample, image_key, target_key, batched):
     else:
         raise TypeError(f"each dataset item must be an (image, target) pair or a dict, got {type(sample).__name__}"
                         + (f" of length {len(sample)}" if isinstance(sample, (tuple, list)) else ""))
-    if batched or _is_batch(image):  # a DataLoader batch: (B, 3, H, W) images with (B, H, W) or (B, 1, H, W) targets
+    if batched or _is_batch(image, target, spatial_ndim):
+        # a DataLoader batch: (B, 3, H, W) images with (B, H, W) or (B, 1, H, W) targets; volumes (B, ..., D, H, W)
+        # with (B, D, H, W) or (B, 1, D, H, W) targets
         if len(target) != len(image):
             raise ValueError(f"a batch of {len(image)} images came with {len(target)} targets")
-        if getattr(target, "ndim", 0) == 4 and target.shape[1] == 1:
+        if getattr(target, "ndim", 0) == spatial_ndim + 2 and target.shape[1] == 1:
             target = target[:, 0]
         return list(zip(image, target))
     if isinstance(image, (tuple, list)):  # a collate_fn that keeps lists (images of different sizes)
@@ -82,7 +87,7 @@ def _pairs(sample, image_key, target_key, batched):
 
 
 def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=None, per_image=False,
-             boundary=False, image_key="image", target_key="mask", progress=True):
+             boundary=False, spatial_ndim=2, image_key="image", target_key="mask", progress=True):
     """Run ``pipeline`` over ``dataset`` and score it.
 
     Parameters
@@ -101,6 +106,12 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
     num_classes : int, keyword-only
     ignore_index, class_names, per_image, boundary : keyword-only
         As for :class:`segpost.SegMetrics`.
+    spatial_ndim : {2, 3}, keyword-only, default 2
+        What one case is (:class:`segpost.SegMetrics`' rule): 2, images; 3,
+        volumes: each (D, H, W) target is one case (per-case means and
+        Boundary IoU per volume), an item with a (B, D, H, W) target is a
+        batch of B volumes, and the pipeline is called on each volume (e.g.
+        ``lambda v: segpost.predict_volume(model, v, roi_size=...)``).
     image_key, target_key : str, keyword-only
         The entries of dict samples (default ``"image"`` and ``"mask"``, as
         albumentations names them).
@@ -132,13 +143,23 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
     >>> loader = torch.utils.data.DataLoader(data, batch_size=3)    # batches of (3, 8, 8, 3) and (3, 8, 8)
     >>> int(evaluate(Pipeline(model), loader, num_classes=2, progress=False).confusion.sum())
     256
+
+    Volumes, each one case:
+
+    >>> from segpost import predict_volume
+    >>> model3d = torch.nn.Conv3d(1, 2, 3, padding=1)
+    >>> scans = [(np.zeros((8, 16, 16), np.float32), np.zeros((8, 16, 16), np.int64)) for _ in range(2)]
+    >>> result = evaluate(lambda v: predict_volume(model3d, v, roi_size=8), scans, num_classes=2, per_image=True,
+    ...                   spatial_ndim=3, progress=False)
+    >>> result.num_images, result.spatial_ndim
+    (2, 3)
     """
     from tqdm.auto import tqdm
 
     rank, world = _distributed()
     sampler = _distributed_sampler(dataset) if world > 1 else None
     metrics = SegMetrics(num_classes, ignore_index=ignore_index, class_names=class_names, per_image=per_image,
-                         boundary=boundary)
+                         boundary=boundary, spatial_ndim=spatial_ndim)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     if sampler is None and total is not None:
         total = len(range(rank, total, world))
@@ -153,7 +174,7 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
         for index, item in enumerate(dataset):
             if sampler is None and index % world != rank:
                 continue
-            pairs = _pairs(item, image_key, target_key, batched)
+            pairs = _pairs(item, image_key, target_key, batched, metrics.spatial_ndim)
             if dataset_size is not None:  # n: this rank's sample count so far
                 kept = [pair for n, pair in enumerate(pairs, start=position) if n * world + rank < dataset_size]
                 position, pairs = position + len(pairs), kept

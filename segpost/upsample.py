@@ -10,6 +10,7 @@ torch ``"nearest-exact"``, OpenCV INTER_NEAREST_EXACT and scikit-image
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -26,15 +27,41 @@ __all__ = [
 ]
 
 
-def _check_size(size):
+def _check_size(size, ndims=(2,)):
+    """``size`` as a tuple of ints >= 1 whose length is one of ``ndims`` (2: (H, W), 3: (D, H, W))."""
     try:
         values = tuple(size)
-        ok = len(values) == 2 and all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool) for s in values)
+        ok = len(values) in ndims and all(isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool)
+                                          for s in values)
     except TypeError:
         ok = False
     if not ok or min(values) < 1:
-        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
-    return int(values[0]), int(values[1])
+        expected = " or ".join({2: "two positive integers (H, W)", 3: "three positive integers (D, H, W)"}[n]
+                               for n in ndims)
+        raise ValueError(f"size must be {expected}, got {size!r}")
+    return tuple(int(v) for v in values)
+
+
+def _score_layout(ndim, size, batch, name, *, batch_allowed=True):
+    """The one layout rule of the resizers: ``len(size)`` spatial axes after the channel axis, and a leading batch
+    axis only with ``batch=True``. A ValueError for anything else, and for the one ambiguous call: a 2-long size
+    on 4-D scores, which may be a (B, C, h, w) batch of images or a (C, d, h, w) volume."""
+    spatial = len(size)
+    axes = "(C, h, w)" if spatial == 2 else "(C, d, h, w)"
+    if batch:
+        if not batch_allowed:
+            raise ValueError(f"{name} takes one {axes} array, not a batch")
+        if ndim == spatial + 2:
+            return
+        raise ValueError(f"with batch=True {name} must be (B, {axes[1:]} for a {spatial}-long size, got {ndim}-D")
+    if ndim == spatial + 1:
+        return
+    if ndim == 4 and spatial == 2:
+        fix = ("pass batch=True for a (B, C, h, w) batch of images, or a 3-long size (D, H, W) for a "
+               "(C, d, h, w) volume" if batch_allowed else "pass a 3-long size (D, H, W) for a (C, d, h, w) volume")
+        raise ValueError(f"{name} is 4-D and size has 2 entries, which is ambiguous: {fix}")
+    layouts = f"{axes}" + (f" (or (B, {axes[1:]} with batch=True)" if batch_allowed else "")
+    raise ValueError(f"{name} must be a non-empty {layouts} array for a {spatial}-long size, got {ndim}-D")
 
 
 def _source_coordinates(n_in: int, n_out: int, align_corners: bool):
@@ -57,28 +84,38 @@ def _source_coordinates(n_in: int, n_out: int, align_corners: bool):
 _MIN_JOINT_WEIGHT = 1e-6
 
 
-def resize_logits(x, size, *, align_corners=False):
-    """Bilinearly resize logits (or probabilities) to ``size``.
+def resize_logits(x, size, *, align_corners=False, batch=False):
+    """Bilinearly (trilinearly for volumes) resize logits (or probabilities) to ``size``.
 
-    Numbers are those of ``torch.nn.functional.interpolate(mode="bilinear")``
-    (it computes them), for numpy arrays and torch tensors alike; CUDA tensors
-    stay on their device. Differentiable: on a tensor that requires grad the
-    result requires grad too, and gradients flow back to ``x`` (float64
-    tensors are computed in float64, for ``gradcheck``).
+    Numbers are those of ``torch.nn.functional.interpolate`` with
+    ``mode="bilinear"`` (2-long ``size``) or ``mode="trilinear"`` (3-long
+    ``size``), which computes them, for numpy arrays and torch tensors alike;
+    CUDA tensors stay on their device. The half-pixel and align-corners
+    conventions are the same along every axis, depth included.
+    Differentiable: on a tensor that requires grad the result requires grad
+    too, and gradients flow back to ``x`` (float64 tensors are computed in
+    float64, for ``gradcheck``).
+
+    The layout follows from ``len(size)`` and ``batch``: a 2-long size takes
+    (C, h, w), a 3-long size (C, d, h, w); ``batch=True`` adds a leading batch
+    axis. A 4-D ``x`` with a 2-long size is refused: it may be a batch of
+    images or a volume, and the function does not guess.
 
     Parameters
     ----------
-    x : (C, h, w) or (B, C, h, w) array_like or torch.Tensor
+    x : (C, h, w), (C, d, h, w), or with ``batch=True`` (B, C, h, w) or (B, C, d, h, w); array_like or torch.Tensor
         Floating scores.
-    size : (int, int)
-        Output (H, W), each >= 1.
+    size : (int, int) or (int, int, int)
+        Output (H, W) or (D, H, W), each >= 1.
     align_corners : bool, keyword-only, default False
         False: half-pixel centres (torch's default). True: corner pixels
         aligned, the DeepLab/Caffe convention (sizes ``(n - 1) * s + 1``).
+    batch : bool, keyword-only, default False
+        True: the first axis of ``x`` is a batch.
 
     Returns
     -------
-    out : ndarray or torch.Tensor, (C, H, W) or (B, C, H, W)
+    out : ndarray or torch.Tensor, ``x``'s leading axes then ``size``
         float32; float64 for a float64 tensor.
 
     Raises
@@ -86,8 +123,11 @@ def resize_logits(x, size, *, align_corners=False):
     TypeError
         If ``x`` is not floating.
     ValueError
-        If ``x`` is not 3-D or 4-D, is empty or not finite, or ``size`` is not
-        two positive integers.
+        If ``x`` does not have the layout above (a 4-D ``x`` with a 2-long
+        size without ``batch=True`` included), is empty or not finite, or
+        ``size`` is not two or three positive integers.
+    MemoryError
+        If the output would exceed the working-set limit (``SEGPOST_MAX_MEMORY_GB``).
 
     Examples
     --------
@@ -98,32 +138,42 @@ def resize_logits(x, size, *, align_corners=False):
     array([[0. , 0.5, 1. ],
            [1. , 1.5, 2. ],
            [2. , 2.5, 3. ]], dtype=float32)
+
+    A (C, d, h, w) volume of logits, at a quarter of the in-plane resolution:
+
+    >>> volume = np.zeros((3, 16, 24, 24), np.float32)
+    >>> resize_logits(volume, (32, 96, 96)).shape
+    (3, 32, 96, 96)
     """
     import torch
 
-    size = _check_size(size)
+    size = _check_size(size, (2, 3))
     if is_torch_tensor(x):
         if not x.is_floating_point():
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        if x.ndim not in (3, 4) or x.numel() == 0:
-            raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) tensor, got shape {tuple(x.shape)}")
+        shape = tuple(x.shape)
+    else:
+        arr, _ = to_numpy(x, "x")
+        check_float_dtype(arr, "x")
+        shape = arr.shape
+    _score_layout(len(shape), size, bool(batch), "x")
+    if 0 in shape:
+        raise ValueError(f"x must be non-empty, got shape {shape}")
+    if is_torch_tensor(x):
         if not bool(torch.isfinite(x.detach()).all()):
             raise ValueError("x must be finite, but it contains NaN or infinity")
         # Autograd flows through: a tensor that requires grad gives one that does.
         t = x if x.dtype == torch.float64 else x.float()
     else:
-        arr, _ = to_numpy(x, "x")
-        check_float_dtype(arr, "x")
-        if arr.ndim not in (3, 4) or 0 in arr.shape:
-            raise ValueError(f"x must be a non-empty (C, h, w) or (B, C, h, w) array, got shape {tuple(arr.shape)}")
         check_finite(arr, "x", bound=FLOAT32_MAX)
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    batched = t if t.ndim == 4 else t[None]
-    check_working_set(4 * batched.shape[0] * batched.shape[1] * size[0] * size[1],
-                      f"resize_logits to {size[0]}x{size[1]} with {batched.shape[1]} channels",
+    batched = t if batch else t[None]
+    check_working_set(4 * batched.shape[0] * batched.shape[1] * math.prod(size),
+                      f"resize_logits to {'x'.join(map(str, size))} with {batched.shape[1]} channels",
                       "resize a crop at a time (upsample_argmax gives labels without the full-size scores)")
-    out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=bool(align_corners))
-    out = out if t.ndim == 4 else out[0]
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    out = torch.nn.functional.interpolate(batched, size=size, mode=mode, align_corners=bool(align_corners))
+    out = out if batch else out[0]
     return out if is_torch_tensor(x) else out.numpy()
 
 
@@ -153,16 +203,22 @@ def _nearest_exact_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize_labels(labels, size):
-    """Resize a label map with nearest-exact sampling (pixel centres); any integer dtype.
+    """Resize a label map or volume with nearest-exact sampling (pixel centres); any integer dtype.
+
+    The last ``len(size)`` axes are resized: (..., h, w) with a 2-long size,
+    (..., d, h, w) with a 3-long size (torch's ``"nearest-exact"`` along
+    every axis); leading axes (a batch) are kept as they are. Labels have no
+    channel axis, so this rule has no ambiguous case: a (d, h, w) volume with a
+    2-long size is resized slice by slice in-plane.
 
     Parameters
     ----------
-    labels : (..., h, w) integer array_like or torch.Tensor
-    size : (int, int)
+    labels : (..., h, w) or (..., d, h, w) integer array_like or torch.Tensor
+    size : (int, int) or (int, int, int)
 
     Returns
     -------
-    out : (..., H, W), the input's dtype and array type (torch stays on its device).
+    out : (..., H, W) or (..., D, H, W), the input's dtype and array type (torch stays on its device).
 
     Examples
     --------
@@ -173,26 +229,31 @@ def resize_labels(labels, size):
            [  0,   0,   1,   1],
            [  2,   2, 255, 255],
            [  2,   2, 255, 255]], dtype=uint8)
+    >>> resize_labels(np.zeros((8, 32, 32), np.uint8), (16, 64, 64)).shape
+    (16, 64, 64)
     """
-    h_out, w_out = _check_size(size)
+    size = _check_size(size, (2, 3))
+    n = len(size)
+    axes_name = "(..., h, w)" if n == 2 else "(..., d, h, w)"
     if is_torch_tensor(labels):
         if labels.is_floating_point() or labels.is_complex():
             raise TypeError(f"labels must be integers, got {labels.dtype}; never resize labels bilinearly")
-        if labels.ndim < 2 or labels.shape[-1] == 0 or labels.shape[-2] == 0:
-            raise ValueError(f"labels must be a non-empty (..., h, w) map, got shape {tuple(labels.shape)}")
+        if labels.ndim < n or 0 in tuple(labels.shape[-n:]):
+            raise ValueError(f"labels must be a non-empty {axes_name} map, got shape {tuple(labels.shape)}")
         import torch
 
-        rows = torch.from_numpy(_nearest_exact_index(labels.shape[-2], h_out)).to(labels.device)
-        cols = torch.from_numpy(_nearest_exact_index(labels.shape[-1], w_out)).to(labels.device)
-        return labels.index_select(-2, rows).index_select(-1, cols)
+        out = labels
+        for axis, length in zip(range(-n, 0), size):
+            index = torch.from_numpy(_nearest_exact_index(labels.shape[axis], length)).to(labels.device)
+            out = out.index_select(axis, index)
+        return out
     arr, _ = to_numpy(labels, "labels")
     if arr.dtype.kind not in "biu":
         raise TypeError(f"labels must be integers, got {arr.dtype}; never resize labels bilinearly")
-    if arr.ndim < 2 or arr.shape[-1] == 0 or arr.shape[-2] == 0:
-        raise ValueError(f"labels must be a non-empty (..., h, w) map, got shape {tuple(arr.shape)}")
-    rows = _nearest_exact_index(arr.shape[-2], h_out)
-    cols = _nearest_exact_index(arr.shape[-1], w_out)
-    return arr[..., rows[:, None], cols[None, :]]
+    if arr.ndim < n or 0 in arr.shape[-n:]:
+        raise ValueError(f"labels must be a non-empty {axes_name} map, got shape {tuple(arr.shape)}")
+    index = np.ix_(*(_nearest_exact_index(arr.shape[axis], length) for axis, length in zip(range(-n, 0), size)))
+    return arr[(Ellipsis, *index)]
 
 
 def deeplab_size(dim, scale):
@@ -318,23 +379,34 @@ def crop_to(x, size, *, axes=(-2, -1)):
 
 
 def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
-    """Labels at full resolution without ever holding the full (C, H, W) logits.
+    """Labels at full resolution without ever holding the full (C, H, W) or (C, D, H, W) logits.
 
     Equivalent to ``resize_logits(logits, size).argmax(0)`` but works in
-    blocks of ``block_rows`` output rows, interpolating only the coarse rows
-    each block needs: peak memory is O(C * block_rows * W) instead of
-    O(C * H * W) (150 classes at 2048x1024 would be 1.17 GiB in float32).
+    blocks of ``block_rows`` output rows (output slices for a volume),
+    interpolating only the coarse rows (slices) each block needs: peak memory
+    is O(C * block_rows * W) instead of O(C * H * W) (150 classes at
+    2048x1024 would be 1.17 GiB in float32); for a volume O(C * H * W) per
+    slice instead of O(C * D * H * W).
 
     Parameters
     ----------
-    logits : (C, h, w) float array_like or torch.Tensor
-    size : (int, int)
+    logits : (C, h, w) or (C, d, h, w) float array_like or torch.Tensor
+    size : (int, int) or (int, int, int)
+        (H, W) for (C, h, w) logits, (D, H, W) for (C, d, h, w).
     align_corners : bool, keyword-only
     block_rows : int, keyword-only, default 64
+        Output rows per block; output depth slices per block for a volume.
 
     Returns
     -------
-    labels : (H, W) int64, the input's array type.
+    labels : (H, W) or (D, H, W) int64, the input's array type.
+
+    Raises
+    ------
+    ValueError
+        If ``logits`` are not (C, h, w) with a 2-long size or (C, d, h, w)
+        with a 3-long size (a 4-D array with a 2-long size included), are
+        empty or not finite.
 
     Examples
     --------
@@ -344,15 +416,22 @@ def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
     >>> labels = upsample_argmax(logits, (70, 90), block_rows=16)
     >>> bool((labels == resize_logits(logits, (70, 90)).argmax(0)).all())
     True
+    >>> volume = np.random.default_rng(0).normal(size=(3, 4, 9, 12)).astype(np.float32)
+    >>> upsample_argmax(volume, (16, 36, 48), block_rows=4).shape
+    (16, 36, 48)
     """
     arr, was_torch = to_numpy(logits.detach().cpu() if is_torch_tensor(logits) else logits, "logits")
     check_float_dtype(arr, "logits")
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise ValueError(f"logits must be a non-empty (C, h, w) array, got shape {tuple(arr.shape)}")
     block_rows = check_int(block_rows, "block_rows")
-    h_out, w_out = _check_size(size)
+    size = _check_size(size, (2, 3))
+    _score_layout(arr.ndim, size, False, "logits", batch_allowed=False)
+    if 0 in arr.shape:
+        raise ValueError(f"logits must be non-empty, got shape {tuple(arr.shape)}")
     check_finite(arr, "logits", bound=FLOAT32_MAX)
     x = arr.astype(np.float32, copy=False)
+    if len(size) == 3:
+        return like_input(_upsample_argmax_volume(x, size, bool(align_corners), block_rows), was_torch)
+    h_out, w_out = size
     top, bottom, wy = _source_coordinates(x.shape[1], h_out, bool(align_corners))
     left, right, wx = _source_coordinates(x.shape[2], w_out, bool(align_corners))
     wx0, wy0 = (1 - wx)[None, None, :], (1 - wy)
@@ -369,6 +448,38 @@ def upsample_argmax(logits, size, *, align_corners=False, block_rows=64):
         block = wy0[start:stop, None] * cols[:, it, :] + wy[start:stop, None] * cols[:, ib, :]
         labels[start:stop] = block.argmax(axis=0)
     return like_input(labels, was_torch)
+
+
+def _bilinear_slices(x, size, align_corners):
+    """(C, n, H, W) float32: each (C, h, w) slice of (C, n, h, w) resized in-plane, x pass then y pass."""
+    h_out, w_out = size
+    top, bottom, wy = _source_coordinates(x.shape[2], h_out, align_corners)
+    left, right, wx = _source_coordinates(x.shape[3], w_out, align_corners)
+    cols = (1 - wx) * x[..., left] + wx * x[..., right]                  # (C, n, h, W)
+    return (1 - wy)[:, None] * cols[:, :, top, :] + wy[:, None] * cols[:, :, bottom, :]
+
+
+def _upsample_argmax_volume(x, size, align_corners, block_slices):
+    """(D, H, W) int64 labels of trilinearly resized (C, d, h, w) logits, ``block_slices`` output slices at a time.
+
+    Each block resizes only the coarse slices it needs in-plane, then blends
+    them along depth with torch's source coordinates (``_source_coordinates``),
+    so that only O(C H W) per slice is ever held.
+    """
+    d_out, h_out, w_out = size
+    front, back, wd = _source_coordinates(x.shape[1], d_out, align_corners)
+    labels = np.empty(size, np.int64)
+    for start in range(0, d_out, block_slices):
+        stop = min(d_out, start + block_slices)
+        need = np.union1d(front[start:stop], back[start:stop])
+        planes = _bilinear_slices(x[:, need], (h_out, w_out), align_corners)   # (C, slices needed, H, W)
+        where = {s: i for i, s in enumerate(need)}
+        i_front = np.array([where[s] for s in front[start:stop]])
+        i_back = np.array([where[s] for s in back[start:stop]])
+        weight = wd[start:stop, None, None]
+        block = (1 - weight) * planes[:, i_front] + weight * planes[:, i_back]
+        labels[start:stop] = block.argmax(axis=0)
+    return labels
 
 
 def joint_bilateral_upsample(coarse_logits, guide_image, *, sigma_spatial, sigma_color, align_corners=False):

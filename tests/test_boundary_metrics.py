@@ -206,7 +206,7 @@ def test_ignored_pixels_take_no_part():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: boundary_iou(np.zeros((2, 3, 3), int), np.zeros((2, 3, 3), int), 2), "one \\(H, W\\)"),
+        (lambda: boundary_iou(np.zeros((2, 2, 3, 3), int), np.zeros((2, 2, 3, 3), int), 2), "one \\(H, W\\)"),
         (lambda: boundary_iou(np.zeros((3, 3), int), np.zeros((3, 3), int), 2, dilation_ratio=0), "dilation_ratio"),
         (lambda: boundary_iou(np.zeros((3, 3), int), np.zeros((3, 3), int), 2, width=0), "width"),
         (lambda: boundary_fscore(np.zeros((3, 3), int), np.zeros((3, 3), int), tolerance=-1), "tolerance"),

@@ -23,7 +23,7 @@ def test_resize_logits_equals_torch(align_corners, size_in, size_out):
     out_t = resize_logits(torch.from_numpy(x), size_out, align_corners=align_corners)
     assert isinstance(out_t, torch.Tensor) and torch.equal(out_t, expected)
     batch = np.stack([x, 2 * x])
-    assert resize_logits(batch, size_out, align_corners=align_corners).shape == (2, 3, *size_out)
+    assert resize_logits(batch, size_out, align_corners=align_corners, batch=True).shape == (2, 3, *size_out)
 
 
 @given(st.sampled_from(SIZES), st.sampled_from(SIZES), st.sampled_from(SIZES), st.sampled_from(SIZES),
@@ -156,13 +156,14 @@ def test_point_major_resize_rejects_bad_indices():
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("shape, size", [((2, 3, 4), (7, 5)), ((2, 2, 5, 3), (3, 8)), ((1, 1, 1), (2, 3))])
 def test_resize_logits_keeps_autograd_gradcheck(shape, size, align_corners):
+    batch = len(shape) == 4  # (B, C, h, w): a batch must be said so
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    out = resize_logits(x, size, align_corners=align_corners)
+    out = resize_logits(x, size, align_corners=align_corners, batch=batch)
     assert out.requires_grad and out.dtype == torch.float64
-    assert torch.autograd.gradcheck(lambda t: resize_logits(t, size, align_corners=align_corners), (x,))
+    assert torch.autograd.gradcheck(lambda t: resize_logits(t, size, align_corners=align_corners, batch=batch), (x,))
     # float32 tensors: float32 out, the gradient still flows
     y = torch.randn(shape, requires_grad=True)
-    resize_logits(y, size, align_corners=align_corners).sum().backward()
+    resize_logits(y, size, align_corners=align_corners, batch=batch).sum().backward()
     assert y.grad is not None and y.grad.shape == y.shape
 
 

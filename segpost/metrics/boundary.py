@@ -148,13 +148,17 @@ def _distance_transform(mask):
     return ndimage.distance_transform_edt(mask)
 
 
-def _as_2d_labels(pred, target, *, native=False):
-    """(H, W) numpy label maps: int64 copies, or with ``native`` the validated arrays in their own integer dtypes."""
+def _as_2d_labels(pred, target, *, native=False, volumes=False):
+    """(H, W) numpy label maps (or (D, H, W) with ``volumes``): int64 copies, or with ``native`` the validated
+    arrays in their own integer dtypes."""
     pred, target = prepare_labels(pred, target)
     if _validation.is_torch_tensor(pred):
         pred, target = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
     pred, target = np.asarray(pred), np.asarray(target)
-    if target.ndim != 2:
+    if volumes and target.ndim not in (2, 3):
+        raise ValueError(f"boundary_iou takes one (H, W) label map or one (D, H, W) volume at a time, "
+                         f"got shape {target.shape}")
+    if not volumes and target.ndim != 2:
         raise ValueError(f"boundary metrics take one (H, W) label map at a time, got shape {target.shape}")
     if target.size == 0:
         raise ValueError("boundary metrics need a non-empty label map")
@@ -226,7 +230,28 @@ def _band_labels(labels, d, num_classes):
     from ._kernels import boundary_band
 
     dtype = np.uint8 if num_classes + 1 <= 255 else (np.uint16 if num_classes + 1 <= 65535 else np.int64)
+    if labels.ndim != 2:
+        return _band_labels_nd(labels, d, num_classes, dtype)
     return boundary_band(labels, d, num_classes, np.empty(labels.shape, dtype))
+
+
+def _band_labels_nd(labels, d, num_classes, dtype):
+    """``_band_labels`` on any grid (volumes): a voxel is in its class's band when it lies within ``d`` voxels
+    of the border or the (2d+1)-cube around it holds another label (its maximum differs from its minimum),
+    the same rule as the 2-D kernel (``_kernels.boundary_band``) with a cube for the square."""
+    from scipy import ndimage
+
+    size = 2 * d + 1
+    band = ndimage.maximum_filter(labels, size=size, mode="nearest") != ndimage.minimum_filter(
+        labels, size=size, mode="nearest")
+    for axis, n in enumerate(labels.shape):  # within d of the border: the padding's zero is in the cube
+        edge = [slice(None)] * labels.ndim
+        edge[axis] = slice(0, min(d, n))
+        band[tuple(edge)] = True
+        edge[axis] = slice(max(0, n - d), n)
+        band[tuple(edge)] = True
+    in_class = (labels >= 0) & (labels < num_classes)
+    return np.where(band & in_class, labels, num_classes).astype(dtype)
 
 
 def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, ignore_index=None):
@@ -239,6 +264,9 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     class's Boundary IoU is ``|G_d & P_d| / |G_d | P_d|`` over the target's and
     the prediction's bands. ``d = round(dilation_ratio x image diagonal)``
     (default 2%, at least 1 pixel) unless ``width`` gives it in pixels.
+    A (D, H, W) volume is one case: the same definition with a cube for the
+    square, ``d`` from the volume's diagonal, in voxels along every axis (the
+    voxel spacing plays no part).
     Ignored target pixels are left out of both bands (the band itself is
     computed with ignored pixels as another label, so a class's boundary
     along an ignored region is part of its band). Labels outside
@@ -249,10 +277,10 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
 
     Parameters
     ----------
-    pred, target : (H, W) integer arrays or tensors
+    pred, target : (H, W) or (D, H, W) integer arrays or tensors
     num_classes : int
     dilation_ratio : float, keyword-only
-        The band's width as a fraction of the image diagonal, in (0, 1].
+        The band's width as a fraction of the image (volume) diagonal, in (0, 1].
     width : int, keyword-only, optional
         The band's width in pixels instead (>= 1).
     ignore_index : int or sequence of int, keyword-only, optional
@@ -286,7 +314,7 @@ def boundary_iou(pred, target, num_classes, *, dilation_ratio=0.02, width=None, 
     (array([632, 120]), array([904, 360]))
     """
     k = _check_num_classes(num_classes)
-    pred, target = _as_2d_labels(pred, target, native=True)
+    pred, target = _as_2d_labels(pred, target, native=True, volumes=True)
     d = _square_band_width(target.shape, dilation_ratio, width)
     target_band = _band_labels(target, d, k)
     pred_band = _band_labels(pred, d, k)

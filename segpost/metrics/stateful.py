@@ -42,13 +42,20 @@ class SegMetricsResult:
     num_invalid : int
         Pixels dropped for out-of-range labels (``on_invalid="ignore"``).
     per_image_miou : float or None
-        Mean over images of each image's mIoU (only with ``per_image=True``);
-        a different number from the dataset-level ``miou``.
+        Mean over cases (images, or volumes with ``spatial_ndim=3``) of each
+        case's mIoU (only with ``per_image=True``); a different number from
+        the dataset-level ``miou``.
+    per_image_mdice : float or None
+        The same mean of each case's mDice (the per-case Dice medical
+        evaluations report, nnU-Net's ``summary.json`` mean).
     num_images : int
-        Images counted (each image of a batch once).
+        Cases counted: images, or volumes with ``spatial_ndim=3`` (each case
+        of a batch once).
     num_scored_images : int
-        Images with a per-image mIoU (with ``per_image=True``; an image with
+        Cases with a per-case mIoU (with ``per_image=True``; a case with
         no pixel counted has none).
+    spatial_ndim : int
+        2 (cases are images) or 3 (volumes).
     boundary_iou : (K,) float64 or None
         Dataset-level Boundary IoU per class (only with ``boundary=True``):
         the summed band intersections over the summed band unions, as
@@ -79,7 +86,7 @@ class SegMetricsResult:
 
     def __init__(self, confusion, *, absent="nan", exclude_classes=(), class_names=None, num_invalid=0,
                  per_image_miou=None, num_images=0, num_scored_images=0, boundary_counts=None,
-                 surface_means=None, num_cases=0):
+                 surface_means=None, num_cases=0, per_image_mdice=None, spatial_ndim=2):
         self.confusion = np.array(confusion, np.int64)  # a copy: later updates never change a result
         k = self.confusion.shape[0]
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -105,6 +112,8 @@ class SegMetricsResult:
         self.num_valid_classes = int(valid.sum())
         self.num_invalid = int(num_invalid)
         self.per_image_miou = per_image_miou
+        self.per_image_mdice = per_image_mdice
+        self.spatial_ndim = int(spatial_ndim)
         self.num_images = int(num_images)
         self.num_scored_images = int(num_scored_images)
         self.boundary_iou = self.mboundary_iou = None
@@ -127,6 +136,8 @@ class SegMetricsResult:
 
         boundary = self.boundary_iou is not None
         surface = self.hd95 is not None
+        volumes = self.spatial_ndim == 3
+        cases, points = ("volumes", "voxels") if volumes else ("images", "pixels")
 
         def dist(x):
             return "-" if math.isnan(x) else f"{x:.{digits}f}"
@@ -137,7 +148,7 @@ class SegMetricsResult:
         width = max(5, *(len(n) for n in self.class_names))
         lines = [f"{'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'Prec':>7}  {'Recall':>7}  "
                  + (f"{'BIoU':>7}  " if boundary else "")
-                 + (f"{'HD95':>7}  {'ASSD':>7}  {'NSD':>7}  " if surface else "") + f"{'pixels':>12}"]
+                 + (f"{'HD95':>7}  {'ASSD':>7}  {'NSD':>7}  " if surface else "") + f"{points:>12}"]
         for c, name in enumerate(self.class_names):
             mark = " (excluded)" if c in self.exclude_classes else ""
             lines.append(
@@ -156,9 +167,11 @@ class SegMetricsResult:
         if surface:
             lines.append(f"HD95, ASSD (in the units of the spacing) and NSD (%): means over {self.num_cases} cases")
         if self.per_image_miou is not None:
-            lines.append(f"per-image mIoU {pct(self.per_image_miou)} over {self.num_scored_images} images")
+            case = "per-volume" if volumes else "per-image"
+            dice = "" if self.per_image_mdice is None else f", mDice {pct(self.per_image_mdice)}"
+            lines.append(f"{case} mIoU {pct(self.per_image_miou)}{dice} over {self.num_scored_images} {cases}")
         if self.num_invalid:
-            lines.append(f"{self.num_invalid} pixels with out-of-range labels were dropped")
+            lines.append(f"{self.num_invalid} {points} with out-of-range labels were dropped")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -174,8 +187,9 @@ class SegMetricsResult:
 
         out = {name: clean(getattr(self, name)) for name in (
             "miou", "mdice", "mprecision", "mrecall", "weighted_miou", "micro_iou", "pixel_accuracy",
-            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "num_images",
-            "num_scored_images", "mboundary_iou", "mhd95", "massd", "mnsd", "num_cases")}
+            "mean_accuracy", "fw_iou", "num_valid_classes", "num_invalid", "per_image_miou", "per_image_mdice",
+            "num_images", "num_scored_images", "mboundary_iou", "mhd95", "massd", "mnsd", "num_cases",
+            "spatial_ndim")}
         out["boundary_iou"] = None if self.boundary_iou is None else clean(self.boundary_iou)
         for name in ("hd95", "assd", "nsd"):  # inf (a class in one map only) as the string "inf"
             value = getattr(self, name)
@@ -206,8 +220,9 @@ class SegMetrics:
     ignore_index : int or collection of int, keyword-only
     class_names : sequence of str, keyword-only
     per_image : bool, keyword-only, default False
-        Also track the mean over images of per-image mIoU (``per_image_miou``).
-        Each image of a batch (first axis of a (B, H, W) target) counts once.
+        Also track the mean over cases of each case's mIoU and mDice
+        (``per_image_miou``, ``per_image_mdice``): a case is an image, or a
+        volume with ``spatial_ndim=3``. Each case of a batch counts once.
     absent : {"nan", 0, 1}, keyword-only
         Score of classes absent from both target and prediction (see scores).
     exclude_classes : sequence of int, keyword-only
@@ -218,22 +233,30 @@ class SegMetrics:
         official definition) over the dataset: per image, each class's band
         intersection and union are added to the state, and ``compute()``
         reports ``boundary_iou`` and ``mboundary_iou`` next to mIoU. Each
-        image of a batch counts on its own (a (B, H, W) target is B images).
+        case of a batch counts on its own (a (B, H, W) target is B images);
+        a volume's band is 3-D (``boundary_iou`` on a (D, H, W) volume).
     boundary_dilation_ratio : float, keyword-only, default 0.02
-        The band width as a fraction of each image's diagonal.
+        The band width as a fraction of each case's diagonal (in voxels).
     surface : bool, keyword-only, default False
         Also average each case's HD95, average symmetric surface distance and
         normalized surface Dice per class over the cases
         (``segpost.metrics.case_metrics``; per-case means, not a summed
-        matrix). A case is an image, or a volume when ``spacing`` has three
-        entries: then a (D, H, W) target is one volume and (B, D, H, W) a
-        batch of B. Excluded classes are not computed.
+        matrix). Excluded classes are not computed.
     spacing : float or sequence of float, keyword-only, optional
-        The default voxel spacing (``update(..., spacing=)`` gives each
-        case's own, e.g. from its NIfTI header); its length is the number of
-        spatial axes. Default: 1, 2-D images.
+        The default voxel spacing of the surface metrics
+        (``update(..., spacing=)`` gives each case's own, e.g. from its NIfTI
+        header). Default: 1 along every axis.
     tolerance : float or (K,) sequence of float, keyword-only, default 1.0
         The surface Dice's tolerance, in the units of the spacing.
+    spatial_ndim : {2, 3}, keyword-only, optional
+        What one case is, the one rule for telling a batch of volumes from a
+        batch of images: 2, images: an (H, W) target is one image and a
+        (B, H, W) target a batch of B; 3, volumes: a (D, H, W) target is one
+        volume and a (B, D, H, W) target a batch of B (scores have their class
+        axis first: (C, D, H, W), or (B, C, D, H, W)). Default: the length of a
+        3-long ``spacing``, else 2. Nothing is guessed from the shapes: a
+        (D, H, W) target counts as D images unless ``spatial_ndim=3`` (or a
+        3-long spacing) says it is a volume.
 
     Examples
     --------
@@ -252,16 +275,25 @@ class SegMetrics:
     Volumes, with surface distances in millimetres:
 
     >>> volumes = SegMetrics(2, surface=True, spacing=(3.0, 0.8, 0.8), tolerance=2.0, exclude_classes=[0])
+    >>> volumes.spatial_ndim                     # from the 3-long spacing
+    3
     >>> target = np.zeros((4, 16, 16), np.uint8); target[1:3, 4:12, 4:12] = 1
     >>> cases = volumes.update(np.roll(target, 1, axis=2), target)   # one (D, H, W) volume
     >>> result = volumes.compute()
     >>> float(result.hd95[1]), float(result.nsd[1]), result.num_cases
     (0.8, 1.0, 1)
+
+    Per-volume means, each (D, H, W) volume one case:
+
+    >>> per_volume = SegMetrics(2, per_image=True, spatial_ndim=3)
+    >>> per_volume.update(np.stack([target, target]), np.stack([target, np.roll(target, 1, axis=2)]))
+    >>> per_volume.compute().num_images
+    2
     """
 
     def __init__(self, num_classes, *, ignore_index=None, class_names=None, per_image=False, absent="nan",
                  exclude_classes=(), on_invalid="raise", boundary=False, boundary_dilation_ratio=0.02, surface=False,
-                 spacing=None, tolerance=1.0):
+                 spacing=None, tolerance=1.0, spatial_ndim=None):
         self.num_classes = _check_num_classes(num_classes)
         self.ignore_index = _normalise_ignore(ignore_index)
         if class_names is not None and len(class_names) != self.num_classes:
@@ -280,7 +312,8 @@ class SegMetrics:
             raise ValueError(f"boundary_dilation_ratio must be in (0, 1], got {boundary_dilation_ratio!r}")
         self.boundary_dilation_ratio = float(boundary_dilation_ratio)
         self.surface = bool(surface)
-        self.spacing = _surface_spacing(spacing)
+        self.spatial_ndim = _spatial_ndim(spatial_ndim, spacing)
+        self.spacing = _surface_spacing(spacing, self.spatial_ndim)
         self.tolerance = _check_tolerance(tolerance, self.num_classes)
         self.reset()
 
@@ -290,6 +323,7 @@ class SegMetrics:
         self.num_invalid = 0
         self.first_invalid = None  # the first out-of-range label counted, for messages (not part of the state)
         self.per_image_sum = 0.0
+        self.per_image_dice_sum = 0.0
         self.num_images = 0
         self.num_scored_images = 0
         self.boundary_intersection = np.zeros(self.num_classes, np.int64)
@@ -315,33 +349,38 @@ class SegMetrics:
         """
         self._check_not_synced("update")
         if self.surface:  # validated before anything is counted
-            spacing = self.spacing if spacing is None else _surface_spacing(spacing)
+            spacing = self.spacing if spacing is None else _surface_spacing(spacing, self.spatial_ndim)
+        if self.spatial_ndim == 3:
+            pred, target = _volume_labels(pred, target)
         pred, target = prepare_labels(pred, target)
-        cases = _surface_cases(pred, target, len(spacing)) if self.surface else None
+        if self.spatial_ndim == 3 or self.surface:
+            cases = _surface_cases(pred, target, self.spatial_ndim)
         cm = confusion_matrix(pred, target, self.num_classes, ignore_index=self.ignore_index, on_invalid=self.on_invalid)
         self.confusion += _to_numpy(cm)
         self.num_invalid += int(getattr(cm, "num_invalid", 0))
         if self.first_invalid is None:
             self.first_invalid = getattr(cm, "first_invalid", None)
-        # Images, or cases with surface=True (a volume is one case, whatever its depth).
-        self.num_images += len(cases) if cases is not None else (1 if target.ndim <= 2 else target.shape[0])
-        if self.per_image or self.boundary:
-            images = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
+        # Cases: images, or volumes with spatial_ndim=3 (a volume is one case, whatever its depth).
+        if self.spatial_ndim == 2 and not self.surface:  # (H, W), or a batch along the first axis, as always
+            cases = [(pred, target)] if target.ndim <= 2 else [(pred[i], target[i]) for i in range(target.shape[0])]
+        self.num_images += len(cases)
         if self.boundary:
             from .boundary import boundary_iou
 
-            for p, t in images:
+            for p, t in cases:
                 counts = boundary_iou(p, t, self.num_classes, dilation_ratio=self.boundary_dilation_ratio,
                                       ignore_index=self.ignore_index)
                 self.boundary_intersection += counts.intersection
                 self.boundary_union += counts.union
         if self.per_image:
-            for p, t in images:
-                image_cm = confusion_matrix(p, t, self.num_classes, ignore_index=self.ignore_index, on_invalid="ignore")
-                value = scores.mean_score(scores.iou(_to_numpy(image_cm), absent=self.absent),
-                                          exclude_classes=self.exclude_classes)
-                if not math.isnan(value):  # an image with nothing counted has no mIoU
+            for p, t in cases:
+                case_cm = _to_numpy(confusion_matrix(p, t, self.num_classes, ignore_index=self.ignore_index,
+                                                     on_invalid="ignore"))
+                value = scores.mean_score(scores.iou(case_cm, absent=self.absent), exclude_classes=self.exclude_classes)
+                if not math.isnan(value):  # a case with nothing counted has no mIoU
                     self.per_image_sum += value
+                    self.per_image_dice_sum += scores.mean_score(scores.dice(case_cm, absent=self.absent),
+                                                                 exclude_classes=self.exclude_classes)
                     self.num_scored_images += 1
         if self.surface:
             return self._update_surface(cases, spacing)
@@ -364,8 +403,11 @@ class SegMetrics:
 
     def compute(self) -> SegMetricsResult:
         """Scores of everything counted (dataset-level; per-image mean too if requested)."""
-        per_image = ((self.per_image_sum / self.num_scored_images if self.num_scored_images else float("nan"))
-                     if self.per_image else None)
+        per_image = per_image_dice = None
+        if self.per_image:
+            scored = self.num_scored_images
+            per_image = self.per_image_sum / scored if scored else float("nan")
+            per_image_dice = self.per_image_dice_sum / scored if scored else float("nan")
         boundary = (self.boundary_intersection, self.boundary_union) if self.boundary else None
         surface = None
         if self.surface:
@@ -376,13 +418,14 @@ class SegMetrics:
                                 class_names=self.class_names, num_invalid=self.num_invalid,
                                 per_image_miou=per_image, num_images=self.num_images,
                                 num_scored_images=self.num_scored_images, boundary_counts=boundary,
-                                surface_means=surface, num_cases=self.num_cases)
+                                surface_means=surface, num_cases=self.num_cases, per_image_mdice=per_image_dice,
+                                spatial_ndim=self.spatial_ndim)
 
     def _settings(self):
         """What two states must share to be added: a different one would sum different counts."""
         return {"num_classes": self.num_classes, "ignore_index": list(self.ignore_index), "per_image": self.per_image,
                 "boundary": self.boundary, "boundary_dilation_ratio": self.boundary_dilation_ratio,
-                "surface": self.surface, "tolerance": self.tolerance.tolist()}
+                "surface": self.surface, "tolerance": self.tolerance.tolist(), "spatial_ndim": self.spatial_ndim}
 
     def _check_compatible(self, settings, action):
         mine = self._settings()
@@ -403,6 +446,7 @@ class SegMetrics:
         if self.first_invalid is None:
             self.first_invalid = other.first_invalid
         self.per_image_sum += other.per_image_sum
+        self.per_image_dice_sum += other.per_image_dice_sum
         self.num_images += other.num_images
         self.num_scored_images += other.num_scored_images
         self.boundary_intersection += other.boundary_intersection
@@ -420,7 +464,8 @@ class SegMetrics:
         import torch
 
         return {"confusion": torch.from_numpy(self.confusion.copy()), "num_invalid": self.num_invalid,
-                "per_image_sum": self.per_image_sum, "num_images": self.num_images,
+                "per_image_sum": self.per_image_sum, "per_image_dice_sum": self.per_image_dice_sum,
+                "num_images": self.num_images,
                 "num_scored_images": self.num_scored_images,
                 "boundary_intersection": torch.from_numpy(self.boundary_intersection.copy()),
                 "boundary_union": torch.from_numpy(self.boundary_union.copy()),
@@ -452,11 +497,18 @@ class SegMetrics:
         if per_image_sum > counts["num_scored_images"]:
             raise ValueError(f"state's per_image_sum {per_image_sum} exceeds its {counts['num_scored_images']} "
                              f"scored images (each adds an mIoU of at most 1)")
+        # States saved before per-case Dice was counted: unknown (NaN) unless no case was scored.
+        per_image_dice_sum = (_checked_number(state, "per_image_dice_sum") if "per_image_dice_sum" in state
+                              else (0.0 if counts["num_scored_images"] == 0 else float("nan")))
+        if per_image_dice_sum > counts["num_scored_images"]:
+            raise ValueError(f"state's per_image_dice_sum {per_image_dice_sum} exceeds its "
+                             f"{counts['num_scored_images']} scored images (each adds an mDice of at most 1)")
         self.confusion = counts["confusion"]
         self.num_invalid = int(counts["num_invalid"])
         self.num_images = int(counts["num_images"])
         self.num_scored_images = int(counts["num_scored_images"])
         self.per_image_sum = per_image_sum
+        self.per_image_dice_sum = per_image_dice_sum
         self.boundary_intersection = counts["boundary_intersection"]
         self.boundary_union = counts["boundary_union"]
         self.surface_sums, self.surface_counts, self.num_cases = surface_state
@@ -484,7 +536,8 @@ class SegMetrics:
         flat = np.concatenate([self.confusion.reshape(-1), [self.num_invalid, self.num_images, self.num_scored_images],
                                self.boundary_intersection, self.boundary_union]).astype(np.int64)
         packed = torch.from_numpy(np.concatenate([flat, _pack_surface_counts(self)]))
-        extra = torch.from_numpy(np.concatenate([[self.per_image_sum], self.surface_sums.reshape(-1)]))
+        extra = torch.from_numpy(np.concatenate([[self.per_image_sum, self.per_image_dice_sum],
+                                                 self.surface_sums.reshape(-1)]))
         backend = dist.get_backend(group)
         if backend == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
@@ -497,8 +550,8 @@ class SegMetrics:
         self.boundary_intersection = packed[k * k + 3: k * k + 3 + k].copy()
         self.boundary_union = packed[k * k + 3 + k: k * k + 3 + 2 * k].copy()
         extra = extra.cpu().numpy()
-        self.per_image_sum = float(extra[0])
-        _unpack_surface(self, packed[k * k + 3 + 2 * k:], extra[1:])
+        self.per_image_sum, self.per_image_dice_sum = float(extra[0]), float(extra[1])
+        _unpack_surface(self, packed[k * k + 3 + 2 * k:], extra[2:])
         self._local_state = local
         return self
 
@@ -552,13 +605,47 @@ def _checked_number(state, key):
 
 # ------------------------------------------------------------------------------------------------ surface state
 
-def _surface_spacing(spacing):
-    """A spacing for ``SegMetrics(surface=True)``: its length gives the spatial axes (a number or None: 2-D)."""
+def _spatial_ndim(spatial_ndim, spacing):
+    """SegMetrics' case rule: ``spatial_ndim`` (2 or 3), by default the length of a 3-long spacing, else 2."""
     from .surface import _check_spacing
 
-    if spacing is None or np.ndim(spacing) == 0:
-        return _check_spacing(spacing, 2)
-    return _check_spacing(spacing, len(np.asarray(spacing).reshape(-1)))
+    length = None
+    if spacing is not None and not is_torch_tensor(spacing) and np.ndim(spacing) == 1:
+        length = len(spacing)
+    elif is_torch_tensor(spacing) and spacing.ndim == 1:
+        length = int(spacing.shape[0])
+    if spatial_ndim is None:
+        spatial_ndim = 3 if length == 3 else 2
+    elif isinstance(spatial_ndim, bool) or spatial_ndim not in (2, 3):
+        raise ValueError(f"spatial_ndim must be 2 (cases are images) or 3 (volumes), got {spatial_ndim!r}")
+    if length is not None and length != spatial_ndim:
+        raise ValueError(f"spacing has {length} entries but spatial_ndim is {spatial_ndim}: one entry per spatial axis")
+    if spacing is not None:
+        _check_spacing(spacing, int(spatial_ndim))
+    return int(spatial_ndim)
+
+
+def _surface_spacing(spacing, spatial_ndim):
+    """A voxel spacing of ``spatial_ndim`` entries (a number or None: the same along every axis)."""
+    from .surface import _check_spacing
+
+    return _check_spacing(spacing, spatial_ndim)
+
+
+def _volume_labels(pred, target):
+    """Volume scores with their class axis first ((C, D, H, W), or (B, C, D, H, W) for a batch) as labels;
+    labels as they are. (``prepare_labels`` reads 4-D scores as a batch of images.)"""
+    if pred is None or target is None or not hasattr(pred, "ndim") or not hasattr(target, "ndim"):
+        return pred, target
+    floating = pred.is_floating_point() if is_torch_tensor(pred) else np.asarray(pred).dtype.kind == "f"
+    if floating and pred.ndim == target.ndim + 1 and target.ndim in (3, 4):
+        axis = 0 if target.ndim == 3 else 1
+        if pred.shape[axis] == 1:  # an argmax over one channel labels everything 0
+            raise ValueError("pred has one class channel (a sigmoid model's binary scores?): pass labels instead, "
+                             "(pred > 0) for logits or (pred > 0.5) for probabilities, as integers, squeezing the "
+                             "channel axis")
+        pred = pred.argmax(axis) if is_torch_tensor(pred) else np.argmax(pred, axis=axis)
+    return pred, target
 
 
 def _check_tolerance(tolerance, k):
@@ -575,8 +662,9 @@ def _surface_cases(pred, target, spatial_dims):
         return [(pred, target)]
     if target.ndim == spatial_dims + 1:
         return [(pred[i], target[i]) for i in range(target.shape[0])]
-    raise ValueError(f"target of shape {tuple(target.shape)} is neither one case nor a batch of cases with "
-                     f"{spatial_dims} spatial axes (the length of spacing)")
+    what = "volume (D, H, W)" if spatial_dims == 3 else "image (H, W)"
+    raise ValueError(f"target of shape {tuple(target.shape)} is neither one {what} nor a batch of them: "
+                     f"spatial_ndim={spatial_dims} spatial axes (set by spatial_ndim= or the length of spacing)")
 
 
 def _surface_state(state, k):
