@@ -18,7 +18,7 @@ import numpy as np
 import segpost
 from segpost._phantoms import ct_phantom, simulate_volume_network
 
-GRID = {"pos_weight": (1, 3), "bi_weight": (3, 5), "bi_xy": (5, 10, 20), "bi_rgb": (10, 20, 40)}
+GRID = {"pos_weight": (1, 3), "bi_weight": (3, 5), "bi_xy": (3, 5, 10, 20), "bi_rgb": (5, 10, 20, 40)}
 
 
 def cases(seeds, shape):

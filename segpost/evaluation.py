@@ -188,7 +188,7 @@ def evaluate(pipeline, dataset, *, num_classes, ignore_index=None, class_names=N
 
 
 def tune_crf(images, probs, targets, *, num_classes=None, grid=None, metric="miou", ignore_index=None, iterations=None,
-             base=None, progress=True):
+             base=None, spacing=None, progress=True):
     """Grid-search the appearance kernel's parameters on held-out images, as DeepLab did.
 
     Parameters
@@ -204,6 +204,10 @@ def tune_crf(images, probs, targets, *, num_classes=None, grid=None, metric="mio
     metric : {"miou", "pixel_accuracy", "mdice"}, keyword-only
     base : CRFParams, keyword-only
         Fields not in the grid (default DeepLab's).
+    spacing : sequence of float, keyword-only, optional
+        Volumes: ``images`` are scans, ``probs`` (C, d, h, w) and ``targets``
+        (D, H, W), each volume one case, and this is their voxel size (the
+        kernels' units, :func:`segpost.crf_refine`).
 
     Returns
     -------
@@ -251,9 +255,9 @@ def tune_crf(images, probs, targets, *, num_classes=None, grid=None, metric="mio
     table = []
     for values in tqdm(settings, disable=not progress, desc="tune_crf", unit="setting"):
         params = base.replace(**dict(zip(names, values)))
-        metrics = SegMetrics(k, ignore_index=ignore_index)
+        metrics = SegMetrics(k, ignore_index=ignore_index, spatial_ndim=np.ndim(probs[0]) - 1)
         for image, p, target in zip(images, probs, targets):
-            metrics.update(crf_refine(image, probs=p, params=params, iterations=iterations), target)
+            metrics.update(crf_refine(image, probs=p, params=params, iterations=iterations, spacing=spacing), target)
         result = metrics.compute()
         table.append({**dict(zip(names, values)), "score": getattr(result, metric)})
     table.sort(key=lambda row: -np.nan_to_num(row["score"], nan=-np.inf))

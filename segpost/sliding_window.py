@@ -89,12 +89,12 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
 
     Parameters
     ----------
-    inputs : (B, M, *spatial) torch.Tensor or ndarray
+    inputs : (B, M, H, W) or (B, M, D, H, W) torch.Tensor or ndarray
         A batch of images (two spatial axes) or volumes (three), channel-first,
         as MONAI takes them; given to the model as float32 windows
         (normalise the intensities beforehand, as the model was trained).
     model : callable
-        Takes a (n, M, *roi_size) float32 tensor, returns (n, K, *roi_size)
+        Takes an (n, M, ...) float32 tensor of windows of ``roi_size``, returns (n, K, ...)
         logits (or any scores): a tensor, a dict with ``"out"`` or
         ``"logits"``, a tuple (first item), or what ``output=`` picks. One
         channel means two classes, [0, z]. Outputs at another resolution are
@@ -121,13 +121,13 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
 
     Returns
     -------
-    (B, K, *spatial) float32
+    (B, K, H, W) or (B, K, D, H, W) float32
         numpy for numpy inputs, a tensor (on the inputs' device) for tensors.
 
     Raises
     ------
     ValueError
-        On inputs that are not (B, M, *spatial) with two or three spatial
+        On inputs that are not (B, M, H, W) or (B, M, D, H, W) with two or three spatial
         axes, non-finite inputs, bad options, or a model whose outputs are
         not (n, K, ...) finite scores.
     MemoryError
@@ -251,7 +251,7 @@ def _window_logits(out, select, count, roi):
 
 def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", sigma_scale=0.125, flip_axes=(),
                    merge="probs", sw_batch_size=1, padding_mode="constant", cval=0.0, channel_axis="auto",
-                   output=None, device=None, return_probs=False):
+                   output=None, device=None, return_probs=False, crf=None, spacing=None):
     """Labels (and probabilities) of a 3-D model on one volume: sliding windows, flip TTA, softmax, argmax.
 
     Each view of the volume (the volume itself and, with ``flip_axes``, every
@@ -261,9 +261,8 @@ def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", si
     averaged over views) or averaged as logits (``merge="logits"``, then one
     softmax), and the argmax gives the labels.
 
-    The CRF after it is :func:`segpost.crf_refine`'s (or
-    :class:`segpost.DenseCRF`'s with ``spacing=``) on the returned
-    probabilities; this function itself applies none.
+    With ``crf``, :func:`segpost.crf_refine` then refines the merged
+    probabilities on the volume (its kernels in ``spacing`` units).
 
     Parameters
     ----------
@@ -296,6 +295,13 @@ def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", si
     device : str or torch.device, keyword-only, optional
         Where to run; by default the device of the model's parameters.
     return_probs : bool, keyword-only, default False
+    crf : CRFParams, preset name or dict, keyword-only, optional
+        Refine with the dense CRF after the windows (e.g. ``"ct"``). It reads
+        ``volume`` as given, in its own units (Hounsfield units for the CT
+        preset): pass the scan before any normalisation the model needs and
+        normalise inside ``model``, or choose ``bi_rgb`` in the units you pass.
+    spacing : sequence of float, keyword-only, optional
+        The voxel size (depth, height, width) for the CRF, e.g. in millimetres.
 
     Returns
     -------
@@ -312,6 +318,8 @@ def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", si
     >>> out = predict_volume(model, volume, roi_size=(16, 32, 32), flip_axes=(1, 2), return_probs=True)
     >>> out.labels.shape, out.probs.shape
     ((20, 40, 40), (3, 20, 40, 40))
+    >>> predict_volume(model, volume, roi_size=16, crf="ct", spacing=(3.0, 0.8, 0.8)).labels.shape
+    (20, 40, 40)
     """
     import torch
 
@@ -354,5 +362,10 @@ def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", si
         merged = total / len(views)
         probs = torch.softmax(merged, dim=0) if merge == "logits" else merged
         probs_np = probs.float().cpu().numpy()
-    labels = probs_np.argmax(axis=0).astype(np.int64)
+    if crf is not None:
+        from .crf import crf_refine
+
+        labels, probs_np = crf_refine(arr, probs=probs_np, params=crf, spacing=spacing, return_probs=True)
+    else:
+        labels = probs_np.argmax(axis=0).astype(np.int64)
     return PipelineOutput(labels, probs_np if return_probs else None)

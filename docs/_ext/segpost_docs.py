@@ -19,7 +19,8 @@ GENERATED = "_generated"
 
 
 def render_pictures(app):
-    """The demo's pictures (input, truth, coarse, refined, the side-by-side figure) and its confusion matrix."""
+    """The demo's pictures (input, truth, coarse, refined, the side-by-side figure), its confusion matrix and
+    the volumes guide's phantom."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,6 +40,32 @@ def render_pictures(app):
     metrics.update(coarse, truth)
     figure = plot_confusion_matrix(metrics.compute())
     figure.savefig(out / "confusion.png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    render_volume(Path(app.srcdir) / GENERATED / "volumes")
+
+
+def render_volume(out):
+    """A CT phantom's lesion slice: the scan, the truth, the 3-D network's labels and crf_refine's."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import segpost
+    from segpost._phantoms import ct_phantom, simulate_volume_network
+    from segpost.viz import colorize, side_by_side
+
+    out.mkdir(parents=True, exist_ok=True)
+    phantom = ct_phantom((24, 96, 96), seed=101)
+    logits = simulate_volume_network(phantom.labels, 3, stride=(1, 4, 4), seed=101)
+    coarse = segpost.upsample_argmax(logits, phantom.labels.shape)
+    refined = segpost.crf_refine(phantom.volume, logits, params="ct", spacing=phantom.spacing)
+    z = int(np.argmax((phantom.labels == 2).sum(axis=(1, 2))))  # the slice through the lesion's middle
+    window = np.clip((phantom.volume[z] + 160) / 400 * 255, 0, 255).astype(np.uint8)  # abdomen window
+    truth = phantom.labels[z]
+    figure = side_by_side([np.dstack([window] * 3), colorize(truth), colorize(coarse[z]), colorize(refined[z])],
+                          ["CT slice (HU window -160..240)", "truth", "3-D network (stride 1x4x4)",
+                           "crf_refine(params='ct')"],
+                          errors=[None, None, coarse[z] != truth, refined[z] != truth])
+    figure.savefig(out / "phantom.png", dpi=80, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -98,9 +98,10 @@ class CRFParams:
 
     @classmethod
     def ct(cls) -> "CRFParams":
-        """For CT volumes with ``spacing`` in millimetres: smoothness 1.5 mm (weight 1), appearance 5 mm and
-        10 HU (weight 3), 10 iterations; chosen on CT phantoms (``benchmarks/tune_volume_crf.py``)."""
-        return cls(pos_weight=1, pos_xy=1.5, bi_weight=3, bi_xy=5, bi_rgb=10, iterations=10)
+        """For CT volumes with ``spacing`` in millimetres: smoothness 1.5 mm (weight 1), appearance 3 mm and
+        10 HU (weight 3), 10 iterations; chosen with ``tune_crf`` on CT phantoms
+        (``benchmarks/tune_volume_crf.py``)."""
+        return cls(pos_weight=1, pos_xy=1.5, bi_weight=3, bi_xy=3, bi_rgb=10, iterations=10)
 
     @classmethod
     def coerce(cls, value) -> "CRFParams":
