@@ -506,3 +506,65 @@ def test_a_prebuilt_cuda_extension_says_where_it_came_from(monkeypatch):
         assert cuda.cuda_extension() is module
     assert cuda.cuda_extension_status() == {"loaded": True, "how": "prebuilt", "origin": module.__file__,
                                             "import_error": None, "error": None}
+
+
+# ------------------------------------------------- the mean field's torch ops: no needless copies or products
+
+class _CountTorchCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_messages_skip_the_identity_and_the_zero_start():
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.uniform(size=(30, 4)).astype(np.float32))
+    matrix = torch.from_numpy(rng.normal(size=(4, 4)).astype(np.float32))
+    filters = [lambda rows: rows * 2, lambda rows: rows + 1]
+    with _CountTorchCalls() as calls:
+        potts = mean_field.messages(q, filters, [0.5, -3.0], None)
+    assert "__radd__" not in calls.names and "matmul" not in calls.names and "__matmul__" not in calls.names
+    torch.testing.assert_close(potts, 0.5 * (q * 2) - 3.0 * (q + 1), rtol=0, atol=0)
+    # None entries are the identity, the others matrices.
+    eye = torch.eye(4)
+    with _CountTorchCalls() as calls:
+        mixed = mean_field.messages(q, filters, [0.5, -3.0], [None, matrix])
+    assert calls.names.count("__matmul__") + calls.names.count("matmul") == 1
+    torch.testing.assert_close(mixed, mean_field.messages(q, filters, [0.5, -3.0], torch.stack([eye, matrix])))
+    assert mean_field.messages(q, [], [], None) == 0
+
+
+def test_device_dense_crf_potts_terms_need_no_matrix():
+    unary = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 10, 12)).astype(np.float32))
+    crf = device.DeviceDenseCRF(unary)
+    crf.add_gaussian(3.0, compat=3.0)
+    assert crf._compatibility is None
+    with _CountTorchCalls() as calls:
+        crf.map(2)
+    assert "__matmul__" not in calls.names and "matmul" not in calls.names
+    crf.add_gaussian(2.0, compat=np.array([-1.0, -2.0, -3.0]))
+    compat = crf._compatibility
+    assert compat[0] is None and torch.equal(compat[1], torch.diag(torch.tensor([-1.0, -2.0, -3.0])))
+
+
+def test_device_refine_hands_the_mean_field_point_major_rows(monkeypatch):
+    # A transposed (channel-major) view would be copied by every iteration's softmax.
+    seen = []
+    real = device.mean_field
+
+    def spy(scores, *args):
+        seen.append(scores)
+        return real(scores, *args)
+
+    monkeypatch.setattr(device, "mean_field", spy)
+    image, logits = photo(32, 48), np.random.default_rng(0).normal(size=(3, 8, 12)).astype(np.float32)
+    e = np.exp(logits)
+    for probabilities, scores in ((False, logits), (True, e / e.sum(0))):
+        _device_refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores.astype(np.float32)),
+                       probabilities=probabilities, params=segpost.CRFParams.deeplab(), iterations=2,
+                       align_corners=False, return_probs=False)
+        assert seen[-1].shape == (32 * 48, 3) and seen[-1].is_contiguous()
