@@ -48,6 +48,10 @@ TARGETS = [
     ("nn.DenseCRF fwd+bwd (4, 21, 256, 256), 5 it.", None, "reported"),
 ]
 ROOT = Path(__file__).resolve().parent.parent
+# Sizes of the checks (module constants so that a CPU smoke run can shrink them).
+LATTICE_POINTS = 200_000  # the lattice checks' random 5-D points
+FLAT_SIZE = 256  # the batched-build check's two images (one flat: long CSR rows, the chunked splat)
+PEAK_TILES = 8  # the peak-memory image: the 512x512 photo tiled PEAK_TILES x PEAK_TILES
 
 
 def parse_args(argv=None):
@@ -221,8 +225,8 @@ def device_checks(check, report, repeats):
     params = segpost.CRFParams.deeplab()
 
     def lattice(check):
-        features = rng.uniform(0, 20, size=(200_000, 5)).astype(np.float32)
-        values = rng.normal(size=(200_000, 21)).astype(np.float32)
+        features = rng.uniform(0, 20, size=(LATTICE_POINTS, 5)).astype(np.float32)
+        values = rng.normal(size=(LATTICE_POINTS, 21)).astype(np.float32)
         cpu = segpost.PermutohedralLattice(features)
         gpu = CudaLattice(torch.from_numpy(features).cuda(), ext)
         check("vertices", gpu.num_vertices == cpu.num_vertices, f"{gpu.num_vertices} vs {cpu.num_vertices}")
@@ -244,14 +248,15 @@ def device_checks(check, report, repeats):
     def batched(check):
         # A batched build is each image's own lattice; long CSR rows (a flat region under a wide
         # bilateral kernel) go through the chunked splat.
-        flat = np.zeros((2, 256, 256, 3), np.float32)
-        flat[1, :, 128:] = 200
-        grid = np.stack(np.meshgrid(np.arange(256), np.arange(256)), -1).reshape(-1, 2) / 80.0
+        size = FLAT_SIZE
+        flat = np.zeros((2, size, size, 3), np.float32)
+        flat[1, :, size // 2:] = 200
+        grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2) / 80.0
         rows_of = [np.concatenate([grid, im.reshape(-1, 3) / 13.0], 1).astype(np.float32) for im in flat]
         both = CudaLattice(torch.from_numpy(np.concatenate(rows_of)).cuda(), ext, images=2)
         alone = [CudaLattice(torch.from_numpy(r).cuda(), ext) for r in rows_of]
         check("batched build = its images' vertices", both.num_vertices == sum(a.num_vertices for a in alone))
-        v = torch.from_numpy(rng.normal(size=(2 * 256 * 256, 4)).astype(np.float32)).cuda()
+        v = torch.from_numpy(rng.normal(size=(2 * size * size, 4)).astype(np.float32)).cuda()
         split = torch.cat([a.filter(part) for a, part in zip(alone, v.chunk(2))])
         check("batched filter = one by one (bitwise)", torch.equal(both.filter(v), split))
         chunks = float((both._parts[3].numel() - 1) / both.num_vertices)
@@ -352,8 +357,9 @@ def device_checks(check, report, repeats):
         growth = torch.cuda.memory_allocated() - before
         report["memory"] = {"growth_bytes_over_50_calls": growth}
         check("no memory growth over 50 crf_refine calls", growth <= 0, f"{growth} bytes")
-        big = torch.from_numpy(np.tile(photo(512), (8, 8, 1))).permute(2, 0, 1).contiguous().cuda()
-        big_logits = torch.randn(21, 512, 512, device="cuda")
+        side = 512 * PEAK_TILES
+        big = torch.from_numpy(np.tile(photo(512), (PEAK_TILES, PEAK_TILES, 1))).permute(2, 0, 1).contiguous().cuda()
+        big_logits = torch.randn(21, 64 * PEAK_TILES, 64 * PEAK_TILES, device="cuda")
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -362,8 +368,9 @@ def device_checks(check, report, repeats):
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() - base
-        report["memory"].update(peak_bytes_4096x4096_21_labels=peak, seconds_4096x4096=seconds)
-        check("crf_refine 4096x4096, 21 labels", tuple(labels.shape) == (4096, 4096),
+        report["memory"].update(peak_image=f"{side}x{side}, 21 labels at stride 8", peak_bytes=peak,
+                                peak_seconds=seconds)
+        check(f"crf_refine {side}x{side}, 21 labels", tuple(labels.shape) == (side, side),
               f"peak {peak / 2**30:.2f} GiB above the inputs, {seconds:.2f} s")
 
     for name, fn in (("lattice", lattice), ("batched build", batched), ("emulation", emulation),
