@@ -9,16 +9,17 @@ loops): for a few hundred points.
 
 Not bit for bit in floating point. numpy and Python round every operation;
 nvcc contracts ``a * b + c`` into one fused multiply-add (its default,
-``-fmad=true``), rounded once: in the elevation (``running - j * cf``, float64;
-``fused=True`` below reproduces it exactly), the splat (``total += w * s * v``),
-the blur (``in + 0.5f * (lo + hi)``) and the slice (``total += w * grid``),
-all float32. Unfused, 970 of 11,520 elevations of a 48x48 photo crop's
-bilateral features differ from the fused ones by up to 2 ulps, and no simplex
-changes (the review counted 5,849 of 9,216 on its grid;
-tests/test_cuda_kernels.py holds this on a smaller crop). What is exact: the integer work given the simplices (keys, hash,
-insert, vertex numbering, neighbours, CSR and chunks) and the emulation
-against itself (a batch against its images). Filtered values and weights
-are compared with a tolerance wherever nvcc fuses.
+``-fmad=true``), rounded once: in the elevation (``running - j * cf``,
+float64; ``fused=True`` below reproduces it exactly), the splat
+(``total += w * s * v``), the blur (``in + 0.5f * (lo + hi)``) and the slice
+(``total += w * grid``), all float32. Unfused, 970 of 11,520 elevations of a
+48x48 photo crop's bilateral features differ from the fused ones by up to 2
+ulps, and no simplex changes (the review counted 5,849 of 9,216 on its grid;
+tests/test_cuda_kernels.py holds this on a smaller crop). What is exact: the
+integer work given the simplices (keys, hash, insert, vertex numbering,
+neighbours, CSR and chunks) and the emulation against itself (a batch
+against its images). Filtered values and weights are compared with a
+tolerance wherever nvcc fuses.
 """
 import math
 from fractions import Fraction

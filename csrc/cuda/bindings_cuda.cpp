@@ -107,7 +107,8 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
   auto vertex_long = vertex_of_corner.to(torch::kInt64);
   auto csr_corner = std::get<1>(torch::sort(vertex_long, /*stable=*/true, 0, false)).to(torch::kInt32).contiguous();
   // scatter_add, not bincount: bincount on CUDA reads the input's range back to the host.
-  auto counts = torch::zeros({m}, dev.dtype(torch::kInt64)).scatter_add_(0, vertex_long, torch::ones_like(vertex_long));
+  auto counts =
+      torch::zeros({m}, dev.dtype(torch::kInt64)).scatter_add_(0, vertex_long, torch::ones_like(vertex_long));
   auto csr_start = torch::cumsum(counts, 0) - counts;
   auto chunks_of_vertex = torch::div(counts + (segpost::cuda::kSplatChunk - 1), segpost::cuda::kSplatChunk, "floor");
   auto vertex_chunk =
