@@ -231,7 +231,9 @@ def build(features, points_per_image=0, *, insert_order=None, chunk=SPLAT_CHUNK,
     ids = np.cumsum(first) - 1
     vertex_of_corner = ids[rep]
     m = int(first.sum())
-    vertex_keys = keys[first]
+    first_corner = np.full(m, np.iinfo(np.int32).max, np.int64)
+    np.minimum.at(first_corner, vertex_of_corner, index)  # scatter_reduce "amin": no host sync for a mask
+    vertex_keys = keys[first_corner]
     neighbour = np.zeros((d1, m, 2), np.int64)
     for v in range(m):
         neighbour_kernel(v, vertex_keys, d, keys, slots, capacity - 1, vertex_of_corner, neighbour)

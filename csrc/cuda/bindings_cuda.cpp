@@ -96,7 +96,12 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
   auto ids = torch::cumsum(first.to(torch::kInt32), 0, torch::kInt32) - 1;
   auto vertex_of_corner = ids.index_select(0, rep.to(torch::kInt64)).contiguous();
   const int64_t m = first.sum().item<int64_t>();
-  auto vertex_keys = keys.index({first}).contiguous();
+  // Each vertex's key from its first corner, found by a scatter: a boolean mask (keys[first]) would
+  // read its count back to the host once more.
+  auto vertex_long = vertex_of_corner.to(torch::kInt64);
+  auto first_corner =
+      torch::full({m}, INT32_MAX, dev.dtype(torch::kInt32)).scatter_reduce(0, vertex_long, index, "amin");
+  auto vertex_keys = keys.index_select(0, first_corner.to(torch::kInt64)).contiguous();
   auto neighbour = torch::empty({d1, m, 2}, dev.dtype(torch::kInt32));
   check(segpost::cuda::launch_neighbours(vertex_keys.data_ptr<int32_t>(), m, d, key_size, keys.data_ptr<int32_t>(),
                                          slots.data_ptr<int32_t>(), capacity, vertex_of_corner.data_ptr<int32_t>(),
@@ -104,7 +109,6 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
         "neighbours");
   // CSR of corners by vertex, stable: each vertex's corners in point order (deterministic splat),
   // cut into chunks of at most kSplatChunk corners.
-  auto vertex_long = vertex_of_corner.to(torch::kInt64);
   auto csr_corner = std::get<1>(torch::sort(vertex_long, /*stable=*/true, 0, false)).to(torch::kInt32).contiguous();
   // scatter_add, not bincount: bincount on CUDA reads the input's range back to the host.
   auto counts =
@@ -154,10 +158,10 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
   const float* post = post_rows.defined() ? post_rows.data_ptr<float>() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
   // Splat and blur write every vertex row; only row 0 (the missing neighbour) must be zero.
-  auto grid = torch::empty({m + 1, c}, values.options());
-  auto next = torch::empty({m + 1, c}, values.options());
-  grid[0].zero_();
-  next[0].zero_();
+  // The two buffers in one allocation, so that one launch zeroes both rows 0.
+  auto buffers = torch::empty({2, m + 1, c}, values.options());
+  buffers.select(1, 0).zero_();
+  auto grid = buffers[0], next = buffers[1];
   const int64_t chunks = chunk_start.size(0) - 1;
   torch::Tensor chunk_sums = chunks > m ? torch::empty({chunks, c}, values.options()) : torch::Tensor();
   check(segpost::cuda::launch_splat(chunk_start.data_ptr<int64_t>(), vertex_chunk.data_ptr<int64_t>(), chunks,
