@@ -568,3 +568,12 @@ def test_device_refine_hands_the_mean_field_point_major_rows(monkeypatch):
                        probabilities=probabilities, params=segpost.CRFParams.deeplab(), iterations=2,
                        align_corners=False, return_probs=False)
         assert seen[-1].shape == (32 * 48, 3) and seen[-1].is_contiguous()
+
+
+def test_cuda_lattice_refuses_the_normalised_adjoint():
+    # The review's item: CUDA silently returned K'v / K1; it raises as the torch lattice does.
+    lattice = CudaLattice(torch.rand(20, 2), FakeCudaExtension())
+    with pytest.raises(ValueError, match="adjoint=True is defined for the unnormalised filter"):
+        lattice.filter(torch.rand(20, 2), normalize=True, adjoint=True)
+    with pytest.raises(ValueError, match="adjoint=True is defined for the unnormalised filter"):
+        TorchLattice(torch.rand(20, 2)).filter(torch.rand(20, 2), normalize=True, adjoint=True)
