@@ -1,9 +1,8 @@
 """The one prepared device check: segpost's CUDA path against its CPU path, and its timings, on one GPU.
 
-On one H100/H200, from a checkout, with no network (not yet run on a GPU: the
-build took 399 s on a shared 2-core VM for four architectures, and builds only
-the visible GPU's; the check ran in 57 s on that VM's CPU, shrunk, through a
-test double of the extension)::
+On one H100/H200, from a checkout, with no network (not yet run on a GPU; the
+build's time on a 2-core VM is in docs/developers.md, "CUDA"; on a GPU
+machine it builds for the visible GPU only)::
 
     SEGPOST_CUDA=1 pip install --no-build-isolation --no-deps --no-index .
     python benchmarks/gpu_check.py
