@@ -118,3 +118,38 @@ def test_emulated_batched_build_is_each_images_own_lattice():
     assert batched[2].shape[1] == sum(parts[2].shape[1] for parts in alone)
     want = np.concatenate([cuda_emulation.filter(*parts, rows) for parts, rows in zip(alone, np.split(values, 3))])
     np.testing.assert_array_equal(cuda_emulation.filter(*batched, values), want)
+
+
+def test_fused_elevation_changes_last_bits_not_simplices():
+    # nvcc fuses the elevation's `running - j * cf` into one multiply-add; the emulation rounds twice
+    # unless fused=True. The last bits of some elevations differ, the lattice does not: compare the
+    # integer parts exactly and the float32 weights with a tolerance.
+    import math
+
+    import cuda_emulation
+    from skimage import data
+
+    crop = data.astronaut()[100:124, 150:174].astype(np.float32)
+    yy, xx = np.mgrid[:24, :24].astype(np.float32)
+    features = np.concatenate([np.stack([xx / 80, yy / 80], -1).reshape(-1, 2), crop.reshape(-1, 3) / 13], 1)
+    d = features.shape[1]
+    scale = [math.sqrt(2 / 3) * (d + 1) / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
+    positions = [[float(x) * s for x, s in zip(row, scale)] for row in features]
+    differ = [(a, b) for p in positions for a, b in zip(cuda_emulation.elevate(p, d)[1:],
+                                                        cuda_emulation.elevate(p, d, fused=True)[1:]) if a != b]
+    assert differ and all(abs(a - b) <= 2 * math.ulp(b) for a, b in differ)
+    plain, fused = cuda_emulation.build(features), cuda_emulation.build(features, fused=True)
+    for i in (0, 2, 3, 4, 5):  # vertex ids, neighbours, chunks, CSR
+        np.testing.assert_array_equal(plain[i], fused[i])
+    np.testing.assert_allclose(plain[1], fused[1], rtol=1e-6, atol=1e-7)
+    values = np.random.default_rng(0).normal(size=(len(features), 2)).astype(np.float32)
+    np.testing.assert_allclose(cuda_emulation.filter(*plain, values), cuda_emulation.filter(*fused, values),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_emulated_empty_build_filters_nothing():
+    import cuda_emulation
+
+    parts = cuda_emulation.build(np.zeros((0, 3), np.float32))
+    assert len(parts) == 6 and parts[2].shape == (4, 0, 2)
+    assert cuda_emulation.filter(*parts, np.zeros((0, 2), np.float32)).shape == (0, 2)

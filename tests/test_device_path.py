@@ -23,23 +23,31 @@ from segpost.nn import DenseCRF
 
 
 class FakeCudaExtension:
-    """``segpost._C_cuda``'s build/filter in torch ops on the CPU, with the kernels' data layout.
+    """``segpost._C_cuda``'s build/filter in torch ops on the CPU, with the kernels' data layout and the
+    binding's signatures (held to bindings_cuda.cpp by test_fake_extension_has_the_bindings_signatures).
 
     build: the torch lattice's vertices (each image's own in a batched
     build, numbered one image after another), a CSR of corners by vertex in
-    point order, neighbours as (d+1, M, 2); filter: splat as a gather over
-    the CSR, [1/2, 1, 1/2] blurs (reversed for the transpose), slice, with
-    optional pre/post row scales, in float32 like the kernels. (The kernels'
-    own logic is emulated line by line in tests/cuda_emulation.py; CudaLattice
-    passes the parts after the first three back to filter unread.)
+    point order cut into chunks of at most ``chunk`` corners, neighbours as
+    (d+1, M, 2); the six parts the binding returns. filter: splat as a
+    gather over the chunks, then their sums per vertex, [1/2, 1, 1/2] blurs
+    (reversed for the transpose), slice, with optional pre/post row scales,
+    in float32 like the kernels. (The kernels' own logic is emulated line by
+    line in tests/cuda_emulation.py.)
     """
 
-    def __init__(self):
+    def __init__(self, chunk=64):
         self.builds = []
+        self.chunk = chunk  # kSplatChunk
 
     def build(self, features, points_per_image=0):
         self.builds.append((features.shape[0], points_per_image))
-        images = features.shape[0] // points_per_image if points_per_image else 1
+        n, d = features.shape
+        if n == 0:
+            return [torch.empty(0, d + 1, dtype=torch.int32), torch.empty(0, d + 1), torch.empty(
+                d + 1, 0, 2, dtype=torch.int32), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                torch.empty(0, dtype=torch.int32)]
+        images = n // points_per_image if points_per_image else 1
         corner_vertex, weights, neighbours, offset = [], [], [], 0
         for part in features.chunk(images):
             lattice = TorchLattice(part.double())
@@ -52,22 +60,32 @@ class FakeCudaExtension:
         vertex_of_corner = (corner_vertex - 1).reshape(-1)
         csr_corner = torch.sort(vertex_of_corner, stable=True).indices
         counts = torch.bincount(vertex_of_corner, minlength=offset)
-        csr_start = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-        return [corner_vertex.int(), torch.cat(weights), neighbour, csr_start, csr_corner.int()]
+        csr_start = torch.cumsum(counts, 0) - counts
+        chunks_of_vertex = (counts + self.chunk - 1) // self.chunk
+        vertex_chunk = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(chunks_of_vertex, 0)])
+        owner = torch.repeat_interleave(chunks_of_vertex)
+        within = torch.arange(len(owner)) - vertex_chunk[owner]
+        chunk_start = torch.cat([csr_start[owner] + within * self.chunk, torch.tensor([vertex_of_corner.numel()])])
+        return [corner_vertex.int(), torch.cat(weights), neighbour, chunk_start, vertex_chunk, csr_corner.int()]
 
-    def filter(self, corner_vertex, weights, neighbour, csr_start, csr_corner, values, pre, post, transpose):
-        assert values.dtype == torch.float32 and (pre is None or pre.dtype == torch.float32)
+    def filter(self, corner_vertex, weights, neighbour, chunk_start, vertex_chunk, csr_corner, values, pre_scale,
+               post_scale, transpose):
+        assert values.dtype == torch.float32 and (pre_scale is None or pre_scale.dtype == torch.float32)
+        assert isinstance(transpose, bool)
         n, d1 = corner_vertex.shape
         m, c = neighbour.shape[1], values.shape[1]
-        scaled = values * pre[:, None] if pre is not None else values
+        scaled = values * pre_scale[:, None] if pre_scale is not None else values
         corners = csr_corner.long()
         contributions = weights.reshape(-1)[corners][:, None] * scaled[corners // d1]
-        grid = torch.zeros(m + 1, c).index_add(0, corner_vertex.reshape(-1).long()[corners], contributions)
+        chunk_of_entry = torch.repeat_interleave(chunk_start.diff())
+        sums = torch.zeros(len(chunk_start) - 1, c).index_add(0, chunk_of_entry, contributions)
+        vertex_of_chunk = torch.repeat_interleave(vertex_chunk.diff())
+        grid = torch.zeros(m + 1, c).index_add(0, vertex_of_chunk + 1, sums)
         for step in range(d1):
             lo, hi = neighbour[d1 - 1 - step if transpose else step].long().T
             grid = torch.cat([grid[:1], grid[1:] + 0.5 * (grid[lo] + grid[hi])])
         out = (weights[:, :, None] * grid[corner_vertex.long()]).sum(1) / (1 + 2.0 ** -(d1 - 1))
-        return out * post[:, None] if post is not None else out
+        return out * post_scale[:, None] if post_scale is not None else out
 
 
 def photo(h, w, offset=0):
@@ -317,3 +335,245 @@ def test_device_dense_crf_rejects_bad_input():
         crf.add_gaussian(3.0, compat=np.ones(5))
     with pytest.raises(ValueError, match="shaped like the unary"):
         crf.step(torch.zeros(3, 4, 4))
+
+
+# ------------------------------------------------- the CUDA binding's interface, held without a GPU
+
+def _binding_signatures():
+    """From csrc/cuda/bindings_cuda.cpp: each bound function's C++ parameter names, the Python names and
+    defaults its m.def gives (None: positional only), and the names of the tensors build returns."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "bindings_cuda.cpp").read_text()
+    source = re.sub(r"//[^\n]*", "", source)
+    found = {}
+    for name in ("build", "filter"):
+        head = re.search(rf"^\S[^\n(]*\b{name}\(([^)]*)\)\s*\{{", source, re.M | re.S)
+        cpp = [re.sub(r"\s+", " ", p).strip().rsplit(" ", 1)[1] for p in head.group(1).split(",")]
+        definition = re.search(rf'm\.def\("{name}",([^;]*)\);', source, re.S).group(1)
+        args = re.findall(r'py::arg\("(\w+)"\)(?:\s*=\s*([^,)]+))?', definition)
+        found[name] = (cpp, [(a, d.strip() or None) for a, d in args] or None)
+    body = source[source.index("build(torch::Tensor features"):source.index("torch::Tensor filter(")]
+    returns = [[n.strip() for n in r.split(",")] for r in re.findall(r"return \{([^}]*)\};", body, re.S)]
+    return found, returns
+
+
+def test_fake_extension_has_the_bindings_signatures():
+    import inspect
+
+    import cuda_emulation
+
+    found, returns = _binding_signatures()
+    (build_cpp, build_py), (filter_cpp, filter_py) = found["build"], found["filter"]
+    assert build_cpp == ["features", "points_per_image"]
+    assert build_py == [("features", None), ("points_per_image", "0")]
+    assert filter_py is None  # positional only: CudaLattice passes the parts in order
+    # build's named return (the last `return {...}`; the others, empty lattices, have no names) is filter's
+    # first parameters, in order: CudaLattice hands the parts back whole.
+    named = returns[-1]
+    assert len(named) == 6 and filter_cpp[:6] == named
+    assert filter_cpp[6:] == ["values", "pre_scale", "post_scale", "transpose"]
+    # The test doubles take the same arguments in the same order.
+    fake = FakeCudaExtension()
+    build_sig = inspect.signature(fake.build).parameters
+    assert list(build_sig) == build_cpp and build_sig["points_per_image"].default == 0
+    assert list(inspect.signature(fake.filter).parameters) == filter_cpp
+    assert list(inspect.signature(cuda_emulation.build).parameters)[:2] == build_cpp
+    assert list(inspect.signature(cuda_emulation.filter).parameters) == filter_cpp
+    # And return as many parts as the binding.
+    features = torch.rand(40, 3) * 3
+    assert len(fake.build(features)) == len(named) == len(cuda_emulation.build(features.numpy()))
+    for empty in returns[:-1]:
+        assert len(empty) == len(named)
+    assert len(fake.build(torch.empty(0, 3))) == len(named)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 64])
+def test_cuda_lattice_through_the_binding_layout_equals_the_torch_lattice(chunk):
+    # chunk < a vertex's corners: the splat's chunks and their per-vertex sums, as the kernels do them.
+    rng = np.random.default_rng(chunk)
+    features = torch.from_numpy(rng.uniform(0, 2, size=(200, 3)).astype(np.float32))
+    extension = FakeCudaExtension(chunk=chunk)
+    lattice = CudaLattice(features, extension)
+    reference = TorchLattice(features.double())
+    parts = lattice._parts
+    assert len(parts) == 6 and (chunk == 64 or len(parts[3]) - 1 > lattice.num_vertices)
+    values = torch.from_numpy(rng.normal(size=(200, 2)).astype(np.float32))
+    for adjoint in (False, True):
+        torch.testing.assert_close(lattice.filter(values, adjoint=adjoint),
+                                   reference.filter(values.double(), adjoint=adjoint).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_lattice_refuses_empty_features():
+    extension = FakeCudaExtension()
+    for shape in ((0, 3), (5, 0)):
+        with pytest.raises(ValueError, match="at least one point and one dimension"):
+            CudaLattice(torch.empty(shape), extension)
+    with pytest.raises(ValueError, match="features must be"):
+        CudaLattice(torch.empty(4), extension)
+    with pytest.raises(ValueError, match="do not split"):
+        CudaLattice(torch.rand(5, 2), extension, images=2)
+    assert extension.builds == []  # refused before the extension sees them
+    # The binding itself returns an empty lattice for no points (bindings_cuda.cpp), as the double does.
+    parts = extension.build(torch.empty(0, 3))
+    assert extension.filter(*parts, torch.empty(0, 2), None, None, False).shape == (0, 2)
+
+
+def _fresh_extension_state(monkeypatch):
+    from segpost.lattice import cuda
+
+    monkeypatch.setattr(cuda, "_TRIED", False)
+    monkeypatch.setattr(cuda, "_EXTENSION", None)
+    monkeypatch.setattr(cuda, "_STATUS", {"loaded": False, "how": None, "origin": None, "import_error": None,
+                                          "error": None})
+    return cuda
+
+
+def test_a_failed_import_of_the_cuda_extension_is_warned_with_its_text(monkeypatch):
+    import sys
+
+    from torch.utils import cpp_extension
+
+    import importlib.abc
+    import importlib.machinery
+
+    class BrokenBuild(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        """A built segpost._C_cuda whose libraries do not load."""
+
+        def find_spec(self, name, path=None, target=None):
+            return importlib.machinery.ModuleSpec(name, self) if name == "segpost._C_cuda" else None
+
+        def create_module(self, spec):
+            raise ImportError("libcudart.so.13: cannot open shared object file: No such file or directory")
+
+        def exec_module(self, module):
+            pass
+
+    cuda = _fresh_extension_state(monkeypatch)
+    monkeypatch.delitem(sys.modules, "segpost._C_cuda", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenBuild(), *sys.meta_path])
+    monkeypatch.delattr(segpost, "_C_cuda", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert cuda.cuda_extension() is None
+    message = " ".join(str(w.message) for w in caught)
+    assert "segpost._C_cuda did not import (ImportError: libcudart.so.13: cannot open" in message
+    assert "no CUDA toolkit" in message and "pure-torch lattice" in message
+    status = cuda.cuda_extension_status()
+    assert not status["loaded"] and status["origin"] is None
+    assert status["import_error"].startswith("ImportError: libcudart") and "no CUDA toolkit" in status["error"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cuda.cuda_extension() is None  # tried once: no second warning
+
+
+def test_a_failed_just_in_time_build_is_warned_with_both_reasons(monkeypatch):
+    import sys
+
+    from torch.utils import cpp_extension
+
+    cuda = _fresh_extension_state(monkeypatch)
+    monkeypatch.setitem(sys.modules, "segpost._C_cuda", None)
+    monkeypatch.delattr(segpost, "_C_cuda", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/nowhere")
+
+    def load(*args, **kwargs):
+        raise RuntimeError("Error building extension 'segpost_C_cuda'")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert cuda.cuda_extension() is None
+    messages = [str(w.message) for w in caught]
+    assert "compiling the CUDA lattice just in time" in messages[0] and "did not import" in messages[0]
+    assert "Error building extension" in messages[-1]
+    assert cuda.cuda_extension_status()["error"] == "RuntimeError: Error building extension 'segpost_C_cuda'"
+
+
+def test_a_prebuilt_cuda_extension_says_where_it_came_from(monkeypatch):
+    import sys
+    import types
+
+    cuda = _fresh_extension_state(monkeypatch)
+    module = types.ModuleType("segpost._C_cuda")
+    module.__file__ = "/site-packages/segpost/_C_cuda.cpython-311-x86_64-linux-gnu.so"
+    monkeypatch.setitem(sys.modules, "segpost._C_cuda", module)
+    monkeypatch.delattr(segpost, "_C_cuda", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cuda.cuda_extension() is module
+    assert cuda.cuda_extension_status() == {"loaded": True, "how": "prebuilt", "origin": module.__file__,
+                                            "import_error": None, "error": None}
+
+
+# ------------------------------------------------- the mean field's torch ops: no needless copies or products
+
+class _CountTorchCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_messages_skip_the_identity_and_the_zero_start():
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.uniform(size=(30, 4)).astype(np.float32))
+    matrix = torch.from_numpy(rng.normal(size=(4, 4)).astype(np.float32))
+    filters = [lambda rows: rows * 2, lambda rows: rows + 1]
+    with _CountTorchCalls() as calls:
+        potts = mean_field.messages(q, filters, [0.5, -3.0], None)
+    assert "__radd__" not in calls.names and "matmul" not in calls.names and "__matmul__" not in calls.names
+    torch.testing.assert_close(potts, 0.5 * (q * 2) - 3.0 * (q + 1), rtol=0, atol=0)
+    # None entries are the identity, the others matrices.
+    eye = torch.eye(4)
+    with _CountTorchCalls() as calls:
+        mixed = mean_field.messages(q, filters, [0.5, -3.0], [None, matrix])
+    assert calls.names.count("__matmul__") + calls.names.count("matmul") == 1
+    torch.testing.assert_close(mixed, mean_field.messages(q, filters, [0.5, -3.0], torch.stack([eye, matrix])))
+    assert mean_field.messages(q, [], [], None) == 0
+
+
+def test_device_dense_crf_potts_terms_need_no_matrix():
+    unary = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 10, 12)).astype(np.float32))
+    crf = device.DeviceDenseCRF(unary)
+    crf.add_gaussian(3.0, compat=3.0)
+    assert crf._compatibility is None
+    with _CountTorchCalls() as calls:
+        crf.map(2)
+    assert "__matmul__" not in calls.names and "matmul" not in calls.names
+    crf.add_gaussian(2.0, compat=np.array([-1.0, -2.0, -3.0]))
+    compat = crf._compatibility
+    assert compat[0] is None and torch.equal(compat[1], torch.diag(torch.tensor([-1.0, -2.0, -3.0])))
+
+
+def test_device_refine_hands_the_mean_field_point_major_rows(monkeypatch):
+    # A transposed (channel-major) view would be copied by every iteration's softmax.
+    seen = []
+    real = device.mean_field
+
+    def spy(scores, *args):
+        seen.append(scores)
+        return real(scores, *args)
+
+    monkeypatch.setattr(device, "mean_field", spy)
+    image, logits = photo(32, 48), np.random.default_rng(0).normal(size=(3, 8, 12)).astype(np.float32)
+    e = np.exp(logits)
+    for probabilities, scores in ((False, logits), (True, e / e.sum(0))):
+        _device_refine(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(scores.astype(np.float32)),
+                       probabilities=probabilities, params=segpost.CRFParams.deeplab(), iterations=2,
+                       align_corners=False, return_probs=False)
+        assert seen[-1].shape == (32 * 48, 3) and seen[-1].is_contiguous()
+
+
+def test_cuda_lattice_refuses_the_normalised_adjoint():
+    # The review's item: CUDA silently returned K'v / K1; it raises as the torch lattice does.
+    lattice = CudaLattice(torch.rand(20, 2), FakeCudaExtension())
+    with pytest.raises(ValueError, match="adjoint=True is defined for the unnormalised filter"):
+        lattice.filter(torch.rand(20, 2), normalize=True, adjoint=True)
+    with pytest.raises(ValueError, match="adjoint=True is defined for the unnormalised filter"):
+        TorchLattice(torch.rand(20, 2)).filter(torch.rand(20, 2), normalize=True, adjoint=True)

@@ -3,9 +3,13 @@
 // It validates tensors, allocates buffers, runs the scans and sorts with
 // torch ops, and launches the plain CUDA kernels of permutohedral_cuda.cu on
 // the current stream. Built only with a CUDA-enabled torch (SEGPOST_CUDA=1
-// pip install ., or just in time by segpost/_cuda.py).
-#include <ATen/cuda/CUDAContext.h>
+// pip install ., or just in time by segpost/lattice/cuda.py).
+//
+// c10's stream and guard headers, not ATen/cuda/CUDAContext.h: that one pulls
+// in the cuBLAS/cuSPARSE/cuSOLVER headers, which a toolkit assembled from the
+// nvidia-* wheels may lack, and nothing here uses them.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <climits>
@@ -33,20 +37,23 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
   features = features.to(torch::kFloat32).contiguous();
   const int64_t n = features.size(0);
   const int d = static_cast<int>(features.size(1));
-  TORCH_CHECK(n >= 1 && d >= 1 && d <= segpost::cuda::kMaxDim, "need N >= 1 and 1 <= d <= ",
-              segpost::cuda::kMaxDim, " on the GPU");
+  TORCH_CHECK(d >= 1 && d <= segpost::cuda::kMaxDim, "features must have 1 to ", segpost::cuda::kMaxDim,
+              " columns on the GPU, got ", d);
   TORCH_CHECK(points_per_image >= 0 && (points_per_image == 0 || n % points_per_image == 0),
               "points_per_image must divide the number of points (", n, "), got ", points_per_image);
-  const int64_t images = points_per_image > 0 ? n / points_per_image : 1;
   const int key_size = d + (points_per_image > 0 ? 1 : 0);
   const int d1 = d + 1;
+  auto dev = features.options();
+  if (n == 0) {  // no point (an empty batch): an empty lattice, which filters (0, C) values to (0, C)
+    return {torch::empty({0, d1}, dev.dtype(torch::kInt32)), torch::empty({0, d1}, dev),
+            torch::empty({d1, 0, 2}, dev.dtype(torch::kInt32)), torch::zeros({1}, dev.dtype(torch::kInt64)),
+            torch::zeros({1}, dev.dtype(torch::kInt64)), torch::empty({0}, dev.dtype(torch::kInt32))};
+  }
+  const int64_t images = points_per_image > 0 ? n / points_per_image : 1;
   // Corners are counted and indexed in int32 by the kernels and the CSR.
   TORCH_CHECK(n * d1 < INT32_MAX, "too many points for the GPU lattice: N * (d + 1) = ", n * d1,
               " must be below 2**31 - 1");
-  // Checked here, not left to the simplex kernel, which would report NaN as a key overflow.
-  TORCH_CHECK(torch::isfinite(features).all().item<bool>(), "features must be finite (NaN or infinite found)");
-  auto stream = at::cuda::getCurrentCUDAStream();
-  auto dev = features.options();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   // Scales and the origin moved by whole lattice periods (see the CPU lattice), per image.
   auto scale = torch::empty({d}, dev.dtype(torch::kFloat64));
   {
@@ -65,7 +72,11 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
                                       n, d, points_per_image, keys.data_ptr<int32_t>(), weights.data_ptr<float>(),
                                       overflow.data_ptr<int32_t>(), stream),
         "simplex");
-  TORCH_CHECK(overflow.item<int32_t>() == 0,
+  // One host sync for both flags. Non-finite features are told apart here: the simplex kernel
+  // reports NaN as a key overflow.
+  auto flags = torch::stack({overflow[0], torch::isfinite(features).all().logical_not().to(torch::kInt32)}).cpu();
+  TORCH_CHECK(flags[1].item<int32_t>() == 0, "features must be finite (NaN or infinite found)");
+  TORCH_CHECK(flags[0].item<int32_t>() == 0,
               "features span too large a range for the lattice's int32 keys; use larger bandwidths");
   uint64_t capacity = 1;
   while (capacity < static_cast<uint64_t>(corners) * 2) capacity <<= 1;
@@ -85,7 +96,12 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
   auto ids = torch::cumsum(first.to(torch::kInt32), 0, torch::kInt32) - 1;
   auto vertex_of_corner = ids.index_select(0, rep.to(torch::kInt64)).contiguous();
   const int64_t m = first.sum().item<int64_t>();
-  auto vertex_keys = keys.index({first}).contiguous();
+  // Each vertex's key from its first corner, found by a scatter: a boolean mask (keys[first]) would
+  // read its count back to the host once more.
+  auto vertex_long = vertex_of_corner.to(torch::kInt64);
+  auto first_corner =
+      torch::full({m}, INT32_MAX, dev.dtype(torch::kInt32)).scatter_reduce(0, vertex_long, index, "amin");
+  auto vertex_keys = keys.index_select(0, first_corner.to(torch::kInt64)).contiguous();
   auto neighbour = torch::empty({d1, m, 2}, dev.dtype(torch::kInt32));
   check(segpost::cuda::launch_neighbours(vertex_keys.data_ptr<int32_t>(), m, d, key_size, keys.data_ptr<int32_t>(),
                                          slots.data_ptr<int32_t>(), capacity, vertex_of_corner.data_ptr<int32_t>(),
@@ -93,9 +109,10 @@ std::vector<torch::Tensor> build(torch::Tensor features, int64_t points_per_imag
         "neighbours");
   // CSR of corners by vertex, stable: each vertex's corners in point order (deterministic splat),
   // cut into chunks of at most kSplatChunk corners.
-  auto vertex_long = vertex_of_corner.to(torch::kInt64);
   auto csr_corner = std::get<1>(torch::sort(vertex_long, /*stable=*/true, 0, false)).to(torch::kInt32).contiguous();
-  auto counts = torch::bincount(vertex_long, {}, m);
+  // scatter_add, not bincount: bincount on CUDA reads the input's range back to the host.
+  auto counts =
+      torch::zeros({m}, dev.dtype(torch::kInt64)).scatter_add_(0, vertex_long, torch::ones_like(vertex_long));
   auto csr_start = torch::cumsum(counts, 0) - counts;
   auto chunks_of_vertex = torch::div(counts + (segpost::cuda::kSplatChunk - 1), segpost::cuda::kSplatChunk, "floor");
   auto vertex_chunk =
@@ -124,9 +141,10 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
   const int d1 = static_cast<int>(corner_vertex.size(1));
   const int d = d1 - 1;
   const int64_t m = neighbour.size(1);
-  TORCH_CHECK(values.size(1) >= 1 && values.size(1) < INT32_MAX, "values must have 1 to 2**31 - 2 channels");
+  TORCH_CHECK(values.size(1) < INT32_MAX, "values must have at most 2**31 - 2 channels, got ", values.size(1));
   const int c = static_cast<int>(values.size(1));
-  TORCH_CHECK(values.size(0) == n, "values must have one row per lattice point");
+  TORCH_CHECK(values.size(0) == n, "values must have one row per lattice point (", n, "), got ", values.size(0));
+  if (n == 0 || c == 0) return torch::empty({n, c}, values.options());  // nothing to filter
   // The scales as float32 tensors held here for the launches (a temporary's pointer would dangle).
   auto row_scale = [&](const c10::optional<torch::Tensor>& scale, const char* name) {
     if (!scale) return torch::Tensor();
@@ -138,12 +156,12 @@ torch::Tensor filter(torch::Tensor corner_vertex, torch::Tensor weights, torch::
   const torch::Tensor pre_rows = row_scale(pre_scale, "pre_scale"), post_rows = row_scale(post_scale, "post_scale");
   const float* pre = pre_rows.defined() ? pre_rows.data_ptr<float>() : nullptr;
   const float* post = post_rows.defined() ? post_rows.data_ptr<float>() : nullptr;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   // Splat and blur write every vertex row; only row 0 (the missing neighbour) must be zero.
-  auto grid = torch::empty({m + 1, c}, values.options());
-  auto next = torch::empty({m + 1, c}, values.options());
-  grid[0].zero_();
-  next[0].zero_();
+  // The two buffers in one allocation, so that one launch zeroes both rows 0.
+  auto buffers = torch::empty({2, m + 1, c}, values.options());
+  buffers.select(1, 0).zero_();
+  auto grid = buffers[0], next = buffers[1];
   const int64_t chunks = chunk_start.size(0) - 1;
   torch::Tensor chunk_sums = chunks > m ? torch::empty({chunks, c}, values.options()) : torch::Tensor();
   check(segpost::cuda::launch_splat(chunk_start.data_ptr<int64_t>(), vertex_chunk.data_ptr<int64_t>(), chunks,

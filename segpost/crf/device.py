@@ -41,7 +41,8 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
             mode = "bilinear" if len(spatial) == 2 else "trilinear"
             scores = F.interpolate(scores[None], size=spatial, mode=mode, align_corners=bool(align_corners))[0]
         item_rows = scores.reshape(num_classes, -1).T
-        rows.append(item_rows.clamp(PROBABILITY_CLIP, 1.0).log() if item.probabilities else item_rows)
+        # Point-major in memory: a transposed view would be copied by every iteration's softmax.
+        rows.append((item_rows.clamp(PROBABILITY_CLIP, 1.0).log() if item.probabilities else item_rows).contiguous())
         features = grid_features(item.colours.movedim(-1, 0), params.pos_xy, params.bi_xy, params.bi_rgb,
                                  spacing=item.spacing)
         smooth.append(features[0])
@@ -120,7 +121,7 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
         # Q <- softmax(-U - sum_m compat_m(K_m Q)): Potts w is -w x, a diagonal v * x, a matrix M x.
         if kind == _POTTS:
             self._weights.append(potts)
-            self._compat.append(torch.eye(self.num_labels, device=self.device))
+            self._compat.append(None)  # the identity: no matrix product per iteration
         else:
             matrix = torch.from_numpy(compat_arr).to(self.device)
             self._weights.append(-1.0)
@@ -130,10 +131,8 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
 
     @property
     def _compatibility(self):
-        """The terms' (M, L, L) compatibilities for mean_field, or None without terms."""
-        import torch
-
-        return torch.stack(self._compat) if self._compat else None
+        """The terms' compatibilities for mean_field: (L, L) matrices, None for Potts; None if all are Potts."""
+        return list(self._compat) if any(c is not None for c in self._compat) else None
 
     def _run(self, iterations, q=None):
         """(N, L) scores after ``iterations`` updates from softmax(scores), or one update from ``q``."""

@@ -47,13 +47,20 @@ def normalization_scales(ones, normalization):
 
 
 def messages(q, filters, weights, compatibility):
-    """``sum_m weights[m] * (filters[m](q) @ C_m^T)``: what one mean-field update adds to the scores."""
+    """``sum_m weights[m] * (filters[m](q) @ C_m^T)``: what one mean-field update adds to the scores.
+
+    ``compatibility``: (M, C, C), a sequence of M (C, C) matrices whose
+    None entries are the identity (Potts: no matrix product), or None.
+    """
     total = 0
     for m, kernel in enumerate(filters):
         filtered = kernel(q)
-        if compatibility is not None:
-            filtered = filtered @ compatibility[m].to(filtered.dtype).T
-        total = total + weights[m] * filtered
+        matrix = None if compatibility is None else compatibility[m]
+        if matrix is not None:
+            filtered = filtered @ matrix.to(filtered.dtype).T
+        term = weights[m] * filtered
+        # The first term starts the sum: `0 + term` would copy it.
+        total = term if m == 0 else total + term
     return total
 
 
@@ -61,7 +68,8 @@ def mean_field(scores, filters, weights, compatibility, iterations):
     """``iterations`` mean-field updates of (N, C) scores (negative unary energies): the refined scores.
 
     ``Q = softmax(scores)``, then ``out = scores + sum_m weights[m] * (filters[m](Q) @ C_m^T)`` and
-    ``Q = softmax(out)``; ``compatibility`` (M, C, C), or None for Potts (the identity). Differentiable in
+    ``Q = softmax(out)``; ``compatibility`` (M, C, C), M matrices or None each (:func:`messages`), or None
+    for Potts (the identity). Differentiable in
     the scores, weights and compatibilities when the filters are.
     """
     import torch
