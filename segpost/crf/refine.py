@@ -384,11 +384,12 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         crf.add_gaussian(p.pos_xy, compat=p.pos_weight)
     if p.bi_weight > 0:
         crf.add_bilateral(colors, p.bi_xy, p.bi_rgb, compat=p.bi_weight)
-    if prune:
-        from .pruning import worth_checking
+    if prune is not False:
+        from .pruning import mass_budget, worth_checking
 
+        budget = mass_budget(prune)
         coarse_unary = -scores if probs is None else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
-        prune = worth_checking(coarse_unary, num_classes)
+        prune = prune if budget is not None and worth_checking(coarse_unary, num_classes, budget) else False
     q, labels = crf._infer_points(its, return_q=return_probs, prune=prune)
     labels = like_input(labels.reshape(height, width), torch_scores)
     if not return_probs:
