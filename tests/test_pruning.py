@@ -171,3 +171,13 @@ def test_dense_crf_prunes_on_request_with_the_same_result():
     matrix = segpost.DenseCRF(-logits)
     matrix.add_gaussian(3, compat=np.eye(12, dtype=np.float32))
     assert matrix._pruned()[1] is None  # a matrix compatibility: the bound does not apply
+
+
+@pytest.mark.parametrize("labels", [21, 150])
+def test_random_logits_skip_the_check_under_either_budget(labels):
+    # worth_checking keeps random logits cheap: no label is far enough below the top anywhere to check.
+    coarse = np.random.default_rng(0).normal(scale=2.0, size=(labels, 64, 64)).astype(np.float32)
+    for budget in (pruning.EXACT_MASS, pruning.MASS_BUDGET):
+        assert not pruning.worth_checking(-coarse, labels, budget)
+    assert pruning.worth_checking(-trained_like_logits(np.random.default_rng(0), labels, [0, 3], (64, 64)),
+                                  labels, pruning.MASS_BUDGET)

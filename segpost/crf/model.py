@@ -466,10 +466,11 @@ class DenseCRF:
         Parameters
         ----------
         iterations : int
-        prune : bool, keyword-only, default False
+        prune : bool or "exact", keyword-only, default False
             Leave out the labels no point can take (Potts terms with
-            non-negative weights only; ``segpost.crf.pruning``): the same
-            result up to float32 rounding, their marginals returned as 0.
+            non-negative weights only; ``segpost.crf.pruning``), their
+            marginals returned as 0: True within a pruned mass of 1e-2 (as
+            :func:`crf_refine`), "exact" the same result up to float32 rounding.
 
         Returns
         -------
