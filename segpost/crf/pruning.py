@@ -140,6 +140,8 @@ def labels_to_keep(unary, num_labels, kernels, budget=EXACT_MASS):
     if num_labels <= 2 or any(weight < 0 for *_, weight in kernels):
         return keep
     gaps = min_gaps(unary, num_labels)
+    if math.exp(-float(gaps.max())) > budget:  # q* >= exp(-g): no label fits, the kernels need not be asked
+        return keep
     ones = np.ones((unary.shape[0], 1), np.float32)
     bound = 0.0
     for lattice, pre, post, weight in kernels:
