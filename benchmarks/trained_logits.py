@@ -30,7 +30,7 @@ TEXTURES = ["astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins
             "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "cell"]
 PRESENT = {21: 4, 150: 12}  # classes per scene: VOC images show a few, ADE20K's about a dozen
 TRAIN_SIZE, TEST_SIZE, STRIDE = 128, 512, 8
-TRAIN_SCENES, TRAIN_STEPS, BATCH = 400, 500, 8
+TRAIN_SCENES, TRAIN_STEPS, BATCH = 400, 2500, 8
 HELD_OUT_SEEDS = range(10_000, 10_006)
 
 _texture_cache = {}
