@@ -6,7 +6,8 @@ argmax. Prints medians and the ratio pydensecrf / segpost; the appearance
 kernel's construction alone; peak memory of each is measured in a fresh subprocess.
 
 Run:  python benchmarks/bench_crf.py [--quick]
-      python benchmarks/bench_crf.py --realistic   (peaked logits, few classes present: label pruning)
+      python benchmarks/bench_crf.py --realistic   (hand-set gaps: absent classes 45 below the top; label pruning)
+      (a trained network's logits: benchmarks/bench_pruning.py)
 """
 import argparse
 import json
@@ -163,7 +164,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the 512x512 table, 3 repeats")
     parser.add_argument("--realistic", action="store_true",
-                        help="only the realistic inputs (peaked logits, few classes present): label pruning")
+                        help="only the hand-set peaked logits (absent classes about 45 below the top): label pruning; "
+                             "a trained network's logits: bench_pruning.py")
     args = parser.parse_args()
     try:
         import pydensecrf.densecrf  # noqa: F401
@@ -193,12 +195,13 @@ def main():
 
 
 def main_realistic(repeats):
-    print(f"Realistic inputs, 512x512, 10 iterations, {segpost.get_num_threads()} threads, median of {repeats} "
+    print(f"Hand-set peaked logits (absent classes at -30, present ones up to +15: not a trained network's; "
+          f"see bench_pruning.py), 512x512, 10 iterations, {segpost.get_num_threads()} threads, median of {repeats} "
           f"(paired rounds): crf_refine's label pruning")
     headers = ["input", "labels", "preset", "pydensecrf ms", "unpruned ms", "pruned ms", "vs unpruned",
                "vs pydensecrf", "same labels as unpruned", "same labels as pydensecrf"]
     rows = [compare_realistic(name, classes, present, preset, repeats)
-            for name, classes, present in (("VOC-like", 21, 4), ("ADE-like", 150, 16))
+            for name, classes, present in (("hand-set, VOC-like", 21, 4), ("hand-set, ADE-like", 150, 16))
             for preset in ("deeplab", "pydensecrf")]
     print_table(headers, rows)
     print("\nrandom logits (nothing prunable): the check's cost, DeepLab preset")

@@ -34,15 +34,84 @@ def cases(draw):
 
 
 @given(cases())
-def test_pruned_crf_gives_the_unpruned_labels_and_marginals(case):
+def test_exactly_pruned_crf_gives_the_unpruned_labels_and_marginals(case):
     image, logits, preset = case
     full_labels, full_q = segpost.crf_refine(image, logits, params=preset, prune=False, return_probs=True)
-    labels, q = segpost.crf_refine(image, logits, params=preset, return_probs=True)
+    labels, q = segpost.crf_refine(image, logits, params=preset, prune="exact", return_probs=True)
     np.testing.assert_array_equal(labels, full_labels)
     np.testing.assert_allclose(q, full_q, atol=1e-4)
     pruned = ~q.reshape(q.shape[0], -1).any(axis=1)
     # The unpruned CRF's marginals of the pruned labels stay below the bound's float32 budget.
     assert full_q[pruned].sum(axis=0).max(initial=0) <= pruning.PRUNED_MASS * 1.01 + 1e-12
+
+
+def trained_like_logits(rng, classes, present, shape):
+    """Peaked logits as a trained network gives them: the present classes high and noisy, each absent
+    class 3 to 12 (its own gap, drawn once) below the top, with noise of sigma 0.5."""
+    logits = np.empty((classes, *shape))
+    for c in present:
+        logits[c] = rng.normal(size=shape) * 2 + rng.uniform(0, 3)
+    top = logits[present].max(axis=0)
+    for c in np.setdiff1d(np.arange(classes), present):
+        logits[c] = top - rng.uniform(3, 12) + rng.normal(scale=0.5, size=shape)
+    return logits.astype(np.float32)
+
+
+@st.composite
+def trained_like_cases(draw):
+    classes = draw(st.integers(3, 60))
+    present = draw(st.lists(st.integers(0, classes - 1), min_size=1, max_size=5, unique=True))
+    stride = draw(st.sampled_from([1, 4, 8]))
+    size = draw(st.sampled_from([(32, 32), (40, 56), (57, 33)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    logits = trained_like_logits(rng, classes, present, (-(-size[0] // stride), -(-size[1] // stride)))
+    offset = draw(st.integers(0, 200))
+    image = np.ascontiguousarray(data.astronaut()[offset:offset + size[0], offset:offset + size[1]])
+    return image, logits, draw(st.sampled_from(["deeplab", "pydensecrf"]))
+
+
+# The default budget's guarantee (pruning.py): the pruned labels hold at most MASS_BUDGET of any pixel's
+# marginal in the full CRF; leaving them out is a relative change of the kernel weights below it, which
+# moves the kept marginals by about that much and can only flip a pixel whose two best labels are tied
+# to within it.
+TOLERANCE = 2 * pruning.MASS_BUDGET
+
+
+@given(trained_like_cases())
+def test_pruned_crf_on_trained_like_logits_stays_within_its_budget(case):
+    image, logits, preset = case
+    full_labels, full_q = segpost.crf_refine(image, logits, params=preset, prune=False, return_probs=True)
+    labels, q = segpost.crf_refine(image, logits, params=preset, return_probs=True)
+    pruned = ~q.reshape(q.shape[0], -1).any(axis=1)
+    assert full_q[pruned].sum(axis=0).max(initial=0) <= pruning.MASS_BUDGET * 1.01
+    np.testing.assert_allclose(q, full_q, atol=TOLERANCE)
+    ordered = np.sort(full_q, axis=0)
+    close_call = ordered[-1] - ordered[-2] <= TOLERANCE
+    assert np.all((labels == full_labels) | close_call)
+
+
+def test_the_default_prunes_trained_like_logits_the_exact_mode_does_not():
+    rng = np.random.default_rng(1)
+    image = np.ascontiguousarray(data.astronaut()[:96, :96])
+    logits = trained_like_logits(rng, 60, [2, 30, 41], (12, 12))
+    unary = -segpost.resize_logits(logits, (96, 96)).reshape(60, -1).T.copy()
+    crf = segpost.DenseCRF(unary.T.reshape(60, 96, 96).copy())
+    crf.add_gaussian(3, compat=3.0)
+    crf.add_bilateral(image, 49, 5, compat=4.0)
+    kernels = [(*op, w) for op, w in zip(crf._kernel_operators, (3.0, 4.0))]
+    assert pruning.labels_to_keep(unary, 60, kernels, pruning.EXACT_MASS).all()
+    keep = pruning.labels_to_keep(unary, 60, kernels, pruning.MASS_BUDGET)
+    assert keep[[2, 30, 41]].all() and keep.sum() <= 50
+
+
+@pytest.mark.parametrize("prune", [None, 1, 0.001, "fast", "Exact"])
+def test_prune_takes_true_false_or_exact(prune):
+    image = np.zeros((16, 16, 3), np.uint8)
+    logits = np.zeros((3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="prune"):
+        segpost.crf_refine(image, logits, prune=prune)
+    for good in (True, False, "exact", np.bool_(True)):
+        assert segpost.crf_refine(image, logits, prune=good).shape == (16, 16)
 
 
 def test_peaked_logits_prune_and_random_ones_do_not():
@@ -102,3 +171,13 @@ def test_dense_crf_prunes_on_request_with_the_same_result():
     matrix = segpost.DenseCRF(-logits)
     matrix.add_gaussian(3, compat=np.eye(12, dtype=np.float32))
     assert matrix._pruned()[1] is None  # a matrix compatibility: the bound does not apply
+
+
+@pytest.mark.parametrize("labels", [21, 150])
+def test_random_logits_skip_the_check_under_either_budget(labels):
+    # worth_checking keeps random logits cheap: no label is far enough below the top anywhere to check.
+    coarse = np.random.default_rng(0).normal(scale=2.0, size=(labels, 64, 64)).astype(np.float32)
+    for budget in (pruning.EXACT_MASS, pruning.MASS_BUDGET):
+        assert not pruning.worth_checking(-coarse, labels, budget)
+    assert pruning.worth_checking(-trained_like_logits(np.random.default_rng(0), labels, [0, 3], (64, 64)),
+                                  labels, pruning.MASS_BUDGET)

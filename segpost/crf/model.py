@@ -416,27 +416,34 @@ class DenseCRF:
             other._add_lattice(*arguments)
         return other
 
-    def _pruned(self):
+    def _pruned(self, budget=None):
         """``(crf, kept)``: this CRF on the labels some point may still take and their indices, or
-        ``(self, None)`` when none can be left out (``segpost.crf.pruning``; Potts terms only)."""
+        ``(self, None)`` when none can be left out (``segpost.crf.pruning``, a pruned mass ``budget``,
+        "exact" by default; Potts terms only)."""
         if not self._term_arguments or any(arguments[3] != _POTTS for arguments in self._term_arguments):
             return self, None
-        from .pruning import labels_to_keep  # Numba, imported on first use
+        from .pruning import EXACT_MASS, labels_to_keep  # Numba, imported on first use
 
         kernels = [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
-        keep = labels_to_keep(self._unary, self.num_labels, kernels)
-        if keep.all():
-            return self, None
+        keep = labels_to_keep(self._unary, self.num_labels, kernels, EXACT_MASS if budget is None else budget)
+        if keep.all() or (self.num_labels > 8 and padded_labels(keep.sum()) == padded_labels(self.num_labels)):
+            return self, None  # (the kernel runs whole blocks of 8 labels: no block fewer, no time saved)
         kept = np.flatnonzero(keep)
         return self._on_labels(np.ascontiguousarray(self._unary[:, kept]), len(kept)), kept
 
     def _infer_pruned(self, iterations, *, prune, return_q):
-        """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``."""
-        crf, kept = self._pruned() if prune and iterations > 0 else (self, None)
+        """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``
+        (True, "exact" or False: ``segpost.crf.pruning.mass_budget``)."""
+        budget = None
+        if prune is not False and iterations > 0:
+            from .pruning import mass_budget
+
+            budget = mass_budget(prune)
+        crf, kept = self._pruned(budget) if budget is not None else (self, None)
         q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True)
         if kept is None:
             return q, labels
-        if q is not None:  # the pruned labels' marginals are below float32's rounding (pruning.py): 0
+        if q is not None:  # the pruned labels' marginals are below the mass budget (pruning.py): 0
             full = np.zeros((q.shape[0], self.num_labels), np.float32)
             full[:, kept] = q[:, : len(kept)]
             q = full
@@ -460,10 +467,11 @@ class DenseCRF:
         Parameters
         ----------
         iterations : int
-        prune : bool, keyword-only, default False
+        prune : bool or "exact", keyword-only, default False
             Leave out the labels no point can take (Potts terms with
-            non-negative weights only; ``segpost.crf.pruning``): the same
-            result up to float32 rounding, their marginals returned as 0.
+            non-negative weights only; ``segpost.crf.pruning``), their
+            marginals returned as 0: True within a pruned mass of 1e-2 (as
+            :func:`crf_refine`), "exact" the same result up to float32 rounding.
 
         Returns
         -------

@@ -11,6 +11,7 @@ from ..upsample import _resize_points
 from .device import refine_on_device
 from .inputs import PROBABILITY_CLIP, padded_labels, refine_inputs
 from .model import _POTTS, DenseCRF, _check_iterations
+from .pruning import mass_budget, worth_checking
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -176,11 +177,10 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
         crf._add_image_term(colours, np.full(ndim, params.bi_xy), inputs.spacing,
                             np.full(colours.shape[-1], params.bi_rgb), _POTTS, params.bi_weight, None, "diag",
                             "symmetric")
-    if prune:
-        from .pruning import worth_checking
-
+    budget = mass_budget(prune)
+    if budget is not None:
         coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
-        prune = worth_checking(coarse_unary, num_classes)
+        prune = prune if worth_checking(coarse_unary, num_classes, budget) else False
     return crf._infer_points(iterations, return_q=return_probs, prune=prune)
 
 
@@ -223,14 +223,19 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         are ``(n - 1) * stride + 1``.
     return_probs : bool, keyword-only, default False
         Also return the refined marginals.
-    prune : bool, keyword-only, default True
+    prune : bool or "exact", keyword-only, default True
         Leave out of the mean field the labels that provably no pixel can
-        take (``segpost.crf.pruning``: a label whose unary stays far enough
-        below every pixel's best that, whatever its neighbours, it can never
-        win and its marginal stays below float32's rounding). The labels are
-        those of the full CRF up to float32 rounding; the pruned labels'
-        returned marginals are 0. A model's peaked logits (few classes
-        present) then cost about as much as their present classes. The
+        take and that together hold at most a small part of any pixel's
+        marginal (``segpost.crf.pruning``: a bound from each label's smallest
+        gap below the best unary and the kernels' weights). True: at most
+        1e-2, which is the same as changing the kernel weights by at most 1%
+        (the kept marginals move by about that much, labels change only
+        where the two best are nearly tied; on peaked test logits 99.99% or
+        more of the labels are the full CRF's). ``"exact"``: at most 2**-24,
+        the full CRF's result up to float32 rounding. False: every label.
+        The pruned labels' returned marginals are 0. Logits whose absent
+        classes stay about 5-10 or more below the top at every pixel then
+        cost about as much as their other classes. The
         device path runs every label.
     spacing : float or sequence of float, keyword-only, optional
         The size of a step along each spatial axis (a volume's voxel size in
@@ -295,6 +300,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
     """
     p = CRFParams.coerce(params)
     its = p.iterations if iterations is None else _check_iterations(iterations)
+    mass_budget(prune)  # a bad prune= raises on every path
     return _crf_refine(image, logits, probs, p, its, align_corners, return_probs, prune, spacing=spacing,
                        batch=batch)
 
