@@ -119,3 +119,14 @@ def run_python(code, timeout=120, env=None):
 
     return subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, env=None if env is None else {**os.environ, **env})
+
+
+def probe(call, error, fragment):
+    """One entry of a probe list: ``call()`` works (``error`` None) or raises ``error`` matching ``fragment``."""
+    import pytest
+
+    if error is None:
+        call()
+        return
+    with pytest.raises(error, match=fragment):
+        call()
