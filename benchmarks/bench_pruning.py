@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import paired_medians, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 from trained_logits import gap_statistics, held_out  # noqa: E402
 
 import segpost  # noqa: E402
@@ -37,7 +37,7 @@ def compare(classes, index, image, logits, repeats, params):
     full_labels, full_q = segpost.crf_refine(image, logits, params=params, prune=False, return_probs=True)
     labels, q = segpost.crf_refine(image, logits, params=params, return_probs=True)
     kept = int(q.reshape(classes, -1).any(axis=1).sum())
-    ms = {name: 1e3 * t for name, t in paired_medians(runs, repeats).items()}
+    ms = {name: 1e3 * t.median for name, t in time_calls(runs, repeats=repeats).items()}
     median, p5, shown = gap_statistics(logits)
     return [f"{classes}, #{index}", shown, f"{median:.1f} / {p5:.1f}", f"{ms['pydensecrf']:.0f}",
             f"{ms['unpruned']:.0f}", f"{ms['exact']:.0f}", f"{ms['pruned']:.0f}", kept,

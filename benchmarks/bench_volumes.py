@@ -37,7 +37,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import paired_medians, print_table  # noqa: E402
+from _common import print_table, time_calls  # noqa: E402
 
 import segpost  # noqa: E402
 from segpost._phantoms import ct_phantom, simulate_volume_network  # noqa: E402
@@ -119,8 +119,8 @@ def main():
         _grid_lattices.clear()
         segpost_labels(phantom, unary)
 
-    times = paired_medians({"pydensecrf": lambda: pydensecrf_labels(phantom, unary), "segpost (cold)": cold,
-                            "segpost (same grid)": lambda: segpost_labels(phantom, unary)}, args.repeats)
+    times = {name: t.median for name, t in time_calls({"pydensecrf": lambda: pydensecrf_labels(phantom, unary), "segpost (cold)": cold,
+                            "segpost (same grid)": lambda: segpost_labels(phantom, unary)}, repeats=args.repeats).items()}
     print(f"{'x'.join(map(str, shape))} voxels, spacing {phantom.spacing} mm, {NUM_CLASSES} classes, "
           f"{ITERATIONS} iterations; segpost {segpost.get_num_threads()} threads, pydensecrf 1; "
           f"median of {args.repeats} paired rounds")
