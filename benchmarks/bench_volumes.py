@@ -65,7 +65,7 @@ def segpost_labels(phantom, unary, *, iterations=ITERATIONS):
     crf.add_gaussian(SMOOTH_SIGMA_MM, compat=SMOOTH_COMPAT, spacing=phantom.spacing)
     crf.add_bilateral(phantom.volume, APPEARANCE_SIGMA_MM, APPEARANCE_SIGMA_HU, compat=APPEARANCE_COMPAT,
                       spacing=phantom.spacing, channel_axis=None)
-    return crf.inference(iterations).argmax(axis=0)
+    return crf.map(iterations)  # labels from the compiled kernel: no (C, D, H, W) marginals to copy and argmax
 
 
 def pydensecrf_features(phantom, *, segpost_order=False):

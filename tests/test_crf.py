@@ -281,6 +281,34 @@ def test_two_potts_terms_fast_path_equals_the_generic_loop(labels, normalization
     np.testing.assert_array_equal(fast.step(q), generic.step(q))
 
 
+@given(st.integers(1, 4), st.sampled_from(["symmetric", "none"]), st.booleans(), st.integers(1, 3),
+       st.integers(0, 2**32 - 1))
+def test_volume_fast_path_equals_the_generic_loop(labels, normalization, bilateral_first, iterations, seed):
+    # A volume with a one-channel scan has kernels of simplex sizes 4 and 5:
+    # with up to 4 labels (narrow rows) it runs its own update loop, held
+    # bit-identical to the generic one as above.
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(2, 12, size=3))
+    scan = rng.normal(40.0, 30.0, size=shape)
+    unary = rng.normal(scale=2.0, size=(labels, *shape)).astype(np.float32)
+    spacing = (2.5, 0.8, 0.8)
+
+    def add_terms(crf):
+        adders = [lambda: crf.add_gaussian(1.5, compat=1.0, spacing=spacing, normalization=normalization),
+                  lambda: crf.add_bilateral(scan, 4.0, 10.0, compat=3.0, spacing=spacing, channel_axis=None,
+                                            normalization=normalization)]
+        for add in adders[::-1] if bilateral_first else adders:
+            add()
+
+    fast, generic = DenseCRF(unary), DenseCRF(unary)
+    add_terms(fast)
+    add_terms(generic)
+    generic.add_gaussian(1, compat=0.0)
+    assert [t["dim"] for t in fast.pairwise_terms] == ([4, 3] if bilateral_first else [3, 4])
+    np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
+    np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
+
+
 def test_grid_sweep_order_only_rounds_differently():
     # An image-shaped unary is swept tile by tile, a flat one point by point:
     # the same sums in another order.

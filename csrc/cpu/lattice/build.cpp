@@ -31,7 +31,7 @@ namespace {
 // with the CUDA kernels); compiled per instruction set. D > 0 fixes the
 // dimension at compile time, so that the loops (the ranking's d^2 / 2
 // comparisons above all) unroll: the images' smoothness (2) and appearance
-// (5) kernels.
+// (5) kernels, and a volume's (3; 4 with a one-channel scan).
 template <int D>
 SEGPOST_INLINE bool find_simplex_fixed(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
   const int dim = D > 0 ? D : d;
@@ -44,6 +44,8 @@ SEGPOST_MULTIVERSION
 bool find_simplex(const double* position, int d, int32_t* rem0, int32_t* rank, double* bary) {
   switch (d) {
     case 2: return find_simplex_fixed<2>(position, d, rem0, rank, bary);
+    case 3: return find_simplex_fixed<3>(position, d, rem0, rank, bary);
+    case 4: return find_simplex_fixed<4>(position, d, rem0, rank, bary);
     case 5: return find_simplex_fixed<5>(position, d, rem0, rank, bary);
     default: return find_simplex_fixed<0>(position, d, rem0, rank, bary);
   }

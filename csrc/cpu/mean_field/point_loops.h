@@ -140,6 +140,11 @@ constexpr bool kHasFastPath<rows::Narrow<W>> = true;
 template <int B>
 constexpr bool kHasFastPath<rows::Wide<B>> = B >= 1 && B <= 4;
 
+template <class Layout>
+constexpr bool kHasVolumeFastPath = false;
+template <int W>
+constexpr bool kHasVolumeFastPath<rows::Narrow<W>> = true;
+
 // Runs fn(terms) with the fast path's policy for crf_refine's model when it
 // is compiled for the layout, else with the generic one.
 template <class Layout, class F>
@@ -148,9 +153,17 @@ SEGPOST_INLINE void with_terms(const std::vector<TermBuffers>& buffers, Layout l
   // (Sanitizer builds run the generic loops alone: instrumented, the fast
   // path's instantiations take longer to compile than an hour.)
   if constexpr (kHasFastPath<Layout>) {
-    if (is_two_potts_3_6(buffers)) {
+    if (is_two_potts<3, 6>(buffers)) {
       const TermView a(buffers[0]), b(buffers[1]);
       TwoPottsTerms<3, 6, Layout> two{a, b, layout};
+      return fn(two);
+    }
+  }
+  // Volumes have few labels: their fast path is compiled for narrow rows only.
+  if constexpr (kHasVolumeFastPath<Layout>) {
+    if (is_two_potts<4, 5>(buffers)) {
+      const TermView a(buffers[0]), b(buffers[1]);
+      TwoPottsTerms<4, 5, Layout> two{a, b, layout};
       return fn(two);
     }
   }

@@ -270,13 +270,16 @@ struct TwoPottsTerms {
   }
 };
 
-// crf_refine's model: two Potts terms, the smoothness kernel (simplex size 3)
-// then the appearance kernel (6), the order of crf_refine and of pydensecrf's
-// usual calls. The other order goes through the generic loop (one
-// instantiation fewer to compile).
-inline bool is_two_potts_3_6(const std::vector<TermBuffers>& terms) {
+// crf_refine's model: two Potts terms, the smoothness kernel then the
+// appearance kernel, the order of crf_refine and of pydensecrf's usual calls.
+// An image's have simplex sizes 3 and 6. The other order goes through the
+// generic loop (one instantiation fewer to compile).
+// A volume's with a one-channel scan: smoothness on (z, y, x) (simplex size
+// 4), appearance on (z, y, x, intensity) (5).
+template <int D1a, int D1b>
+inline bool is_two_potts(const std::vector<TermBuffers>& terms) {
   return terms.size() == 2 && terms[0].term->kind == Compatibility::kPotts &&
-         terms[1].term->kind == Compatibility::kPotts && terms[0].d1 == 3 && terms[1].d1 == 6;
+         terms[1].term->kind == Compatibility::kPotts && terms[0].d1 == D1a && terms[1].d1 == D1b;
 }
 
 }  // namespace mean_field_detail
