@@ -271,8 +271,13 @@ void PermutohedralLattice::Builder::merge_tables(const std::function<void()>& ph
   for (std::size_t chunk = 1; chunk < num_chunks; ++chunk) {
     const KeyTable& local = *tables[chunk];
     to_global[chunk].resize(local.size());
-    for (int64_t id = 0; id < local.size(); ++id)
+    // The first table is far beyond the caches (a volume's is tens of MiB):
+    // its slots are fetched ahead, as the keys to come are known.
+    constexpr int64_t kAhead = 16;
+    for (int64_t id = 0; id < local.size(); ++id) {
+      if (id + kAhead < local.size()) table.prefetch(local.linear(id + kAhead));
       to_global[chunk][id] = table.insert(local.key(id), local.linear(id)) + 1;
+    }
     tables[chunk].reset();
   }
   phase_done();
