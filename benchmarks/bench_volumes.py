@@ -119,8 +119,9 @@ def main():
         _grid_lattices.clear()
         segpost_labels(phantom, unary)
 
-    times = {name: t.median for name, t in time_calls({"pydensecrf": lambda: pydensecrf_labels(phantom, unary), "segpost (cold)": cold,
-                            "segpost (same grid)": lambda: segpost_labels(phantom, unary)}, repeats=args.repeats).items()}
+    runs = {"pydensecrf": lambda: pydensecrf_labels(phantom, unary), "segpost (cold)": cold,
+            "segpost (same grid)": lambda: segpost_labels(phantom, unary)}
+    times = {name: t.median for name, t in time_calls(runs, repeats=args.repeats).items()}
     print(f"{'x'.join(map(str, shape))} voxels, spacing {phantom.spacing} mm, {NUM_CLASSES} classes, "
           f"{ITERATIONS} iterations; segpost {segpost.get_num_threads()} threads, pydensecrf 1; "
           f"median of {args.repeats} paired rounds")
