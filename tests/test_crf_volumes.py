@@ -127,3 +127,13 @@ def test_volume_bad_inputs(case, error, match):
     }
     with pytest.raises(error, match=match):
         calls[case]()
+
+
+def test_channels_last_volume_logits_are_warned_about():
+    # (d, h, w, C) logits also read as (C', d', h', w') with whole strides: warned, as for images.
+    from segpost._phantoms import ct_phantom, simulate_volume_network
+
+    phantom = ct_phantom((16, 64, 64), seed=3)
+    logits = simulate_volume_network(phantom.labels, 3, stride=(1, 4, 4), seed=3)
+    with pytest.warns(UserWarning, match=r"np.moveaxis\(logits, -1, 0\)"):
+        segpost.crf_refine(phantom.volume, np.moveaxis(logits, 0, -1), spacing=phantom.spacing, iterations=1)

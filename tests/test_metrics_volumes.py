@@ -164,3 +164,14 @@ def test_evaluate_counts_volumes():
     result = evaluate(lambda v: model(v[0]), [(np.stack([v, v]), t) for v, t in zip(volumes, targets)],
                       num_classes=2, spatial_ndim=3, progress=False)
     assert result.num_images == 3
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_volume_scores_with_another_class_count_are_refused(channels):
+    target = np.zeros((8, 12, 12), np.int64)
+    scores = np.random.default_rng(0).normal(size=(channels, 8, 12, 12)).astype(np.float32)
+    metrics = SegMetrics(3, per_image=True, spatial_ndim=3)
+    with pytest.raises(ValueError, match=f"{channels} classes on axis 0.*the metric 3"):
+        metrics.update(scores, target)
+    with pytest.raises(ValueError, match=f"{channels} classes on axis 1"):
+        metrics.update(scores[None], target[None])

@@ -251,6 +251,8 @@ def _check_scores_layout(name, shape, image_shape):
                     f"whole output stride of it (floor or ceiling of {size} / stride); are the axes in the scan's "
                     f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
                     f"resize the {name} first (segpost.resize_logits){batch_hint}")
+        _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
+                               lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size)))
         return
     ratios = [size / s for s, size in zip(sizes, image_shape)]
     ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)
@@ -259,14 +261,7 @@ def _check_scores_layout(name, shape, image_shape):
             f"{name} of {scores_text} do not match the aspect ratio of the {image_text} image "
             f"(scale {ratios_text}); is this the right image, or are the {name} transposed?"
         )
-    channels_last_sizes = (num_classes, *sizes[:-1])
-    if all(s <= size for s, size in zip(channels_last_sizes, image_shape)) and _fits_closely(
-            channels_last_sizes, image_shape):
-        spatial = "(C, h, w)" if len(sizes) == 2 else "(C, d, h, w)"
-        last = "(h, w, C)" if len(sizes) == 2 else "(d, h, w, C)"
-        warn(f"{name} of shape {shape} fit the {image_text} image both as {spatial} and as {last}; "
-             f"they are read as {spatial} ({num_classes} classes): if the classes are the last axis, pass "
-             f"np.moveaxis({name}, -1, 0)")
+    _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text, _fits_closely)
     if not _fits_closely(sizes, image_shape):
         mismatch = max(ratios) / min(ratios)
         off = max(abs(s * r - size) for s, size in zip(sizes, image_shape) for r in ratios)
@@ -274,6 +269,17 @@ def _check_scores_layout(name, shape, image_shape):
              f"({100 * (mismatch - 1):.1f}% apart): if the model saw the image padded, crop the {name} to "
              f"the image's part first (segpost.crop_to); stretched as they are, labels move by up to "
              f"{off:.0f} pixels")
+
+
+def _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text, fits):
+    """Warns when the scores also fit the image read with their classes last (as the layout rule does not)."""
+    channels_last_sizes = (num_classes, *sizes[:-1])
+    if all(s <= size for s, size in zip(channels_last_sizes, image_shape)) and fits(channels_last_sizes, image_shape):
+        spatial = "(C, h, w)" if len(sizes) == 2 else "(C, d, h, w)"
+        last = "(h, w, C)" if len(sizes) == 2 else "(d, h, w, C)"
+        warn(f"{name} of shape {shape} fit the {image_text} image both as {spatial} and as {last}; "
+             f"they are read as {spatial} ({num_classes} classes): if the classes are the last axis, pass "
+             f"np.moveaxis({name}, -1, 0)")
 
 
 def _whole_stride(s, size):

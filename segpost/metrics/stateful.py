@@ -351,7 +351,7 @@ class SegMetrics:
         if self.surface:  # validated before anything is counted
             spacing = self.spacing if spacing is None else _surface_spacing(spacing, self.spatial_ndim)
         if self.spatial_ndim == 3:
-            pred, target = _volume_labels(pred, target)
+            pred, target = _volume_labels(pred, target, self.num_classes)
         pred, target = prepare_labels(pred, target)
         if self.spatial_ndim == 3 or self.surface:
             cases = _surface_cases(pred, target, self.spatial_ndim)
@@ -632,9 +632,10 @@ def _surface_spacing(spacing, spatial_ndim):
     return _check_spacing(spacing, spatial_ndim)
 
 
-def _volume_labels(pred, target):
+def _volume_labels(pred, target, num_classes):
     """Volume scores with their class axis first ((C, D, H, W), or (B, C, D, H, W) for a batch) as labels;
-    labels as they are. (``prepare_labels`` reads 4-D scores as a batch of images.)"""
+    labels as they are. (``prepare_labels`` reads 4-D scores as a batch of images.) Scores must have
+    ``num_classes`` channels: an argmax over any other count would count labels silently wrong."""
     if pred is None or target is None or not hasattr(pred, "ndim") or not hasattr(target, "ndim"):
         return pred, target
     floating = pred.is_floating_point() if is_torch_tensor(pred) else np.asarray(pred).dtype.kind == "f"
@@ -644,6 +645,10 @@ def _volume_labels(pred, target):
             raise ValueError("pred has one class channel (a sigmoid model's binary scores?): pass labels instead, "
                              "(pred > 0) for logits or (pred > 0.5) for probabilities, as integers, squeezing the "
                              "channel axis")
+        if pred.shape[axis] != num_classes:
+            raise ValueError(f"pred scores have {pred.shape[axis]} classes on axis {axis} (shape "
+                             f"{tuple(pred.shape)}), the metric {num_classes}: pass scores with the class axis "
+                             f"{'first' if axis == 0 else 'second'} and num_classes channels, or labels")
         pred = pred.argmax(axis) if is_torch_tensor(pred) else np.argmax(pred, axis=axis)
     return pred, target
 
