@@ -464,4 +464,6 @@ def test_ctrl_c_interrupts_a_long_lattice_build():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("interrupted"), result.stdout
     assert "_C.PermutohedralLattice(" in result.stdout, result.stdout  # raised inside the build
-    assert float(result.stdout.split()[1]) < 1.5, result.stdout  # the fraction of a full build it took
+    # The fraction of a (median) full build it took: a loose bound, as the interrupted build's own time
+    # varies as much on a shared VM (1.50 seen once in CI); the traceback above is the exact check.
+    assert float(result.stdout.split()[1]) < 2.5, result.stdout
