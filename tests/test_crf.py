@@ -247,6 +247,18 @@ def test_results_do_not_depend_on_thread_count(shape, labels):
         np.testing.assert_array_equal(other, results[0])
 
 
+def fast_and_generic(unary, adders, bilateral_first):
+    """Two CRFs with the smoothness and appearance terms ``adders`` make (in that order, or reversed), the
+    second with a third term of weight zero: it adds exactly 0 to every message but sends the model through
+    the generic loop."""
+    crfs = DenseCRF(unary), DenseCRF(unary)
+    for crf in crfs:
+        for add in adders(crf)[::-1] if bilateral_first else adders(crf):
+            add()
+    crfs[1].add_gaussian(1, compat=0.0)
+    return crfs
+
+
 @given(
     st.integers(1, 34), st.sampled_from(["symmetric", "none", "before", "after"]), st.booleans(),
     st.integers(1, 4), st.integers(0, 2**32 - 1),
@@ -263,16 +275,10 @@ def test_two_potts_terms_fast_path_equals_the_generic_loop(labels, normalization
     image = data.astronaut()[y0 : y0 + h, x0 : x0 + w]
     unary = rng.normal(scale=2.0, size=(labels, h, w)).astype(np.float32)
 
-    def add_terms(crf):
-        adders = [lambda: crf.add_gaussian(3, compat=3.0, normalization=normalization),
-                  lambda: crf.add_bilateral(image, 20, 13, compat=5.0, normalization=normalization)]
-        for add in adders[::-1] if bilateral_first else adders:
-            add()
-
-    fast, generic = DenseCRF(unary), DenseCRF(unary)
-    add_terms(fast)
-    add_terms(generic)
-    generic.add_gaussian(1, compat=0.0)
+    fast, generic = fast_and_generic(
+        unary, lambda crf: [lambda: crf.add_gaussian(3, compat=3.0, normalization=normalization),
+                            lambda: crf.add_bilateral(image, 20, 13, compat=5.0, normalization=normalization)],
+        bilateral_first)
     np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
     np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
     # A step from a given Q: the first scatter reads Q instead of softmax(-U).
@@ -293,17 +299,11 @@ def test_volume_fast_path_equals_the_generic_loop(labels, normalization, bilater
     unary = rng.normal(scale=2.0, size=(labels, *shape)).astype(np.float32)
     spacing = (2.5, 0.8, 0.8)
 
-    def add_terms(crf):
-        adders = [lambda: crf.add_gaussian(1.5, compat=1.0, spacing=spacing, normalization=normalization),
-                  lambda: crf.add_bilateral(scan, 4.0, 10.0, compat=3.0, spacing=spacing, channel_axis=None,
-                                            normalization=normalization)]
-        for add in adders[::-1] if bilateral_first else adders:
-            add()
-
-    fast, generic = DenseCRF(unary), DenseCRF(unary)
-    add_terms(fast)
-    add_terms(generic)
-    generic.add_gaussian(1, compat=0.0)
+    fast, generic = fast_and_generic(
+        unary, lambda crf: [lambda: crf.add_gaussian(1.5, compat=1.0, spacing=spacing, normalization=normalization),
+                            lambda: crf.add_bilateral(scan, 4.0, 10.0, compat=3.0, spacing=spacing,
+                                                      channel_axis=None, normalization=normalization)],
+        bilateral_first)
     assert [t["dim"] for t in fast.pairwise_terms] == ([4, 3] if bilateral_first else [3, 4])
     np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
     np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
