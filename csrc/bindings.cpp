@@ -21,9 +21,11 @@
 #include "python_arrays.h"
 #include "python_gil.h"
 #include "resize.h"
+#include "separable_gaussian.h"
 
 namespace py = pybind11;
 using segpost::PermutohedralLattice;
+using segpost::SeparableGaussian;
 using segpost::python::FloatArray;
 using segpost::python::IndexArray;
 using segpost::python::MeanFieldModel;
@@ -45,6 +47,21 @@ std::unique_ptr<PermutohedralLattice> build_lattice(const py::array_t<T, py::arr
   segpost::ReleaseGil release;
   // Ctrl-C between the build's phases.
   return std::make_unique<PermutohedralLattice>(data, n, static_cast<int>(d), row_length, segpost::check_signals);
+}
+
+// K values for the grid Gaussian: (N, C) in, (N, C) out.
+FloatArray filter_separable(const SeparableGaussian& gaussian, const FloatArray& values) {
+  if (values.ndim() != 2 || values.shape(0) != gaussian.num_points() || values.shape(1) < 1)
+    throw std::invalid_argument("values must be (N, C) with one row per grid point and C >= 1");
+  const int64_t channels = values.shape(1);
+  FloatArray out = pooled_array<float>({static_cast<py::ssize_t>(gaussian.num_points()), static_cast<py::ssize_t>(channels)});
+  const float* in = values.data();
+  float* out_ptr = out.mutable_data();
+  {
+    segpost::ReleaseGil release;
+    gaussian.filter(in, channels, out_ptr);
+  }
+  return out;
 }
 
 FloatArray filter(const PermutohedralLattice& lattice, const FloatArray& values, bool transpose,
@@ -158,6 +175,14 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_vertices", &PermutohedralLattice::num_vertices)
       .def_property_readonly("exact_keys", &PermutohedralLattice::exact_keys)
       .def_property_readonly("nbytes", &PermutohedralLattice::nbytes);
+
+  py::class_<SeparableGaussian>(m, "SeparableGaussian", py::module_local())
+      .def(py::init<std::vector<int64_t>, std::vector<std::vector<float>>>(), py::arg("shape"), py::arg("taps"))
+      .def("filter", &filter_separable, py::arg("values"))
+      .def_property_readonly("num_points", &SeparableGaussian::num_points)
+      .def_property_readonly("shape", &SeparableGaussian::shape)
+      .def_property_readonly("taps", &SeparableGaussian::taps)
+      .def_property_readonly("nbytes", &SeparableGaussian::nbytes);
 
   py::class_<MeanFieldModel>(m, "MeanFieldModel", py::module_local())
       .def(py::init<int64_t, int64_t, int64_t>(), py::arg("num_points"), py::arg("num_labels"),

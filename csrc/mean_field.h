@@ -4,7 +4,8 @@
 // Layout: point-major (num_points, num_labels) float32 rows for the unary,
 // the marginals Q and the messages. One update is
 //   Q <- softmax(-U - sum_k compat_k(post_k * K_k(pre_k * Q)))
-// where K_k filters on the k-th lattice (built once, reused every iteration)
+// where K_k filters on the k-th lattice (built once, reused every iteration;
+// or, for the smoothness kernel of a grid, the exact separable Gaussian)
 // and pre_k / post_k are the kernel normalisation's per-point scales.
 #pragma once
 
@@ -13,11 +14,14 @@
 #include <vector>
 
 #include "permutohedral.h"
+#include "separable_gaussian.h"
 
 namespace segpost {
 
 enum class Compatibility { kPotts = 0, kDiagonal = 1, kMatrix = 2 };
 
+// A term filters on a permutohedral lattice, or (lattice null) on the exact
+// grid Gaussian `gaussian`.
 struct PairwiseTerm {
   const PermutohedralLattice* lattice;
   const float* pre_scale;   // (num_points) or null
@@ -25,6 +29,7 @@ struct PairwiseTerm {
   Compatibility kind;
   float potts_weight;       // kPotts: compat(x) = -w x
   const float* compat;      // kDiagonal: (L) v, compat(x) = v * x; kMatrix: (L, L) M, compat(x) = M x
+  const SeparableGaussian* gaussian = nullptr;
 };
 
 // Buffers for the filtered signal of every term, reused across calls (fresh

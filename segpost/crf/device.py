@@ -11,6 +11,7 @@ import numpy as np
 
 from .._validation import MAX_CRF_SCORE, on_device
 from ..lattice import lattice_for
+from ..lattice.grid_gaussian import TorchGridGaussian, smoothness_method
 from .inputs import PROBABILITY_CLIP, check_device_memory
 from .mean_field import grid_features, kernel_filters, mean_field, messages, normalised_filter
 from .model import _DIAGONAL, _POTTS, DenseCRF, _check_iterations
@@ -47,9 +48,16 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
                                  spacing=item.spacing)
         smooth.append(features[0])
         appearance.append(features[1])
+    # The smoothness kernel as the CPU path filters it (DenseCRF.add_gaussian's method "auto").
+    spacing = np.ones(len(spatial)) if batch[0].spacing is None else np.asarray(batch[0].spacing, np.float64)
+    steps = (spacing / np.asarray(params.pos_xy, np.float64)).astype(np.float32)  # as grid_features rounds them
+    separable = smoothness_method("auto", spatial, steps) == "separable"
     terms = [(weight, torch.cat(features)) for weight, features in ((params.pos_weight, smooth),
                                                                     (params.bi_weight, appearance)) if weight > 0]
     filters = kernel_filters([features for _, features in terms], compiled=compiled, images=len(batch))
+    if separable and params.pos_weight > 0:
+        gaussian = TorchGridGaussian(spatial, steps, device=rows[0].device, images=len(batch))
+        filters[0] = normalised_filter(gaussian)
     with torch.no_grad():
         out = mean_field(torch.cat(rows), filters, [weight for weight, _ in terms], None, iterations)
     results = []
@@ -107,8 +115,14 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
     def _check_memory(self, dim):
         check_device_memory(self.num_points, self.num_labels, self._feature_dims + [dim], self.device)
 
-    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization):
+    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization, method="auto"):
         # No grid cache on the device: the positions are built and moved like any features.
+        steps = (spacing / sigma).astype(np.float32)
+        if smoothness_method(method, self.spatial_shape, steps) == "separable":
+            gaussian = TorchGridGaussian(self.spatial_shape, steps, device=self.device)
+            self._add_filter(gaussian, len(self.spatial_shape), kind, potts, compat_arr, kernel, normalization,
+                             "gaussian")
+            return
         self._add_lattice_term(self._grid_positions(sigma, spacing), kind, potts, compat_arr, kernel, normalization,
                                "gaussian")
 
@@ -116,7 +130,13 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
         import torch
 
         features = torch.tensor(np.asarray(features, np.float32), device=self.device)
-        lattice = lattice_for(features)
+        self._add_filter(lattice_for(features), features.shape[1], kind, potts, compat_arr, kernel, normalization,
+                         label)
+
+    def _add_filter(self, lattice, dim, kind, potts, compat_arr, kernel, normalization, label):
+        """A term filtering on ``lattice`` (any of the lattice interface, the grid Gaussian's included)."""
+        import torch
+
         self._filters.append(normalised_filter(lattice, normalization))
         # Q <- softmax(-U - sum_m compat_m(K_m Q)): Potts w is -w x, a diagonal v * x, a matrix M x.
         if kind == _POTTS:
@@ -126,8 +146,8 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
             matrix = torch.from_numpy(compat_arr).to(self.device)
             self._weights.append(-1.0)
             self._compat.append(torch.diag(matrix) if kind == _DIAGONAL else matrix)
-        self._record_term(label, features.shape[1], kernel, normalization, kind, potts, compat_arr,
-                          lattice.num_vertices)
+        self._record_term(label, dim, kernel, normalization, kind, potts, compat_arr, lattice.num_vertices,
+                          getattr(lattice, "method", "lattice"))
 
     @property
     def _compatibility(self):

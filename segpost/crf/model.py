@@ -12,6 +12,7 @@ from .._validation import (
     on_device, per_axis, to_numpy,
 )
 from ..lattice import MAX_LATTICE_DIM, PermutohedralLattice
+from ..lattice.grid_gaussian import SMOOTHNESS_METHODS, GridGaussian, smoothness_method
 from .inputs import check_memory, padded_labels
 from .mean_field import NORMALIZATIONS, normalization_scales
 
@@ -257,7 +258,8 @@ class DenseCRF:
         self._check_memory(arr.shape[1])
         self._add_lattice_term(arr, kind, potts, compat_arr, kernel, normalization, "pairwise")
 
-    def add_gaussian(self, sigma, compat=3.0, *, spacing=None, kernel="diag", normalization="symmetric"):
+    def add_gaussian(self, sigma, compat=3.0, *, spacing=None, kernel="diag", normalization="symmetric",
+                     method="auto"):
         """Add the smoothness term on the grid positions: features ``position / sigma``.
 
         Parameters
@@ -267,32 +269,60 @@ class DenseCRF:
         compat : float, (L,) or (L, L) array, default 3.0
         spacing : sequence of float, optional, keyword-only
             Physical size of a step along each axis (e.g. voxel spacing), default 1.
+        method : {"auto", "lattice", "separable"}, keyword-only
+            How the kernel is filtered. "lattice": on the permutohedral lattice,
+            as pydensecrf (its approximation of the Gaussian). "separable": the
+            exact Gaussian, one 1-D convolution per axis, cut at 4 bandwidths
+            (:mod:`segpost.lattice.grid_gaussian`). "auto" (default): separable
+            on volumes (3-D grids) whose kernel reaches at most 16 voxels either
+            side on every axis (bandwidths up to about 4 voxels), the lattice
+            otherwise (images: pydensecrf's numbers).
 
         Notes
         -----
         Features are ordered from the last spatial axis to the first, (x, y) for
         an image, as in pydensecrf's ``DenseCRF2D``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import segpost
+        >>> unary = np.random.default_rng(0).random((3, 8, 32, 32), dtype=np.float32)
+        >>> crf = segpost.DenseCRF(unary)
+        >>> crf.add_gaussian(1.5, compat=1.0, spacing=(3.0, 0.8, 0.8))  # a volume: the exact Gaussian
+        >>> crf.pairwise_terms[0]["method"]
+        'separable'
         """
         sigma, spacing = self._axis_bandwidths(sigma, spacing)
         kind, potts, compat_arr = _as_compat(compat, self.num_labels)
         _check_choice(kernel, "kernel", KERNEL_TYPES)
         _check_choice(normalization, "normalization", NORMALIZATIONS)
+        _check_choice(method, "method", SMOOTHNESS_METHODS)
         self._check_memory(len(self.spatial_shape))
-        self._add_grid_term(sigma, spacing, kind, potts, compat_arr, kernel, normalization)
+        self._add_grid_term(sigma, spacing, kind, potts, compat_arr, kernel, normalization, method)
 
     def _check_memory(self, dim):
         """MemoryError before a term of ``dim`` features that would not fit with the terms already added."""
         check_memory(self.num_points, self.num_labels, self._feature_dims + [dim])
 
-    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization):
-        """add_gaussian's term, its arguments checked (and the memory): on the smoothness lattice of the grid
-        cache. ``sigma``, ``spacing``: float64 per spatial axis."""
+    def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization, method="auto"):
+        """add_gaussian's term, its arguments checked (and the memory): on the smoothness kernel of the grid
+        cache (a lattice, or the separable exact Gaussian). ``sigma``, ``spacing``: float64 per spatial axis."""
         ndim = len(self.spatial_shape)
-        # The lattice depends on the grid and bandwidths only: reuse it across images.
-        key = (self.spatial_shape, tuple(np.float32(spacing / sigma).tolist()))
-        lattice, ones, scales = _grid_lattices.get(
-            key, lambda: (*self._lattice_and_ones(self._grid_positions(sigma, spacing)), {})
-        )
+        steps = (spacing / sigma).astype(np.float32)
+        method = smoothness_method(method, self.spatial_shape, steps)
+        # The kernel depends on the grid and bandwidths only: reuse it across images.
+        key = (self.spatial_shape, tuple(steps.tolist()), method)
+
+        def build():
+            if method == "separable":
+                kernel_ = GridGaussian(self.spatial_shape, steps)
+                ones = kernel_.filtered_ones()
+                ones.flags.writeable = False
+                return kernel_, ones, {}
+            return (*self._lattice_and_ones(self._grid_positions(sigma, spacing)), {})
+
+        lattice, ones, scales = _grid_lattices.get(key, build)
         # Its normalisation scales are cached with it, per normalisation.
         if normalization not in scales:
             scales[normalization] = normalization_scales(ones, normalization)
@@ -389,14 +419,17 @@ class DenseCRF:
         pre, post = scales
         self._model.add_term(lattice._lattice, pre, post, kind, potts, compat_arr)
         self._term_arguments.append((lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label))
-        self._record_term(label, dim, kernel, normalization, kind, potts, compat_arr, lattice.num_vertices)
+        self._record_term(label, dim, kernel, normalization, kind, potts, compat_arr, lattice.num_vertices,
+                          getattr(lattice, "method", "lattice"))
 
-    def _record_term(self, label, dim, kernel, normalization, kind, potts, compat_arr, num_vertices):
+    def _record_term(self, label, dim, kernel, normalization, kind, potts, compat_arr, num_vertices,
+                     method="lattice"):
         """Notes a term's feature dimension (for the memory estimates) and its description (pairwise_terms)."""
         self._feature_dims.append(dim)
         self.pairwise_terms.append(
             {"type": label, "dim": int(dim), "kernel": kernel, "normalization": normalization,
-             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": num_vertices}
+             "compat": potts if kind == _POTTS else compat_arr, "num_vertices": num_vertices,
+             "method": method}
         )
 
     @property

@@ -67,7 +67,7 @@ void PermutohedralLattice::Builder::check_sizes(int64_t row_length) const {
 // The partitions (a function of the number of points only) and the
 // visiting order: the mean field's, tiles within each partition, on grids.
 void PermutohedralLattice::Builder::visiting_order(int64_t row_length) {
-  const int64_t partitions = std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
+  const int64_t partitions = splat_partitions(num_points);
   lattice.partition_vertices_.assign(partitions, {});  // partition_begin/end need the count
   if (row_length > kTileColumns) {
     order.resize(num_points);

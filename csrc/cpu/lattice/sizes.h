@@ -2,6 +2,7 @@
 // (grains, splat partitions) and how wide a row goes through the stack.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace segpost {
@@ -17,6 +18,10 @@ constexpr int64_t kVertexGrain = 1024;
 // up to use every thread (at 16384 points, a 128x128 image ran on one).
 constexpr int64_t kMaxPartitions = 4;
 constexpr int64_t kPartitionPoints = 2048;
+// Their number; partition b is the points [N b / P, N (b + 1) / P).
+inline int64_t splat_partitions(int64_t num_points) {
+  return std::max<int64_t>(1, std::min(kMaxPartitions, num_points / kPartitionPoints));
+}
 // Points of the sweep after which a vertex's rows count as out of cache
 // (corner_fresh): a 64x64 tile's DeepLab appearance rows fill about a
 // megabyte, one core's L2.

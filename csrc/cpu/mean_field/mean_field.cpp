@@ -19,6 +19,7 @@
 
 #include "../../parallel.h"
 #include "../../tiles.h"
+#include "../lattice/sizes.h"
 #include "point_loops.h"
 
 namespace segpost {
@@ -42,11 +43,22 @@ std::vector<TermBuffers> prepare(const std::vector<PairwiseTerm>& terms, int64_t
   std::vector<TermBuffers> out;
   for (std::size_t k = 0; k < terms.size(); ++k) {
     const PermutohedralLattice* lattice = terms[k].lattice;
-    const std::size_t floats = static_cast<std::size_t>(lattice->splat_rows()) * stride;
+    const SeparableGaussian* gaussian = terms[k].gaussian;
+    // The grid Gaussian: one vertex per point, no lattice constant.
+    const int64_t rows = lattice ? lattice->splat_rows() : gaussian->num_points();
+    const std::size_t floats = static_cast<std::size_t>(rows) * stride;
     ScratchVector<float>& memory = workspace[k];
     if (memory.size() < 2 * floats) memory.resize(2 * floats);
-    TermBuffers t{&terms[k], lattice, lattice->dim() + 1, lattice->alpha(), {memory.data(), memory.data() + floats},
-                  lattice->splat_rows()};
+    TermBuffers t{&terms[k],
+                  lattice,
+                  lattice ? lattice->dim() + 1 : 1,
+                  lattice ? lattice->alpha() : 1.0f,
+                  lattice ? lattice->corner_vertex() : gaussian->corner_vertex(),
+                  lattice ? lattice->corner_local() : gaussian->corner_vertex(),
+                  lattice ? lattice->corner_weight() : gaussian->corner_weight(),
+                  lattice ? lattice->corner_fresh() : gaussian->corner_fresh(),
+                  {memory.data(), memory.data() + floats},
+                  rows};
     t.target = t.buffer[0];
     out.push_back(t);
   }
@@ -62,13 +74,14 @@ void zero_targets(std::vector<TermBuffers>& terms, int64_t stride) {
 // parallel (tile by tile within a partition, see for_tiles). All the lattices
 // of a CRF share the points, hence the partitions. The order is fixed by the
 // partition and the grid alone, never by the thread count.
+// (The grid Gaussian's rows are its points' own: any partitions suit it.)
 template <class F>
 void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, const F& fn) {
-  const PermutohedralLattice* lattice = terms[0].lattice;
-  parallel_for(lattice->num_partitions(), 1, [&](int64_t first, int64_t last) {
+  const int64_t num_points = terms[0].lattice ? terms[0].lattice->num_points() : terms[0].term->gaussian->num_points();
+  const int64_t partitions = lattice_detail::splat_partitions(num_points);
+  parallel_for(partitions, 1, [&](int64_t first, int64_t last) {
     for (int64_t part = first; part < last; ++part)
-      for_tiles(lattice->partition_begin(part), lattice->partition_end(part), row_length,
-                fn);
+      for_tiles(num_points * part / partitions, num_points * (part + 1) / partitions, row_length, fn);
   });
 }
 
@@ -89,8 +102,12 @@ std::vector<TermBuffers> first_scatter(const std::vector<PairwiseTerm>& terms, i
 // buffer sliced, and the buffer sliced last time becomes the next target.
 void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
   for (TermBuffers& t : terms) {
-    t.lattice->gather_partitions(t.target, stride);
-    t.lattice->blur(t.target, stride, false);
+    if (t.lattice) {
+      t.lattice->gather_partitions(t.target, stride);
+      t.lattice->blur(t.target, stride, false);
+    } else {
+      t.term->gaussian->blur(t.target, stride);
+    }
     t.blurred = t.target;
     t.target = t.target == t.buffer[0] ? t.buffer[1] : t.buffer[0];
   }

@@ -19,6 +19,7 @@
 #include "../../permutohedral.h"
 #include "../../python_arrays.h"
 #include "../../python_gil.h"
+#include "../../separable_gaussian.h"
 
 namespace segpost {
 namespace python {
@@ -34,10 +35,17 @@ class MeanFieldModel {
 
   void add_term(py::object lattice_obj, std::optional<FloatArray> pre, std::optional<FloatArray> post, int kind,
                 float potts, std::optional<FloatArray> compat) {
-    const auto& lattice = lattice_obj.cast<const PermutohedralLattice&>();
-    if (lattice.num_points() != n_) throw std::invalid_argument("lattice has the wrong number of points");
+    // A permutohedral lattice or the exact grid Gaussian.
     Term term;
-    term.lattice = lattice_obj;
+    if (py::isinstance<SeparableGaussian>(lattice_obj)) {
+      term.gaussian = &lattice_obj.cast<const SeparableGaussian&>();
+      if (term.gaussian->num_points() != n_) throw std::invalid_argument("kernel has the wrong number of points");
+    } else {
+      const auto& lattice = lattice_obj.cast<const PermutohedralLattice&>();
+      if (lattice.num_points() != n_) throw std::invalid_argument("lattice has the wrong number of points");
+      term.lattice = &lattice;
+    }
+    term.owner = lattice_obj;
     term.kind = static_cast<segpost::Compatibility>(kind);
     term.potts = potts;
     // Held, not copied: the model reads them in place (the Python side
@@ -119,7 +127,9 @@ class MeanFieldModel {
 
  private:
   struct Term {
-    py::object lattice;
+    py::object owner;  // keeps the kernel alive
+    const PermutohedralLattice* lattice = nullptr;
+    const SeparableGaussian* gaussian = nullptr;
     segpost::Compatibility kind;
     float potts;
     std::optional<FloatArray> pre, post;
@@ -134,9 +144,8 @@ class MeanFieldModel {
   std::vector<segpost::PairwiseTerm> view() const {
     std::vector<segpost::PairwiseTerm> out;
     for (const Term& t : terms_) {
-      out.push_back({&t.lattice.cast<const PermutohedralLattice&>(), t.pre ? t.pre->data() : nullptr,
-                     t.post ? t.post->data() : nullptr, t.kind, t.potts,
-                     t.compat.empty() ? nullptr : t.compat.data()});
+      out.push_back({t.lattice, t.pre ? t.pre->data() : nullptr, t.post ? t.post->data() : nullptr, t.kind, t.potts,
+                     t.compat.empty() ? nullptr : t.compat.data(), t.gaussian});
     }
     return out;
   }

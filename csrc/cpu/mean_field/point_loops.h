@@ -166,6 +166,11 @@ SEGPOST_INLINE void with_terms(const std::vector<TermBuffers>& buffers, Layout l
       TwoPottsTerms<4, 5, Layout> two{a, b, layout};
       return fn(two);
     }
+    if (is_two_potts<1, 5>(buffers)) {  // the smoothness kernel on the exact grid Gaussian
+      const TermView a(buffers[0]), b(buffers[1]);
+      TwoPottsTerms<1, 5, Layout> two{a, b, layout};
+      return fn(two);
+    }
   }
 #endif
   GenericTerms<Layout> generic(buffers, layout, labels);

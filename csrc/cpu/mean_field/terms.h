@@ -34,9 +34,14 @@ constexpr int64_t kRowsAhead = 4;
 // One pairwise term's lattice and buffers during a mean-field run.
 struct TermBuffers {
   const PairwiseTerm* term;
-  const PermutohedralLattice* lattice;
+  const PermutohedralLattice* lattice;  // null for the grid Gaussian (term->gaussian)
   int d1;
   float alpha;
+  // The points' corners: the lattice's, or each point its own row (weight 1).
+  const int32_t* vertex;
+  const int32_t* local;
+  const float* weight;
+  const uint8_t* fresh;
   // Two splat buffers of lattice->splat_rows() rows: one receives the next
   // iteration's scatter while the other holds the blurred signal being
   // sliced; then the former is blurred in place and the roles swap.
@@ -64,8 +69,8 @@ struct TermView {
   const float* compat;
 
   explicit TermView(const TermBuffers& t)
-      : vertex(t.lattice->corner_vertex()), local(t.lattice->corner_local()), weight(t.lattice->corner_weight()),
-        d1(t.d1), fresh(t.lattice->corner_fresh()), pre(t.term->pre_scale), post(t.term->post_scale),
+      : vertex(t.vertex), local(t.local), weight(t.weight), d1(t.d1), fresh(t.fresh), pre(t.term->pre_scale),
+        post(t.term->post_scale),
         blurred(t.blurred), target(t.target), alpha(t.alpha), kind(t.term->kind), potts_weight(t.term->potts_weight),
         compat(t.term->compat) {}
 
@@ -275,7 +280,8 @@ struct TwoPottsTerms {
 // An image's have simplex sizes 3 and 6. The other order goes through the
 // generic loop (one instantiation fewer to compile).
 // A volume's with a one-channel scan: smoothness on (z, y, x) (simplex size
-// 4), appearance on (z, y, x, intensity) (5).
+// 4, or 1 on the exact grid Gaussian: each point its own row), appearance on
+// (z, y, x, intensity) (5).
 template <int D1a, int D1b>
 inline bool is_two_potts(const std::vector<TermBuffers>& terms) {
   return terms.size() == 2 && terms[0].term->kind == Compatibility::kPotts &&
