@@ -288,11 +288,12 @@ def test_two_potts_terms_fast_path_equals_the_generic_loop(labels, normalization
 
 
 @given(st.integers(1, 4), st.sampled_from(["symmetric", "none"]), st.booleans(), st.integers(1, 3),
-       st.integers(0, 2**32 - 1))
-def test_volume_fast_path_equals_the_generic_loop(labels, normalization, bilateral_first, iterations, seed):
-    # A volume with a one-channel scan has kernels of simplex sizes 4 and 5:
-    # with up to 4 labels (narrow rows) it runs its own update loop, held
-    # bit-identical to the generic one as above.
+       st.sampled_from(["lattice", "separable"]), st.integers(0, 2**32 - 1))
+def test_volume_fast_path_equals_the_generic_loop(labels, normalization, bilateral_first, iterations, method, seed):
+    # A volume with a one-channel scan has kernels of simplex sizes 4 and 5
+    # (1 with the smoothness kernel's separable Gaussian, each voxel its own
+    # row): with up to 4 labels (narrow rows) it runs its own update loop,
+    # held bit-identical to the generic one as above.
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in rng.integers(2, 12, size=3))
     scan = rng.normal(40.0, 30.0, size=shape)
@@ -300,11 +301,14 @@ def test_volume_fast_path_equals_the_generic_loop(labels, normalization, bilater
     spacing = (2.5, 0.8, 0.8)
 
     fast, generic = fast_and_generic(
-        unary, lambda crf: [lambda: crf.add_gaussian(1.5, compat=1.0, spacing=spacing, normalization=normalization),
+        unary, lambda crf: [lambda: crf.add_gaussian(1.5, compat=1.0, spacing=spacing, normalization=normalization,
+                                                     method=method),
                             lambda: crf.add_bilateral(scan, 4.0, 10.0, compat=3.0, spacing=spacing,
                                                       channel_axis=None, normalization=normalization)],
         bilateral_first)
     assert [t["dim"] for t in fast.pairwise_terms] == ([4, 3] if bilateral_first else [3, 4])
+    assert [t["method"] for t in fast.pairwise_terms] == (["lattice", method] if bilateral_first
+                                                          else [method, "lattice"])
     np.testing.assert_array_equal(fast.inference(iterations), generic.inference(iterations))
     np.testing.assert_array_equal(fast.map(iterations), generic.map(iterations))
 

@@ -50,7 +50,7 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
         appearance.append(features[1])
     # The smoothness kernel as the CPU path filters it (DenseCRF.add_gaussian's method "auto").
     spacing = np.ones(len(spatial)) if batch[0].spacing is None else np.asarray(batch[0].spacing, np.float64)
-    steps = (spacing / np.asarray(params.pos_xy, np.float64)).astype(np.float32)  # as grid_features rounds them
+    steps = spacing / np.asarray(params.pos_xy, np.float64)
     separable = smoothness_method("auto", spatial, steps) == "separable"
     terms = [(weight, torch.cat(features)) for weight, features in ((params.pos_weight, smooth),
                                                                     (params.bi_weight, appearance)) if weight > 0]
@@ -117,7 +117,7 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
 
     def _add_grid_term(self, sigma, spacing, kind, potts, compat_arr, kernel, normalization, method="auto"):
         # No grid cache on the device: the positions are built and moved like any features.
-        steps = (spacing / sigma).astype(np.float32)
+        steps = spacing / sigma
         if smoothness_method(method, self.spatial_shape, steps) == "separable":
             gaussian = TorchGridGaussian(self.spatial_shape, steps, device=self.device)
             self._add_filter(gaussian, len(self.spatial_shape), kind, potts, compat_arr, kernel, normalization,

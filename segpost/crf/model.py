@@ -309,10 +309,12 @@ class DenseCRF:
         """add_gaussian's term, its arguments checked (and the memory): on the smoothness kernel of the grid
         cache (a lattice, or the separable exact Gaussian). ``sigma``, ``spacing``: float64 per spatial axis."""
         ndim = len(self.spatial_shape)
-        steps = (spacing / sigma).astype(np.float32)
+        steps = spacing / sigma
         method = smoothness_method(method, self.spatial_shape, steps)
-        # The kernel depends on the grid and bandwidths only: reuse it across images.
-        key = (self.spatial_shape, tuple(steps.tolist()), method)
+        # The kernel depends on the grid and bandwidths only: reuse it across images (the lattice on the
+        # positions' float32 steps, which its features round them to).
+        key = (self.spatial_shape, tuple((steps if method == "separable" else steps.astype(np.float32)).tolist()),
+               method)
 
         def build():
             if method == "separable":

@@ -33,12 +33,12 @@ def separable_taps(steps, shape):
     """Per axis, the float32 taps ``w(0), ..., w(R)`` with ``w(t) = exp(-(t * step)^2 / 2)``.
 
     ``steps``: the positions' spacing per axis in bandwidths (``spacing / sigma``,
-    float32 as the features round it); ``R`` is ``TRUNCATE / step`` rounded
-    (scipy.ndimage.gaussian_filter's radius), at most ``size - 1``.
+    in float64); ``R`` is ``TRUNCATE / step`` rounded (scipy.ndimage.gaussian_filter's
+    radius for a bandwidth of ``1 / step`` points), at most ``size - 1``.
     """
     taps = []
     for step, size in zip(steps, shape):
-        step = float(np.float32(step))
+        step = float(step)
         radius = min(int(size) - 1, int(TRUNCATE / step + 0.5))
         t = np.arange(radius + 1, dtype=np.float64)
         taps.append(np.exp(-0.5 * (t * step) ** 2).astype(np.float32))
