@@ -1,4 +1,6 @@
 """crf_refine on volumes: (C, d, h, w) scores, (D, H, W[, M]) scans in their own units, voxel spacing."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,11 @@ def test_channels_last_volume_logits_are_warned_about():
     logits = simulate_volume_network(phantom.labels, 3, stride=(1, 4, 4), seed=3)
     with pytest.warns(UserWarning, match=r"np.moveaxis\(logits, -1, 0\)"):
         segpost.crf_refine(phantom.volume, np.moveaxis(logits, 0, -1), spacing=phantom.spacing, iterations=1)
+    # A cubic output of a thick-slice scan in the right layout is not: read classes-last it would have
+    # 3 slices for 32 (no whole stride divides them), where the layout read divides every axis.
+    phantom = ct_phantom((32, 128, 128), seed=3)
+    logits = simulate_volume_network(phantom.labels, 3, stride=(1, 4, 4), seed=3)
+    assert logits.shape == (3, 32, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segpost.crf_refine(phantom.volume, logits, spacing=phantom.spacing, iterations=1)

@@ -251,8 +251,15 @@ def _check_scores_layout(name, shape, image_shape):
                     f"whole output stride of it (floor or ceiling of {size} / stride); are the axes in the scan's "
                     f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
                     f"resize the {name} first (segpost.resize_logits){batch_hint}")
+        # Small sizes are the floor or ceiling of some stride on any axis: the classes-last reading is
+        # warned about only when it also divides the scan exactly on as many axes (a (3, 32, 32, 32)
+        # output of a 32x128x128 scan, strides (1, 4, 4), is not read as 32 classes of (3, 32, 32)).
+        def exact_axes(s):
+            return sum(size % a == 0 for a, size in zip(s, image_shape))
+
         _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
-                               lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size)))
+                               lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size))
+                               and exact_axes(s) >= exact_axes(sizes))
         return
     ratios = [size / s for s, size in zip(sizes, image_shape)]
     ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)
