@@ -8,6 +8,9 @@
   compiled lattices are tested against.
 - :class:`CudaLattice` (``cuda.py``): the CUDA extension ``segpost._C_cuda``.
 
+``grid_gaussian.py`` has the same interface for the smoothness kernel of a
+grid computed exactly (one convolution per axis), which volumes use.
+
 The interface the CRF (``segpost.crf``, ``segpost.nn``) uses, unchecked (its
 callers have validated their inputs):
 
