@@ -111,7 +111,7 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
     padding_mode : {"constant", "reflect", "replicate", "circular"}, keyword-only
         Padding of inputs smaller than the window (``torch.nn.functional.pad``).
     cval : float, keyword-only, default 0
-        The value of constant padding.
+        The value of constant padding (other modes refuse a non-zero one).
     sw_batch_size : int, keyword-only, default 1
         Windows per forward pass (under ``torch.no_grad``; the model's
         train/eval mode is the caller's, as in MONAI).
@@ -161,13 +161,20 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
             raise TypeError(f"inputs must have a real numeric dtype, got {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.ndim not in (4, 5) or 0 in t.shape:
+        hint = (": a volume without its batch and channel axes? pass inputs[None, None]" if t.ndim == 3 and
+                not isinstance(roi_size, numbers.Integral) and len(tuple(roi_size)) == 3 else "")
         raise ValueError(f"inputs must be a non-empty (B, M, H, W) or (B, M, D, H, W) batch, channel-first as MONAI "
-                         f"takes it, got shape {tuple(t.shape)}")
+                         f"takes it, got shape {tuple(t.shape)}{hint}")
+    n = t.ndim - 2
+    if t.ndim == 4 and not isinstance(roi_size, numbers.Integral) and len(tuple(roi_size)) == 3:
+        # The spatial axes are counted from the input: a 4-D one is a batch of images, whatever the model.
+        raise ValueError(f"a 3-long roi_size needs (B, M, D, H, W) volumes, got 4-D inputs of shape "
+                         f"{tuple(t.shape)} (read as a (B, M, H, W) batch of images): a volume without its batch "
+                         f"axis? pass inputs[None]")
+    roi = _check_roi_size(roi_size, n)
     t = t.float()
     if not bool(torch.isfinite(t).all()):
         raise ValueError("inputs must be finite, but they contain NaN or infinity")
-    n = t.ndim - 2
-    roi = _check_roi_size(roi_size, n)
     overlaps = _per_axis(overlap, n, "overlap", _check_overlap)
     if mode not in ("constant", "gaussian"):
         raise ValueError(f"mode must be 'constant' or 'gaussian', got {mode!r}")
@@ -176,6 +183,9 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
         raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
     if isinstance(cval, bool) or not isinstance(cval, numbers.Real) or not math.isfinite(cval):
         raise ValueError(f"cval must be a finite number, got {cval!r}")
+    if cval != 0 and padding_mode != "constant":
+        raise ValueError(f"cval is the value of constant padding: padding_mode={padding_mode!r} takes none "
+                         f"(MONAI refuses it too), got cval={cval!r}")
     sw_batch_size = check_int(sw_batch_size, "sw_batch_size")
     if output is not None and not callable(output) and not isinstance(output, str):
         raise TypeError(f"output must be a key (str) or a callable, got {type(output).__name__}")
@@ -323,11 +333,19 @@ def predict_volume(model, volume, *, roi_size, overlap=0.5, blend="gaussian", si
     """
     import torch
 
+    from .crf.inputs import MAX_IMAGE_CHANNELS
     from .pipeline import PipelineOutput, _eval_mode
 
     arr, was_torch, axis = channels_last(volume, channel_axis=channel_axis, spatial_ndim=3, name="volume")
     if 0 in arr.shape:
         raise ValueError(f"volume must not be empty, got shape {tuple(np.shape(volume))}")
+    if not was_torch and channel_axis == "auto" and arr.shape[-1] > MAX_IMAGE_CHANNELS >= np.shape(volume)[0]:
+        # numpy volumes are (D, H, W, M): a (1, D, H, W) one would go to the model as D modalities.
+        raise ValueError(f"volume of shape {tuple(np.shape(volume))} reads as numpy's (D, H, W, M) with "
+                         f"{arr.shape[-1]} modalities: a (M, D, H, W) array? pass channel_axis=0 (or volume[0] "
+                         f"for one channel)")
+    if not bool(np.isfinite(arr).all()):
+        raise ValueError("volume must be finite, but it contains NaN or infinity")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
     if merge not in ("probs", "logits"):

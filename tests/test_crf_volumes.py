@@ -113,6 +113,12 @@ def test_volume_intensities_are_read_in_their_own_units():
     ("negative spacing", ValueError, "spacing"),
     ("transposed volume", ValueError, "no whole output stride"),
     ("larger", ValueError, "larger than the image"),
+    # Misleading before: blamed spacing, the channel count or the scores' size.
+    ("image scores with a volume's spacing", ValueError, r"a \(D, H, W\) scan needs \(C, d, h, w\) logits"),
+    ("image scores for a volume", ValueError, r"a \(D, H, W\) scan\? it needs \(C, d, h, w\) scores"),
+    ("torch scan channels last", ValueError, r"torch scans are \(M, D, H, W\).*permute\(3, 0, 1, 2\)"),
+    ("numpy scan channels first", ValueError, r"an \(M, D, H, W\) array\? pass np.moveaxis\(scan, 0, -1\)"),
+    ("numpy scan channels first, 16 wide", ValueError, r"numpy scans are \(D, H, W, M\).*np.moveaxis\(scan, 0, -1\)"),
 ])
 def test_volume_bad_inputs(case, error, match):
     rng = np.random.default_rng(2)
@@ -126,6 +132,12 @@ def test_volume_bad_inputs(case, error, match):
         "negative spacing": lambda: segpost.crf_refine(scan, logits, spacing=-1),
         "transposed volume": lambda: segpost.crf_refine(scan, np.ascontiguousarray(logits.transpose(0, 3, 2, 1))),
         "larger": lambda: segpost.crf_refine(scan[:, :4], logits),
+        "image scores with a volume's spacing": lambda: segpost.crf_refine(scan, logits[:, 0], spacing=(3, 1, 1)),
+        "image scores for a volume": lambda: segpost.crf_refine(_scan(rng, (6, 32, 24)), logits[:, 0]),
+        "torch scan channels last": lambda: segpost.crf_refine(torch.from_numpy(np.stack([scan, scan], -1)),
+                                                               torch.from_numpy(logits)),
+        "numpy scan channels first": lambda: segpost.crf_refine(np.stack([_scan(rng, (6, 32, 24))] * 2), logits),
+        "numpy scan channels first, 16 wide": lambda: segpost.crf_refine(np.stack([scan] * 2), logits),
     }
     with pytest.raises(error, match=match):
         calls[case]()

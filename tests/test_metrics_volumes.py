@@ -175,3 +175,13 @@ def test_volume_scores_with_another_class_count_are_refused(channels):
         metrics.update(scores, target)
     with pytest.raises(ValueError, match=f"{channels} classes on axis 1"):
         metrics.update(scores[None], target[None])
+
+
+def test_volume_scores_of_another_size_name_both_shapes():
+    # The error shows the scores' own shape, not the argmax's.
+    scores = np.random.default_rng(0).normal(size=(3, 8, 12, 12)).astype(np.float32)
+    metrics = SegMetrics(3, spatial_ndim=3)
+    with pytest.raises(ValueError, match=r"pred scores of shape \(3, 8, 12, 12\) .* target of shape \(8, 12, 6\)"):
+        metrics.update(scores, np.zeros((8, 12, 6), np.int64))
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 12, 12\) \(classes on axis 1\)"):
+        metrics.update(np.stack([scores] * 2), np.zeros((2, 8, 12, 6), np.int64))

@@ -163,6 +163,16 @@ def test_predict_volume_layouts_and_model_modes():
     (lambda: predict_volume(lambda t: t, np.zeros((8, 8, 8)), roi_size=4, flip_axes=(1, -2)), ValueError, "twice"),
     (lambda: predict_volume(lambda t: t, np.zeros((8, 8, 8)), roi_size=4, merge="mean"), ValueError, "merge"),
     (lambda: predict_volume("model", np.zeros((8, 8, 8)), roi_size=4), TypeError, "model"),
+    # A volume without its batch (and channel) axes: said so, not torch's Conv3d error or the 2-D wording.
+    (lambda: sliding_window_inference(torch.zeros(8, 8, 8), lambda t: t, roi_size=(4, 4, 4)), ValueError,
+     r"inputs\[None, None\]"),
+    (lambda: sliding_window_inference(torch.zeros(1, 8, 8, 8), lambda t: t, roi_size=(4, 4, 4)), ValueError,
+     r"3-long roi_size needs \(B, M, D, H, W\).*inputs\[None\]"),
+    (lambda: predict_volume(lambda t: t, np.zeros((1, 8, 32, 32)), roi_size=4), ValueError,
+     r"32 modalities: a \(M, D, H, W\) array\? pass channel_axis=0"),
+    (lambda: predict_volume(lambda t: t, np.full((8, 8, 8), np.nan), roi_size=4), ValueError, "volume must be finite"),
+    (lambda: sliding_window_inference(torch.zeros(1, 1, 4, 4, 4), lambda t: t, roi_size=8, padding_mode="reflect",
+                                      cval=1.0), ValueError, "cval is the value of constant padding"),
 ])
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):

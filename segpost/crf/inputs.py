@@ -13,6 +13,7 @@ rules are applied to plain numbers.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -106,10 +107,19 @@ def refine_inputs(image, logits, probs, *, spacing=None, device=None) -> RefineI
     returns = "device" if on_device(raw) else ("torch" if is_torch_tensor(raw) else "numpy")
     scores = _checked_scores(name, raw, device)
     ndim = scores.ndim - 1
+    if ndim == 2 and spacing is not None and np.size(spacing) == 3:
+        raise ValueError(f"{name} of shape {tuple(scores.shape)} are an image's (C, h, w), but spacing has three "
+                         f"axes: a (D, H, W) scan needs (C, d, h, w) {name} (a 2-D model's slices stacked on axis 1)")
     spacing = np.ones(ndim) if spacing is None else per_axis(spacing, ndim, "spacing")
     view = _image_channels_last(image, device, ndim)
     spatial, channels = tuple(view.shape[:-1]), view.shape[-1]
-    _check_scores_layout(name, tuple(scores.shape), spatial)
+    try:
+        _check_scores_layout(name, tuple(scores.shape), spatial)
+    except ValueError as error:
+        hint = _other_layout_hint(image, ndim, name, tuple(scores.shape))
+        if hint is None:
+            raise
+        raise ValueError(f"{error}. {hint}") from None
     # Before any image-sized copy.
     points, dims = int(np.prod(spatial)), [ndim, ndim + channels]
     if device is None:
@@ -172,8 +182,14 @@ def _image_channels_last(image, device, ndim):
         raise ValueError(f"image must not be empty, got shape {tuple(np.shape(image))}")
     if c > MAX_IMAGE_CHANNELS:
         layout = _layout(ndim, was_torch)
+        if ndim == 2:
+            volume = ("; a (D, H, W) scan? it needs (C, d, h, w) scores, not an image's (C, h, w)"
+                      if len(np.shape(image)) == 3 else "")
+        else:
+            volume = ("; a (D, H, W, M) tensor? pass scan.permute(3, 0, 1, 2)" if was_torch else
+                      "; an (M, D, H, W) array? pass np.moveaxis(scan, 0, -1)")
         raise ValueError(f"image has {c} channels; expected {layout} with at most {MAX_IMAGE_CHANNELS} channels "
-                         f"(is the layout right?)")
+                         f"(is the layout right?){volume}")
     if ndim == 2 and c == 4 and _is_uint8(arr):
         alpha_lo, alpha_hi = value_range(arr[..., 3])
         if alpha_lo != alpha_hi:
@@ -183,6 +199,24 @@ def _image_channels_last(image, device, ndim):
                  f"colour (pixels of different transparency then count as different colours); pass {drop} "
                  f"to drop it")
     return arr
+
+
+def _other_layout_hint(image, ndim, name, shape):
+    """For a multi-modal scan whose scores fit it read in the other library's layout ((M, D, H, W) for
+    numpy, (D, H, W, M) for torch): the sentence that says so, else None."""
+    if ndim != 3 or len(np.shape(image)) != 4:
+        return None
+    torch_layout = is_torch_tensor(image)
+    other = tuple(np.shape(image))[:3] if torch_layout else tuple(np.shape(image))[1:]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _check_scores_layout(name, shape, other)
+    except ValueError:
+        return None
+    if torch_layout:
+        return "torch scans are (M, D, H, W): for a (D, H, W, M) tensor pass scan.permute(3, 0, 1, 2)"
+    return "numpy scans are (D, H, W, M): for an (M, D, H, W) array pass np.moveaxis(scan, 0, -1)"
 
 
 def _layout(ndim, was_torch):

@@ -194,14 +194,18 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
 
     Parameters
     ----------
-    image : ndarray (H, W, 3) uint8 or torch.Tensor (3, H, W), or a volume
-        The image the model saw, at full resolution. Also (H, W) gray or any
-        number of channels up to 16 (multi-modal). Integers hold 0..255
-        whatever their dtype (values beyond raise; an image of 0..2 only
-        warns), floats hold [0, 1] (scaled by 255), booleans are 0 / 255.
-        With (C, d, h, w) scores, a scan: (D, H, W), or (D, H, W, M) with M
-        modalities (torch: (M, D, H, W)), read in its own units (Hounsfield
-        units for CT; standardise MRI first), which ``bi_rgb`` is given in.
+    image : ndarray (H, W, 3) uint8 or torch.Tensor (3, H, W), or a scan
+        The image or volume the model saw, at full resolution; the scores'
+        dimensions say which.
+
+        - With (C, h, w) scores, an image: also (H, W) gray or any number of
+          channels up to 16. Integers hold 0..255 whatever their dtype
+          (values beyond raise; an image of 0..2 only warns), floats hold
+          [0, 1] (scaled by 255), booleans are 0 / 255.
+        - With (C, d, h, w) scores, a scan: (D, H, W), or (D, H, W, M) with M
+          modalities (torch: (M, D, H, W)), read in its own units (Hounsfield
+          units for CT; standardise MRI first), which ``bi_rgb`` is given in;
+          none of the image rules above applies.
     logits : (C, h, w) or (C, d, h, w) array_like or torch.Tensor, optional
         Raw class scores at any resolution (output stride 1 to 32 ...), any
         float dtype (bfloat16 tensors too). One channel (a sigmoid model's z)

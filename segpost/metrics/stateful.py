@@ -649,6 +649,11 @@ def _volume_labels(pred, target, num_classes):
             raise ValueError(f"pred scores have {pred.shape[axis]} classes on axis {axis} (shape "
                              f"{tuple(pred.shape)}), the metric {num_classes}: pass scores with the class axis "
                              f"{'first' if axis == 0 else 'second'} and num_classes channels, or labels")
+        spatial = tuple(pred.shape[:axis]) + tuple(pred.shape[axis + 1:])
+        if spatial != tuple(target.shape):
+            raise ValueError(f"pred scores of shape {tuple(pred.shape)} (classes on axis {axis}) and target of "
+                             f"shape {tuple(target.shape)} must cover the same voxels: {spatial} vs "
+                             f"{tuple(target.shape)}")
         pred = pred.argmax(axis) if is_torch_tensor(pred) else np.argmax(pred, axis=axis)
     return pred, target
 
