@@ -159,3 +159,10 @@ def test_channels_last_volume_logits_are_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         segpost.crf_refine(phantom.volume, logits, spacing=phantom.spacing, iterations=1)
+        # Nor full-resolution scores (predict_volume's probabilities), which read classes-last would be at
+        # strides (8, 4, 1), nor one sigmoid channel (no classes axis to misplace).
+        small = ct_phantom((16, 64, 64), seed=3)
+        segpost.crf_refine(small.volume, np.full((2, 16, 64, 64), 2.0, np.float32), spacing=small.spacing,
+                           iterations=1)
+        segpost.crf_refine(small.volume, np.zeros((1, 16, 16, 16), np.float32), spacing=small.spacing,
+                           iterations=1)

@@ -114,7 +114,8 @@ def refine_inputs(image, logits, probs, *, spacing=None, device=None) -> RefineI
     view = _image_channels_last(image, device, ndim)
     spatial, channels = tuple(view.shape[:-1]), view.shape[-1]
     try:
-        _check_scores_layout(name, tuple(scores.shape), spatial)
+        # One channel (a sigmoid model's, made two classes above) has no classes axis to misplace.
+        _check_scores_layout(name, tuple(scores.shape), spatial, classes_last_warning=np.shape(raw)[0] > 1)
     except ValueError as error:
         hint = _other_layout_hint(image, ndim, name, tuple(scores.shape))
         if hint is None:
@@ -255,7 +256,7 @@ def _intensities(view):
     return values
 
 
-def _check_scores_layout(name, shape, image_shape):
+def _check_scores_layout(name, shape, image_shape, *, classes_last_warning=True):
     """Raise for scores that do not fit the image; warn for the fits that are likely mistakes.
 
     ``shape``: the scores' (C, *spatial); ``image_shape``: the image's
@@ -285,15 +286,19 @@ def _check_scores_layout(name, shape, image_shape):
                     f"whole output stride of it (floor or ceiling of {size} / stride); are the axes in the scan's "
                     f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
                     f"resize the {name} first (segpost.resize_logits){batch_hint}")
-        # Small sizes are the floor or ceiling of some stride on any axis: the classes-last reading is
-        # warned about only when it also divides the scan exactly on as many axes (a (3, 32, 32, 32)
-        # output of a 32x128x128 scan, strides (1, 4, 4), is not read as 32 classes of (3, 32, 32)).
-        def exact_axes(s):
-            return sum(size % a == 0 for a, size in zip(s, image_shape))
+        # Small sizes are the floor or ceiling of some stride on any axis, so "fits" says little: the
+        # classes-last reading is warned about only when it is the likelier one, dividing the scan exactly
+        # on more axes, or as many with the in-plane strides equal where the layout read's are not. (A
+        # (3, 32, 32, 32) output of a 32x128x128 scan, strides (1, 4, 4), is not 32 classes of (3, 32, 32);
+        # full-resolution scores are not classes-last scores at strides (8, 4, 1).)
+        def likelihood(s):
+            exact = sum(size % a == 0 for a, size in zip(s, image_shape))
+            return exact + (image_shape[-2] * s[-1] == image_shape[-1] * s[-2])
 
-        _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
-                               lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size))
-                               and exact_axes(s) >= exact_axes(sizes))
+        if classes_last_warning:
+            _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
+                                   lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size))
+                                   and likelihood(s) > likelihood(sizes))
         return
     ratios = [size / s for s, size in zip(sizes, image_shape)]
     ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)
@@ -302,7 +307,8 @@ def _check_scores_layout(name, shape, image_shape):
             f"{name} of {scores_text} do not match the aspect ratio of the {image_text} image "
             f"(scale {ratios_text}); is this the right image, or are the {name} transposed?"
         )
-    _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text, _fits_closely)
+    if classes_last_warning:
+        _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text, _fits_closely)
     if not _fits_closely(sizes, image_shape):
         mismatch = max(ratios) / min(ratios)
         off = max(abs(s * r - size) for s, size in zip(sizes, image_shape) for r in ratios)
