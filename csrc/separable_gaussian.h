@@ -4,7 +4,7 @@
 // The smoothness kernel k(i, j) = exp(-|p_i - p_j|^2 / 2) on grid positions
 // p = index * spacing / sigma is a product over the axes, so K v is three
 // (two) 1-D convolutions, with taps w_a(t) = exp(-(t step_a)^2 / 2) for
-// |t| <= R_a (the caller's truncation; segpost.crf.mean_field.separable_taps
+// |t| <= R_a (the caller's truncation; segpost.lattice.grid_gaussian.separable_taps
 // computes them, for this class and the torch filter alike). Where a volume's
 // kernel spans a few voxels this is both exact and cheaper than the
 // permutohedral lattice's approximation of it: no lattice to build (a

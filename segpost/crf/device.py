@@ -3,7 +3,9 @@
 Both run :mod:`segpost.crf.mean_field` on the lattice
 ``segpost.lattice.lattice_for`` picks (the CUDA extension when it is built,
 else the torch lattice; the C++ lattice for CPU tensors, which is how the
-tests hold this path equal to the CPU path without a GPU).
+tests hold this path equal to the CPU path without a GPU), and a volume's
+smoothness kernel, where ``add_gaussian``'s method makes it the exact
+separable Gaussian, on ``TorchGridGaussian`` (torch convolutions, any device).
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ class DeviceDenseCRF(DenseCRF, on_device=True):
     The same terms and results as the CPU class: the features are built
     by its code (on the host, as it builds them), then the lattices, the
     normalisation and the mean field run on the device (the CUDA lattice,
-    else the torch lattice) and Q and the labels are device tensors.
+    else the torch lattice; a volume's separable smoothness kernel in torch
+    convolutions) and Q and the labels are device tensors.
     ``prune`` is accepted and has nothing to prune (a CPU optimisation).
     """
 

@@ -106,8 +106,9 @@ class DenseCRF:
     Energy ``E(x) = sum_i U_i(x_i) + sum_{i<j} sum_m mu_m(x_i, x_j) k_m(f^m_i, f^m_j)``
     with ``k_m(f_i, f_j) = exp(-|f_i - f_j|^2 / 2)`` on features already divided
     by their bandwidths (Krähenbühl & Koltun 2011 [Kraehenbuehl2011]_). Each pairwise term builds
-    one permutohedral lattice when it is added; every iteration and every
-    label then reuses it, and all labels are filtered together.
+    one permutohedral lattice when it is added (or, for ``add_gaussian`` on a
+    volume, the exact separable Gaussian: its ``method``); every iteration and
+    every label then reuses it, and all labels are filtered together.
 
     Parameters
     ----------
@@ -131,8 +132,10 @@ class DenseCRF:
     Normalisations (per-point scales computed once from the filtered ones,
     ``n = K 1``): ``"symmetric"`` (default; ``n^-1/2 K n^-1/2``, keeps the CRF
     symmetric), ``"before"`` (``K n^-1``), ``"after"`` (``n^-1 K``, the NIPS
-    2011 one), ``"none"`` (the raw lattice sum ``K``, whose scale is the
-    lattice's approximation of the Gaussian sum, as in pydensecrf). Kernel types ``"const"``,
+    2011 one), ``"none"`` (the raw sum ``K``: on a lattice its approximation
+    of the Gaussian sum, as in pydensecrf; with ``add_gaussian``'s separable
+    method the exact sum, about 1.3 times a volume's lattice sum, so "none"
+    weighs such a term differently from pydensecrf). Kernel types ``"const"``,
     ``"diag"``, ``"full"`` name which kernel parameters would be learnt; they do
     not change inference.
 

@@ -188,7 +188,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
                return_probs=False, prune=True, spacing=None, batch=False):
     """Refine a segmentation model's output with a dense CRF.
 
-    The model's scores are upsampled bilinearly to the image size if needed,
+    The model's scores are upsampled bilinearly (trilinearly for a volume) to the image size if needed,
     then a fully connected CRF with a smoothness kernel and an appearance
     kernel (see :class:`CRFParams`) snaps the labels to the image's edges.
 
