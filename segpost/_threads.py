@@ -6,6 +6,8 @@ thread in a fixed order.
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 
 from . import _C
 from ._validation import environment_number
@@ -78,3 +80,27 @@ def _init_from_environment() -> None:
 
 
 _init_from_environment()
+
+
+# torch's CPU ops run on an OpenMP pool that a forked child inherits broken: once the parent has used it,
+# a parallel torch op in the child waits forever for threads that are gone (segpost's own pool is rebuilt
+# after fork). DataLoader workers set torch to one thread; a multiprocessing pool's workers do not.
+_forked_child = False
+
+
+def _note_fork():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def torch_fork_safe():
+    """Call before segpost's own torch CPU ops (resizing): in a forked child, torch runs on one thread, as in a
+    DataLoader worker, instead of hanging on the parent's thread pool."""
+    if _forked_child and "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() > 1:
+            torch.set_num_threads(1)

@@ -317,8 +317,9 @@ def channels_last(image, *, channel_axis="auto", spatial_ndim=2, name="image", k
         layout = "(M, D, H, W)" if was_torch else "(D, H, W, M)"
     else:
         layout = "(C, H, W)" if was_torch else "(H, W, C)"
+    batch = (f"; a batch of one? pass {name}[0]" if arr.ndim > spatial_ndim + 1 and arr.shape[0] == 1 else "")
     raise ValueError(f"{name} must be {spatial} or {layout} ({'torch' if was_torch else 'numpy'} layout; "
-                     f"channel_axis= for others), got shape {tuple(arr.shape)}")
+                     f"channel_axis= for others), got shape {tuple(arr.shape)}{batch}")
 
 #
 # segpost's one rule for image intensities (crf_refine, Pipeline, nn.DenseCRF

@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from ._memory import check_working_set
+from ._threads import torch_fork_safe
 from ._validation import (
     FLOAT32_MAX, MAX_FILTER_VALUE, check_bandwidth, check_finite, check_float_dtype, check_int, is_torch_tensor,
     channels_last, like_input, to_numpy,
@@ -172,6 +173,7 @@ def resize_logits(x, size, *, align_corners=False, batch=False):
                       f"resize_logits to {'x'.join(map(str, size))} with {batched.shape[1]} channels",
                       "resize a crop at a time (upsample_argmax gives labels without the full-size scores)")
     mode = "bilinear" if len(size) == 2 else "trilinear"
+    torch_fork_safe()
     out = torch.nn.functional.interpolate(batched, size=size, mode=mode, align_corners=bool(align_corners))
     out = out if batch else out[0]
     return out if is_torch_tensor(x) else out.numpy()

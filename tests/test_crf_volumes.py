@@ -116,7 +116,7 @@ def test_volume_intensities_are_read_in_their_own_units():
     # Misleading before: blamed spacing, the channel count or the scores' size.
     ("image scores with a volume's spacing", ValueError, r"a \(D, H, W\) scan needs \(C, d, h, w\) logits"),
     ("image scores for a volume", ValueError, r"a \(D, H, W\) scan\? it needs \(C, d, h, w\) scores"),
-    ("torch scan channels last", ValueError, r"torch scans are \(M, D, H, W\).*permute\(3, 0, 1, 2\)"),
+    ("torch scan channels last", ValueError, r"^torch scans are \(M, D, H, W\).*permute\(3, 0, 1, 2\)"),
     ("numpy scan channels first", ValueError, r"an \(M, D, H, W\) array\? pass np.moveaxis\(scan, 0, -1\)"),
     ("numpy scan channels first, 16 wide", ValueError, r"numpy scans are \(D, H, W, M\).*np.moveaxis\(scan, 0, -1\)"),
 ])

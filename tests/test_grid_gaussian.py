@@ -132,6 +132,10 @@ def test_separable_and_lattice_crfs_agree_on_a_phantom():
 def test_bad_kernels_raise_instead_of_crashing():
     from segpost import _C
 
+    for steps in [(0.0, 1.0), (float("nan"), 1.0), (1.0, float("inf")), (-1.0, 1.0)]:
+        with pytest.raises(ValueError, match="steps must be positive and finite"):
+            GridGaussian((4, 4), steps)
+
     with pytest.raises(ValueError, match="taps of every axis"):
         _C.SeparableGaussian([4, 4], [[1.0]])
     with pytest.raises(ValueError, match="1 to its size taps"):

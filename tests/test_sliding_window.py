@@ -171,6 +171,8 @@ def test_predict_volume_layouts_and_model_modes():
     (lambda: predict_volume(lambda t: t, np.zeros((1, 8, 32, 32)), roi_size=4), ValueError,
      r"32 modalities: a \(M, D, H, W\) array\? pass channel_axis=0"),
     (lambda: predict_volume(lambda t: t, np.full((8, 8, 8), np.nan), roi_size=4), ValueError, "volume must be finite"),
+    (lambda: predict_volume(lambda t: t, np.zeros((1, 1, 8, 8, 8)), roi_size=4), ValueError,
+     r"a batch of one\? pass volume\[0\]"),
     (lambda: sliding_window_inference(torch.zeros(1, 1, 4, 4, 4), lambda t: t, roi_size=8, padding_mode="reflect",
                                       cval=1.0), ValueError, "cval is the value of constant padding"),
 ])

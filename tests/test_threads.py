@@ -286,3 +286,32 @@ def test_python_threads_and_fork_together():
         print("ok")
     """, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@linux_only
+def test_forked_pool_refines_volumes_after_the_parent_did():
+    # A volume's scores are upsampled with torch, whose OpenMP pool a forked child inherits broken once the
+    # parent has used it: a multiprocessing pool (not a DataLoader, which sets one torch thread) hung there.
+    result = run_python("""
+        import faulthandler
+        import multiprocessing as mp
+        import numpy as np
+        import segpost
+        from segpost._phantoms import ct_phantom, simulate_volume_network
+
+        phantom = ct_phantom((16, 64, 64))
+        logits = simulate_volume_network(phantom.labels, 3, stride=(1, 4, 4))
+
+        def refine(_):
+            return segpost.crf_refine(phantom.volume, logits, params="ct", spacing=phantom.spacing)
+
+        def watchdog():
+            faulthandler.dump_traceback_later(50, exit=True)  # a hung child shows where, and ends
+
+        expected = refine(0)
+        with mp.get_context("fork").Pool(2, initializer=watchdog) as pool:
+            results = pool.map_async(refine, range(2)).get(timeout=60)
+        assert all(np.array_equal(r, expected) for r in results)
+        print("ok")
+    """, timeout=180)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -120,7 +120,7 @@ def refine_inputs(image, logits, probs, *, spacing=None, device=None) -> RefineI
         hint = _other_layout_hint(image, ndim, name, tuple(scores.shape))
         if hint is None:
             raise
-        raise ValueError(f"{error}. {hint}") from None
+        raise ValueError(f"{hint} (read as it is: {error})") from None
     # Before any image-sized copy.
     points, dims = int(np.prod(spatial)), [ndim, ndim + channels]
     if device is None:

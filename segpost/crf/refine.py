@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .._threads import torch_fork_safe
 from .._validation import MIN_BANDWIDTH, is_torch_tensor
 from ..upsample import _resize_points
 from .device import refine_on_device
@@ -134,6 +135,7 @@ def _resize_volume(scores, size, align_corners):
     import torch
     import torch.nn.functional as F
 
+    torch_fork_safe()
     resized = F.interpolate(torch.from_numpy(scores)[None], size=tuple(size), mode="trilinear",
                             align_corners=bool(align_corners))
     return resized[0].numpy()

@@ -39,6 +39,8 @@ def separable_taps(steps, shape):
     taps = []
     for step, size in zip(steps, shape):
         step = float(step)
+        if not (0.0 < step < float("inf")):
+            raise ValueError(f"steps must be positive and finite (spacing / sigma per axis), got {tuple(steps)}")
         radius = min(int(size) - 1, int(TRUNCATE / step + 0.5))
         t = np.arange(radius + 1, dtype=np.float64)
         taps.append(np.exp(-0.5 * (t * step) ** 2).astype(np.float32))
