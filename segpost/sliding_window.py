@@ -160,13 +160,15 @@ def sliding_window_inference(inputs, model, *, roi_size, overlap=0.25, mode="con
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"inputs must have a real numeric dtype, got {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
+    # A window of three sizes asks for volumes: said so when the inputs lack the batch (and channel) axes.
+    volume_window = np.ndim(roi_size) == 1 and np.size(roi_size) == 3
     if t.ndim not in (4, 5) or 0 in t.shape:
-        hint = (": a volume without its batch and channel axes? pass inputs[None, None]" if t.ndim == 3 and
-                not isinstance(roi_size, numbers.Integral) and len(tuple(roi_size)) == 3 else "")
+        hint = ": a volume without its batch and channel axes? pass inputs[None, None]" if t.ndim == 3 and \
+            volume_window else ""
         raise ValueError(f"inputs must be a non-empty (B, M, H, W) or (B, M, D, H, W) batch, channel-first as MONAI "
                          f"takes it, got shape {tuple(t.shape)}{hint}")
     n = t.ndim - 2
-    if t.ndim == 4 and not isinstance(roi_size, numbers.Integral) and len(tuple(roi_size)) == 3:
+    if t.ndim == 4 and volume_window:
         # The spatial axes are counted from the input: a 4-D one is a batch of images, whatever the model.
         raise ValueError(f"a 3-long roi_size needs (B, M, D, H, W) volumes, got 4-D inputs of shape "
                          f"{tuple(t.shape)} (read as a (B, M, H, W) batch of images): a volume without its batch "

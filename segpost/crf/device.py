@@ -50,18 +50,21 @@ def refine_on_device(inputs, params, iterations, align_corners, return_probs, *,
                                  spacing=item.spacing)
         smooth.append(features[0])
         appearance.append(features[1])
-    # The smoothness kernel as the CPU path filters it (DenseCRF.add_gaussian's method "auto").
+    # The smoothness kernel as the CPU path filters it (DenseCRF.add_gaussian's method "auto"): where that is
+    # the separable Gaussian, no lattice is built for it.
     spacing = np.ones(len(spatial)) if batch[0].spacing is None else np.asarray(batch[0].spacing, np.float64)
     steps = spacing / np.asarray(params.pos_xy, np.float64)
     separable = smoothness_method("auto", spatial, steps) == "separable"
-    terms = [(weight, torch.cat(features)) for weight, features in ((params.pos_weight, smooth),
-                                                                    (params.bi_weight, appearance)) if weight > 0]
-    filters = kernel_filters([features for _, features in terms], compiled=compiled, images=len(batch))
-    if separable and params.pos_weight > 0:
-        gaussian = TorchGridGaussian(spatial, steps, device=rows[0].device, images=len(batch))
-        filters[0] = normalised_filter(gaussian)
+    weights, filters = [], []
+    if params.pos_weight > 0:
+        weights.append(params.pos_weight)
+        filters += ([normalised_filter(TorchGridGaussian(spatial, steps, device=rows[0].device, images=len(batch)))]
+                    if separable else kernel_filters([torch.cat(smooth)], compiled=compiled, images=len(batch)))
+    if params.bi_weight > 0:
+        weights.append(params.bi_weight)
+        filters += kernel_filters([torch.cat(appearance)], compiled=compiled, images=len(batch))
     with torch.no_grad():
-        out = mean_field(torch.cat(rows), filters, [weight for weight, _ in terms], None, iterations)
+        out = mean_field(torch.cat(rows), filters, weights, None, iterations)
     results = []
     for item_out in out.chunk(len(batch)):
         labels = item_out.argmax(1).reshape(spatial)

@@ -13,7 +13,6 @@ rules are applied to plain numbers.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
@@ -187,8 +186,7 @@ def _image_channels_last(image, device, ndim):
             volume = ("; a (D, H, W) scan? it needs (C, d, h, w) scores, not an image's (C, h, w)"
                       if len(np.shape(image)) == 3 else "")
         else:
-            volume = ("; a (D, H, W, M) tensor? pass scan.permute(3, 0, 1, 2)" if was_torch else
-                      "; an (M, D, H, W) array? pass np.moveaxis(scan, 0, -1)")
+            volume = f"; {_other_scan_layout_fix(was_torch)}"
         raise ValueError(f"image has {c} channels; expected {layout} with at most {MAX_IMAGE_CHANNELS} channels "
                          f"(is the layout right?){volume}")
     if ndim == 2 and c == 4 and _is_uint8(arr):
@@ -210,14 +208,18 @@ def _other_layout_hint(image, ndim, name, shape):
     torch_layout = is_torch_tensor(image)
     other = tuple(np.shape(image))[:3] if torch_layout else tuple(np.shape(image))[1:]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _check_scores_layout(name, shape, other)
+        _check_scores_layout(name, shape, other, classes_last_warning=False)
     except ValueError:
         return None
+    library = "torch" if torch_layout else "numpy"
+    return f"{library} scans are {_layout(3, torch_layout)}: {_other_scan_layout_fix(torch_layout)}"
+
+
+def _other_scan_layout_fix(torch_layout):
+    """How to pass a scan given in the other library's layout."""
     if torch_layout:
-        return "torch scans are (M, D, H, W): for a (D, H, W, M) tensor pass scan.permute(3, 0, 1, 2)"
-    return "numpy scans are (D, H, W, M): for an (M, D, H, W) array pass np.moveaxis(scan, 0, -1)"
+        return "a (D, H, W, M) tensor? pass scan.permute(3, 0, 1, 2)"
+    return "an (M, D, H, W) array? pass np.moveaxis(scan, 0, -1)"
 
 
 def _layout(ndim, was_torch):

@@ -320,12 +320,9 @@ class DenseCRF:
                method)
 
         def build():
-            if method == "separable":
-                kernel_ = GridGaussian(self.spatial_shape, steps)
-                ones = kernel_.filtered_ones()
-                ones.flags.writeable = False
-                return kernel_, ones, {}
-            return (*self._lattice_and_ones(self._grid_positions(sigma, spacing)), {})
+            kernel_ = (GridGaussian(self.spatial_shape, steps) if method == "separable" else
+                       PermutohedralLattice._for_grid(self._grid_positions(sigma, spacing), self._row_length))
+            return (*self._with_ones(kernel_), {})
 
         lattice, ones, scales = _grid_lattices.get(key, build)
         # Its normalisation scales are cached with it, per normalisation.
@@ -409,15 +406,16 @@ class DenseCRF:
 
     def _add_lattice_term(self, features, kind, potts, compat_arr, kernel, normalization, label):
         """A term on (N, D) features, its arguments checked (and the memory)."""
-        lattice, ones = self._lattice_and_ones(features)
+        lattice, ones = self._with_ones(PermutohedralLattice._for_grid(features, self._row_length))
         self._add_lattice(lattice, normalization_scales(ones, normalization), features.shape[1], kind, potts,
                           compat_arr, kernel, normalization, label)
 
-    def _lattice_and_ones(self, features):
-        lattice = PermutohedralLattice._for_grid(features, self._row_length)
-        ones = lattice.filtered_ones()
-        ones.flags.writeable = False  # may be shared through the grid cache
-        return lattice, ones
+    @staticmethod
+    def _with_ones(kernel):
+        """``(kernel, K 1)``, the filtered ones read-only (they may be shared through the grid cache)."""
+        ones = kernel.filtered_ones()
+        ones.flags.writeable = False
+        return kernel, ones
 
     def _add_lattice(self, lattice, scales, dim, kind, potts, compat_arr, kernel, normalization, label):
         """Adds a term on `lattice` with its (pre, post) normalisation scales."""
