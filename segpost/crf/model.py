@@ -452,11 +452,15 @@ class DenseCRF:
             other._add_lattice(*arguments)
         return other
 
+    def _potts_only(self):
+        """Whether the CRF has terms and all are Potts (what label pruning needs)."""
+        return bool(self._term_arguments) and all(arguments[3] == _POTTS for arguments in self._term_arguments)
+
     def _pruned(self, budget=None):
         """``(crf, kept)``: this CRF on the labels some point may still take and their indices, or
         ``(self, None)`` when none can be left out (``segpost.crf.pruning``, a pruned mass ``budget``,
         "exact" by default; Potts terms only)."""
-        if not self._term_arguments or any(arguments[3] != _POTTS for arguments in self._term_arguments):
+        if not self._potts_only():
             return self, None
         from .pruning import EXACT_MASS, labels_to_keep  # Numba, imported on first use
 
@@ -467,16 +471,30 @@ class DenseCRF:
         kept = np.flatnonzero(keep)
         return self._on_labels(np.ascontiguousarray(self._unary[:, kept]), len(kept)), kept
 
-    def _infer_pruned(self, iterations, *, prune, return_q):
+    def _infer_pruned(self, iterations, *, prune, return_q, grouped=False, check_labels=True):
         """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``
-        (True, "exact" or False: ``segpost.crf.pruning.mass_budget``)."""
+        (True, "exact" or False: ``segpost.crf.pruning.mass_budget``; ``check_labels`` False skips the
+        whole-image check), on per-point label blocks when ``prune`` is True and the labels many
+        (``pruning.uses_label_blocks``), the labels grouped into blocks first unless ``grouped`` says the
+        caller did."""
         budget = None
         if prune is not False and iterations > 0:
             from .pruning import mass_budget
 
             budget = mass_budget(prune)
-        crf, kept = self._pruned(budget) if budget is not None else (self, None)
-        q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True)
+        crf, kept = self._pruned(budget) if budget is not None and check_labels else (self, None)
+        block_gap, block_share = -1.0, 1.0
+        if budget is not None and crf._potts_only():
+            from . import pruning
+
+            if pruning.uses_label_blocks(prune, crf.num_labels, iterations):
+                block_gap, block_share = pruning.BLOCK_GAP, pruning.BLOCK_SHARE
+                if not grouped:  # on a sample of the points: the order only decides the speed
+                    sample = crf._unary[:: max(1, crf.num_points // 4096), : crf.num_labels]
+                    order = pruning.group_labels(sample)
+                    crf = crf._on_labels(np.ascontiguousarray(crf._unary[:, order]), crf.num_labels)
+                    kept = order if kept is None else kept[order]
+        q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True, block_gap, block_share)
         if kept is None:
             return q, labels
         if q is not None:  # the pruned labels' marginals are below the mass budget (pruning.py): 0
@@ -525,9 +543,11 @@ class DenseCRF:
         _, labels = self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=False)
         return like_input(labels.reshape(self.spatial_shape), self._torch)
 
-    def _infer_points(self, iterations, *, return_q, prune=False):
-        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine."""
-        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q)
+    def _infer_points(self, iterations, *, return_q, prune=False, grouped=False, check_labels=True):
+        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine (which groups the labels
+        into blocks on the coarse scores, ``grouped``, and looks at them before the whole-image check)."""
+        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q, grouped=grouped,
+                                  check_labels=check_labels)
 
     def kl_divergence(self, q):
         """KL(Q || P) up to the constant log Z, as pydensecrf computes it.

@@ -12,7 +12,7 @@ from ..upsample import _resize_points
 from .device import refine_on_device
 from .inputs import PROBABILITY_CLIP, padded_labels, refine_inputs
 from .model import _POTTS, DenseCRF, _check_iterations
-from .pruning import mass_budget, worth_checking
+from .pruning import group_labels, mass_budget, uses_label_blocks, worth_checking
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -146,6 +146,14 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
     or None)`` as numpy, labels (N,) and Q (N, C) point-major."""
     scores = inputs.scores
     num_classes, spatial = scores.shape[0], inputs.spatial_shape
+    negate = not inputs.probabilities
+    coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
+    # Label blocks: the classes that occur together numbered into the same blocks, on the coarse scores
+    # (before the resize, where reordering costs nothing); the labels and marginals mapped back at the end.
+    order = None
+    if uses_label_blocks(prune, num_classes, iterations):
+        order = group_labels(coarse_unary.reshape(num_classes, -1).T)
+        scores, coarse_unary = scores[order], coarse_unary[order]
     ndim = len(spatial)
     # Point-major (N, C') scores straight from the resize: the layout the CRF
     # runs in, rows padded with zero classes to the kernel's width C' (a
@@ -154,7 +162,6 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
     padded[:num_classes] = scores
     # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
     # good a unary as -log softmax(logits): negated in the resize's pass.
-    negate = not inputs.probabilities
     if scores.shape[1:] == spatial or ndim == 3:
         if scores.shape[1:] != spatial:
             padded = _resize_volume(padded, spatial, align_corners)
@@ -180,10 +187,12 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
                             np.full(colours.shape[-1], params.bi_rgb), _POTTS, params.bi_weight, None, "diag",
                             "symmetric")
     budget = mass_budget(prune)
-    if budget is not None:
-        coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
-        prune = prune if worth_checking(coarse_unary, num_classes, budget) else False
-    return crf._infer_points(iterations, return_q=return_probs, prune=prune)
+    # (worth_checking: a look at the coarse scores that spares the whole-image check where it finds nothing.)
+    q, labels = crf._infer_points(iterations, return_q=return_probs, prune=prune, grouped=order is not None,
+                                  check_labels=budget is not None and worth_checking(coarse_unary, num_classes, budget))
+    if order is None:
+        return q, labels
+    return (None if q is None else q[:, np.argsort(order)]), order[labels]
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
