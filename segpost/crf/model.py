@@ -471,12 +471,13 @@ class DenseCRF:
         kept = np.flatnonzero(keep)
         return self._on_labels(np.ascontiguousarray(self._unary[:, kept]), len(kept)), kept
 
-    def _infer_pruned(self, iterations, *, prune, return_q, grouped=False, check_labels=True):
+    def _infer_pruned(self, iterations, *, prune, return_q, label_blocks="auto", check_labels=True):
         """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``
         (True, "exact" or False: ``segpost.crf.pruning.mass_budget``; ``check_labels`` False skips the
         whole-image check), on per-point label blocks when ``prune`` is True and the labels many
-        (``pruning.uses_label_blocks``), the labels grouped into blocks first unless ``grouped`` says the
-        caller did."""
+        (``pruning.uses_label_blocks``): ``label_blocks`` "auto" orders the labels for them here (or
+        finds they would not run), "grouped" runs them on the labels as they are (the caller ordered
+        them), "off" does not run them (the caller found they would not)."""
         budget = None
         if prune is not False and iterations > 0:
             from .pruning import mass_budget
@@ -487,11 +488,13 @@ class DenseCRF:
         if budget is not None and crf._potts_only():
             from . import pruning
 
-            if pruning.uses_label_blocks(prune, crf.num_labels, iterations):
-                block_gap, block_share = pruning.BLOCK_GAP, pruning.BLOCK_SHARE
-                if not grouped:  # on a sample of the points: the order only decides the speed
-                    sample = crf._unary[:: max(1, crf.num_points // 4096), : crf.num_labels]
-                    order = pruning.group_labels(sample)
+            if label_blocks != "off" and pruning.uses_label_blocks(prune, crf.num_labels, iterations):
+                order = None
+                if label_blocks == "auto":  # on a sample of the points: the order only decides the speed
+                    order = pruning.label_block_order(crf._unary[:, : crf.num_labels])
+                if label_blocks == "grouped" or order is not None:
+                    block_gap, block_share = pruning.BLOCK_GAP, pruning.BLOCK_SHARE
+                if order is not None:
                     crf = crf._on_labels(np.ascontiguousarray(crf._unary[:, order]), crf.num_labels)
                     kept = order if kept is None else kept[order]
         q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True, block_gap, block_share)
@@ -525,7 +528,9 @@ class DenseCRF:
             Leave out the labels no point can take (Potts terms with
             non-negative weights only; ``segpost.crf.pruning``), their
             marginals returned as 0: True within a pruned mass of 1e-2 (as
-            :func:`crf_refine`), "exact" the same result up to float32 rounding.
+            :func:`crf_refine`; with 33 to 512 labels also on per-point
+            label blocks, ``segpost.crf.pruning``), "exact" the same result
+            up to float32 rounding.
 
         Returns
         -------
@@ -543,11 +548,11 @@ class DenseCRF:
         _, labels = self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=False)
         return like_input(labels.reshape(self.spatial_shape), self._torch)
 
-    def _infer_points(self, iterations, *, return_q, prune=False, grouped=False, check_labels=True):
-        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine (which groups the labels
-        into blocks on the coarse scores, ``grouped``, and looks at them before the whole-image check)."""
-        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q, grouped=grouped,
-                                  check_labels=check_labels)
+    def _infer_points(self, iterations, *, return_q, prune=False, label_blocks="auto", check_labels=True):
+        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine (which orders the labels
+        for the label blocks on the coarse scores, and looks at them before the whole-image check)."""
+        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q,
+                                  label_blocks=label_blocks, check_labels=check_labels)
 
     def kl_divergence(self, q):
         """KL(Q || P) up to the constant log Z, as pydensecrf computes it.
