@@ -257,8 +257,8 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         classes True also runs the mean field on per-pixel label blocks:
         each pixel keeps the blocks of 8 classes holding a class within 8
         logits of its best, the others' marginals 0 there (a trained
-        network's 150-class logits: labels 99.999% or more the full CRF's,
-        about 1.4x faster; measured and tested, not proved: marginals within
+        network's 150-class logits: labels 99.998% or more the full CRF's,
+        1.2-2x faster; measured and tested, not proved: marginals within
         5e-2, labels differ only where the full CRF's two best are within
         5e-2). Random logits keep too many blocks: there the full CRF runs.
         The device path runs every label.
