@@ -190,3 +190,24 @@ def test_crf_refine_runs_label_blocks_on_many_classes_only():
                 patch.setattr(pruning, "BLOCK_SHARE", 1.0)  # (these logits keep over half the blocks)
                 _, q = segpost.crf_refine(image, logits, return_probs=True, prune=prune)
             assert zero_at_some_points(q) == (expect_blocks and prune is True), (classes, prune)
+
+
+def test_label_blocks_on_a_volume_with_many_classes():
+    # A CT volume with many classes (TotalSegmentator-like): the smoothness kernel is the exact grid
+    # Gaussian (each voxel its own row), the appearance kernel a lattice; the blocks run on both.
+    from segpost._phantoms import ct_phantom
+
+    phantom = ct_phantom((12, 40, 40), seed=2)
+    rng = np.random.default_rng(0)
+    present = [0, 7, 19, 33]
+    logits = trained_like_logits(rng, 48, present, (6, 20, 20))
+    args = dict(spacing=phantom.spacing, params=segpost.CRFParams.ct(), return_probs=True)
+    full_labels, full_q = segpost.crf_refine(phantom.volume, logits, prune=False, **args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pruning, "BLOCK_SHARE", 1.0)
+        labels, q = segpost.crf_refine(phantom.volume, logits, **args)
+    zero = (q == 0).reshape(48, -1)
+    assert (zero.any(axis=1) & ~zero.all(axis=1)).any()  # the blocks ran
+    np.testing.assert_allclose(q, full_q, atol=BLOCK_TOLERANCE)
+    ordered = np.sort(full_q, axis=0)
+    assert np.all((labels == full_labels) | (ordered[-1] - ordered[-2] <= BLOCK_TOLERANCE))
