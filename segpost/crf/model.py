@@ -528,7 +528,7 @@ class DenseCRF:
             Leave out the labels no point can take (Potts terms with
             non-negative weights only; ``segpost.crf.pruning``), their
             marginals returned as 0: True within a pruned mass of 1e-2 (as
-            :func:`crf_refine`; with 33 to 512 labels also on per-point
+            :func:`crf_refine`; with 65 to 512 labels also on per-point
             label blocks, ``segpost.crf.pruning``), "exact" the same result
             up to float32 rounding.
 

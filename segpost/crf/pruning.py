@@ -68,7 +68,7 @@ while that bound stays within a mass budget:
 Negative or matrix compatibilities break the lower bound on ``s_i(l0)``:
 there nothing is pruned.
 
-Per-point label blocks (``True`` only, more than 32 labels). A trained
+Per-point label blocks (``True`` only, more than 64 labels). A trained
 network's logits leave few labels prunable for the whole image: every class
 comes within a few logits of the top somewhere. Each point then keeps only
 the blocks of 8 labels that hold a label whose unary is at most
@@ -114,12 +114,13 @@ BLOCK_GAP = 8.0
 # then save no time over the dense kernel, which runs instead. (Measured on the 150-class trained logits: 6.1 of 19
 # blocks ran the mean field in 0.9x the dense time in label order, 3.7 grouped in 0.65x.)
 BLOCK_SHARE = 0.5
-# Label blocks run with more labels than the dense kernel's fast path covers (4 blocks), up to a mask's 64 blocks.
-_BLOCK_LABELS = (33, 512)
+# Label blocks run with more labels than the dense kernel compiles its rows for (8 blocks, held in registers;
+# measured faster than the blocks up to 64 labels, slower from 65: 1.2x at 65-100 labels), up to a mask's 64 blocks.
+_BLOCK_LABELS = (65, 512)
 
 
 def uses_label_blocks(prune, num_labels, iterations):
-    """Whether the mean field runs on per-point label blocks (``prune=True``, 33 to 512 labels, iterations > 0)."""
+    """Whether the mean field runs on per-point label blocks (``prune=True``, 65 to 512 labels, iterations > 0)."""
     return (isinstance(prune, (bool, np.bool_)) and bool(prune) and iterations > 0
             and _BLOCK_LABELS[0] <= num_labels <= _BLOCK_LABELS[1])
 

@@ -253,7 +253,7 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         the full CRF's result up to float32 rounding. False: every label.
         The pruned labels' returned marginals are 0. Logits whose absent
         classes stay about 5-10 or more below the top at every pixel then
-        cost about as much as their other classes. With more than 32
+        cost about as much as their other classes. With more than 64
         classes True also runs the mean field on per-pixel label blocks:
         each pixel keeps the blocks of 8 classes holding a class within 8
         logits of its best, the others' marginals 0 there (a trained
