@@ -452,20 +452,25 @@ class DenseCRF:
             other._add_lattice(*arguments)
         return other
 
-    def _potts_only(self):
-        """Whether the CRF has terms and all are Potts (what label pruning needs)."""
-        return bool(self._term_arguments) and all(arguments[3] == _POTTS for arguments in self._term_arguments)
+    def _prunable(self):
+        """Whether the CRF has terms and all are Potts with weights >= 0 (what label pruning's bounds need)."""
+        return bool(self._term_arguments) and all(arguments[3] == _POTTS and arguments[4] >= 0
+                                                  for arguments in self._term_arguments)
+
+    def _potts_kernels(self):
+        """``(lattice, pre, post, weight)`` per term: the kernels as ``segpost.crf.pruning`` takes them."""
+        return [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
 
     def _pruned(self, budget=None):
         """``(crf, kept)``: this CRF on the labels some point may still take and their indices, or
         ``(self, None)`` when none can be left out (``segpost.crf.pruning``, a pruned mass ``budget``,
         "exact" by default; Potts terms only)."""
-        if not self._potts_only():
+        if not self._prunable():
             return self, None
         from .pruning import EXACT_MASS, labels_to_keep  # Numba, imported on first use
 
-        kernels = [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
-        keep = labels_to_keep(self._unary, self.num_labels, kernels, EXACT_MASS if budget is None else budget)
+        keep = labels_to_keep(self._unary, self.num_labels, self._potts_kernels(),
+                              EXACT_MASS if budget is None else budget)
         if keep.all() or (self.num_labels > 8 and padded_labels(keep.sum()) == padded_labels(self.num_labels)):
             return self, None  # (the kernel runs whole blocks of 8 labels: no block fewer, no time saved)
         kept = np.flatnonzero(keep)
@@ -485,7 +490,7 @@ class DenseCRF:
             budget = mass_budget(prune)
         crf, kept = self._pruned(budget) if budget is not None and check_labels else (self, None)
         block_gap, block_share = -1.0, 1.0
-        if budget is not None and crf._potts_only():
+        if budget is not None and crf._prunable():
             from . import pruning
 
             if label_blocks != "off" and pruning.uses_label_blocks(prune, crf.num_labels, iterations):
@@ -493,7 +498,8 @@ class DenseCRF:
                 if label_blocks == "auto":  # on a sample of the points: the order only decides the speed
                     order = pruning.label_block_order(crf._unary[:, : crf.num_labels])
                 if label_blocks == "grouped" or order is not None:
-                    block_gap, block_share = pruning.BLOCK_GAP, pruning.BLOCK_SHARE
+                    block_gap = pruning.block_gap(crf._potts_kernels(), crf.num_points)
+                    block_share = pruning.BLOCK_SHARE
                 if order is not None:
                     crf = crf._on_labels(np.ascontiguousarray(crf._unary[:, order]), crf.num_labels)
                     kept = order if kept is None else kept[order]

@@ -108,8 +108,11 @@ _COARSE_FRACTION = 0.72
 CANDIDATE_GAP = -math.log(EXACT_MASS) * _COARSE_FRACTION  # 12.0, the "exact" budget's
 
 
-# Label blocks: a point keeps the blocks of 8 labels holding a label at most this far above its lowest unary.
+# Label blocks: a point keeps the blocks of 8 labels holding a label at most this far above its lowest unary,
+# and at least BLOCK_MARGIN more than the most its neighbours can add to a label's score (B, message_bound): a
+# label dropped at a point then stays below e**-BLOCK_MARGIN (5%) of the point's best in the full CRF.
 BLOCK_GAP = 8.0
+BLOCK_MARGIN = 3.0
 # ... unless the points keep more than this share of the blocks on average (random logits: nearly all): the blocks
 # then save no time over the dense kernel, which runs instead. (Measured on the 150-class trained logits: 6.1 of 19
 # blocks ran the mean field in 0.9x the dense time in label order, 3.7 grouped in 0.65x.)
@@ -225,6 +228,21 @@ def _row_sums(lattice, ones, pre, post):
     return lattice.filter_rows(ones, pre, post)
 
 
+def message_bound(kernels, num_points):
+    """B = max_i sum_m w_m (K~_m 1)_i: the most a Potts CRF's pairwise terms can add to a label's score
+    at any point (``kernels`` as for ``labels_to_keep``, weights >= 0), rounding included."""
+    ones = np.ones((num_points, 1), np.float32)
+    bound = 0.0
+    for lattice, pre, post, weight in kernels:
+        bound += weight * float(_row_sums(lattice, ones, pre, post).max())
+    return bound * (1 + 1e-3)  # the row sums' own float32 rounding
+
+
+def block_gap(kernels, num_points):
+    """The label blocks' gap for this CRF: ``max(BLOCK_GAP, B + BLOCK_MARGIN)``, B its ``message_bound``."""
+    return max(BLOCK_GAP, message_bound(kernels, num_points) + BLOCK_MARGIN)
+
+
 def labels_to_keep(unary, num_labels, kernels, budget=EXACT_MASS):
     """Boolean (L,): the labels a Potts CRF with these kernels may still give some pixel.
 
@@ -243,11 +261,7 @@ def labels_to_keep(unary, num_labels, kernels, budget=EXACT_MASS):
     gaps = min_gaps(unary, num_labels)
     if math.exp(-float(gaps.max())) > budget:  # q* >= exp(-g): no label fits, the kernels need not be asked
         return keep
-    ones = np.ones((unary.shape[0], 1), np.float32)
-    bound = 0.0
-    for lattice, pre, post, weight in kernels:
-        bound += weight * float(_row_sums(lattice, ones, pre, post).max())
-    bound *= 1 + 1e-3  # the row sums' own float32 rounding
+    bound = message_bound(kernels, unary.shape[0])
     order = np.argsort(-gaps, kind="stable")  # the most clearly absent labels first
     # Candidates: each never the argmax, the sum of their largest marginals within the budget at first,
     # then (one pass over the points) within it at every point.
