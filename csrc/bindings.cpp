@@ -190,8 +190,6 @@ PYBIND11_MODULE(_C, m) {
       .def("add_term", &MeanFieldModel::add_term, py::arg("lattice"), py::arg("pre_scale"), py::arg("post_scale"),
            py::arg("kind"), py::arg("potts"), py::arg("compat"))
       .def("infer", &MeanFieldModel::infer, py::arg("unary"), py::arg("iterations"), py::arg("q") = py::none(),
-           py::arg("return_q") = true, py::arg("return_labels") = false, py::arg("block_gap") = -1.0f,
-           py::arg("block_share") = 1.0)
-      .def("block_masks", &MeanFieldModel::block_masks, py::arg("unary"), py::arg("block_gap"))
+           py::arg("return_q") = true, py::arg("return_labels") = false)
       .def("messages", &MeanFieldModel::messages, py::arg("q"));
 }

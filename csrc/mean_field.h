@@ -50,24 +50,9 @@ inline int64_t padded_labels(int64_t labels) { return (labels + 7) / 8 * 8; }
 // between_iterations, if set, is called before every iteration; whatever it
 // throws (the binding's KeyboardInterrupt) ends the run there and reaches
 // the caller, with q_out and labels_out unspecified.
-//
-// block_gap >= 0 (Potts terms only, at most 512 labels, q_init null): every
-// point keeps only the blocks of 8 labels holding a label whose unary is at
-// most block_gap above its lowest, its other labels' Q held at 0
-// (cpu/mean_field/label_blocks.cpp); negative: every label (the dense kernel).
-// Where the points keep more than `share` of the blocks on average, the
-// dense kernel runs instead (the caller's rule: segpost/crf/pruning.py).
-struct LabelBlocks {
-  float gap = -1.0f;
-  double share = 1.0;
-};
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
                 int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
-                int64_t row_length = 0, const std::function<void()>& between_iterations = {},
-                LabelBlocks label_blocks = {});
-
-// The points' block masks of that rule: bit b of masks[p] set when point p keeps block b.
-void label_block_masks(const float* unary, int64_t num_points, int64_t num_labels, float block_gap, uint64_t* masks);
+                int64_t row_length = 0, const std::function<void()>& between_iterations = {});
 
 // messages = sum_k compat_k(post_k * K_k(pre_k * q)), all (num_points, num_labels).
 void pairwise_messages(const float* q, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,

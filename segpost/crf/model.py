@@ -452,58 +452,31 @@ class DenseCRF:
             other._add_lattice(*arguments)
         return other
 
-    def _prunable(self):
-        """Whether the CRF has terms and all are Potts with weights >= 0 (what label pruning's bounds need)."""
-        return bool(self._term_arguments) and all(arguments[3] == _POTTS and arguments[4] >= 0
-                                                  for arguments in self._term_arguments)
-
-    def _potts_kernels(self):
-        """``(lattice, pre, post, weight)`` per term: the kernels as ``segpost.crf.pruning`` takes them."""
-        return [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
-
     def _pruned(self, budget=None):
         """``(crf, kept)``: this CRF on the labels some point may still take and their indices, or
         ``(self, None)`` when none can be left out (``segpost.crf.pruning``, a pruned mass ``budget``,
         "exact" by default; Potts terms only)."""
-        if not self._prunable():
+        if not self._term_arguments or any(arguments[3] != _POTTS for arguments in self._term_arguments):
             return self, None
         from .pruning import EXACT_MASS, labels_to_keep  # Numba, imported on first use
 
-        keep = labels_to_keep(self._unary, self.num_labels, self._potts_kernels(),
-                              EXACT_MASS if budget is None else budget)
+        kernels = [(*op, arguments[4]) for op, arguments in zip(self._kernel_operators, self._term_arguments)]
+        keep = labels_to_keep(self._unary, self.num_labels, kernels, EXACT_MASS if budget is None else budget)
         if keep.all() or (self.num_labels > 8 and padded_labels(keep.sum()) == padded_labels(self.num_labels)):
             return self, None  # (the kernel runs whole blocks of 8 labels: no block fewer, no time saved)
         kept = np.flatnonzero(keep)
         return self._on_labels(np.ascontiguousarray(self._unary[:, kept]), len(kept)), kept
 
-    def _infer_pruned(self, iterations, *, prune, return_q, label_blocks="auto", check_labels=True):
+    def _infer_pruned(self, iterations, *, prune, return_q):
         """(Q (N, L) or None, labels (N,)) of the full label set, through the pruned CRF when ``prune``
-        (True, "exact" or False: ``segpost.crf.pruning.mass_budget``; ``check_labels`` False skips the
-        whole-image check), on per-point label blocks when ``prune`` is True and the labels many
-        (``pruning.uses_label_blocks``): ``label_blocks`` "auto" orders the labels for them here (or
-        finds they would not run), "grouped" runs them on the labels as they are (the caller ordered
-        them), "off" does not run them (the caller found they would not)."""
+        (True, "exact" or False: ``segpost.crf.pruning.mass_budget``)."""
         budget = None
         if prune is not False and iterations > 0:
             from .pruning import mass_budget
 
             budget = mass_budget(prune)
-        crf, kept = self._pruned(budget) if budget is not None and check_labels else (self, None)
-        block_gap, block_share = -1.0, 1.0
-        if budget is not None and crf._prunable():
-            from . import pruning
-
-            if label_blocks != "off" and pruning.uses_label_blocks(prune, crf.num_labels, iterations):
-                order = None
-                if label_blocks == "auto":  # on a sample of the points: the order only decides the speed
-                    order = pruning.label_block_order(crf._unary[:, : crf.num_labels])
-                if label_blocks == "grouped" or order is not None:
-                    block_gap = pruning.block_gap(crf._potts_kernels(), crf.num_points)
-                    block_share = pruning.BLOCK_SHARE
-                if order is not None:
-                    crf = crf._on_labels(np.ascontiguousarray(crf._unary[:, order]), crf.num_labels)
-                    kept = order if kept is None else kept[order]
-        q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True, block_gap, block_share)
+        crf, kept = self._pruned(budget) if budget is not None else (self, None)
+        q, labels = crf._model.infer(crf._unary, iterations, None, return_q, True)
         if kept is None:
             return q, labels
         if q is not None:  # the pruned labels' marginals are below the mass budget (pruning.py): 0
@@ -534,9 +507,7 @@ class DenseCRF:
             Leave out the labels no point can take (Potts terms with
             non-negative weights only; ``segpost.crf.pruning``), their
             marginals returned as 0: True within a pruned mass of 1e-2 (as
-            :func:`crf_refine`; with 65 to 512 labels also on per-point
-            label blocks, ``segpost.crf.pruning``), "exact" the same result
-            up to float32 rounding.
+            :func:`crf_refine`), "exact" the same result up to float32 rounding.
 
         Returns
         -------
@@ -554,11 +525,9 @@ class DenseCRF:
         _, labels = self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=False)
         return like_input(labels.reshape(self.spatial_shape), self._torch)
 
-    def _infer_points(self, iterations, *, return_q, prune=False, label_blocks="auto", check_labels=True):
-        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine (which orders the labels
-        for the label blocks on the coarse scores, and looks at them before the whole-image check)."""
-        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q,
-                                  label_blocks=label_blocks, check_labels=check_labels)
+    def _infer_points(self, iterations, *, return_q, prune=False):
+        """(Q as (N, L) or None, labels as (N,)) without reshaping: for crf_refine."""
+        return self._infer_pruned(_check_iterations(iterations), prune=prune, return_q=return_q)
 
     def kl_divergence(self, q):
         """KL(Q || P) up to the constant log Z, as pydensecrf computes it.

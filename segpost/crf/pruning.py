@@ -67,28 +67,6 @@ while that bound stays within a mass budget:
 
 Negative or matrix compatibilities break the lower bound on ``s_i(l0)``:
 there nothing is pruned.
-
-Per-point label blocks (``True`` only, more than 64 labels). A trained
-network's logits leave few labels prunable for the whole image: every class
-comes within a few logits of the top somewhere. Each point then keeps only
-the blocks of 8 labels that hold a label whose unary is at most
-``BLOCK_GAP = 8`` above its lowest (its other labels' Q held at 0 for the
-whole run), and the mean field slices, normalises and scatters only those
-blocks; the lattices' vertex rows stay whole and are blurred exactly, so a
-kept label's message is the full CRF's on the restricted Q. Labels that
-occur together are numbered into the same blocks first (``group_labels``,
-from the coarse scores). No a-priori bound covers this: a label 8 below the
-best can gain up to ``B`` (8.3 on a 512x512 photo with the DeepLab preset)
-from its neighbours. What is measured and tested instead:
-``tests/test_label_blocks.py`` checks over peaked logits whose absent
-classes sit 3 to 12 below the top that the marginals are within 5e-2 of the
-full CRF's and that labels differ only where the full CRF's two best
-marginals are within 5e-2 (looser than the whole-image rule's 2e-2: a
-search found a difference of 3.2e-2; typically 4e-4). On a trained
-network's 150-class logits (``benchmarks/bench_pruning.py``) the labels
-were >= 99.998% the full CRF's, at 1.2-2.0x its speed. With every block
-kept the kernel is the dense one bit for bit; where the points would keep
-more than half the blocks on average (random logits) the dense kernel runs.
 """
 from __future__ import annotations
 
@@ -106,85 +84,6 @@ MASS_BUDGET = 1e-2
 # 3.3 for the default (random logits, where every label is some point's top, stay below either).
 _COARSE_FRACTION = 0.72
 CANDIDATE_GAP = -math.log(EXACT_MASS) * _COARSE_FRACTION  # 12.0, the "exact" budget's
-
-
-# Label blocks: a point keeps the blocks of 8 labels holding a label at most this far above its lowest unary,
-# and at least BLOCK_MARGIN more than the most its neighbours can add to a label's score (B, message_bound): a
-# label dropped at a point then stays below e**-BLOCK_MARGIN (5%) of the point's best in the full CRF.
-BLOCK_GAP = 8.0
-BLOCK_MARGIN = 3.0
-# ... unless the points keep more than this share of the blocks on average (random logits: nearly all): the blocks
-# then save no time over the dense kernel, which runs instead. (Measured on the 150-class trained logits: 6.1 of 19
-# blocks ran the mean field in 0.9x the dense time in label order, 3.7 grouped in 0.65x.)
-BLOCK_SHARE = 0.5
-# Label blocks run with more labels than the dense kernel compiles its rows for (8 blocks, held in registers;
-# measured faster than the blocks up to 64 labels, slower from 65: 1.2x at 65-100 labels), up to a mask's 64 blocks.
-_BLOCK_LABELS = (65, 512)
-
-
-def uses_label_blocks(prune, num_labels, iterations):
-    """Whether the mean field runs on per-point label blocks (``prune=True``, 65 to 512 labels, iterations > 0)."""
-    return (isinstance(prune, (bool, np.bool_)) and bool(prune) and iterations > 0
-            and _BLOCK_LABELS[0] <= num_labels <= _BLOCK_LABELS[1])
-
-
-_ORDER_SAMPLE = 4096  # points: a 64x64 coarse grid, 512x512 at output stride 8
-
-
-def label_block_order(unary_rows, gap=BLOCK_GAP):
-    """The label order the mean field's label blocks run in (``group_labels``), or None where they would
-    not run: when the labels within ``gap`` of a point's best already make up more than ``BLOCK_SHARE``
-    of the points' labels (the blocks they fill are at least as many; random logits), which spares the
-    grouping and the kernel's own pass over the unary. ``unary_rows`` is (n, L), of which at most
-    ``_ORDER_SAMPLE`` rows, evenly spaced, are looked at: the order only decides the speed."""
-    unary_rows = np.asarray(unary_rows, np.float32)
-    unary_rows = unary_rows[:: max(1, len(unary_rows) // _ORDER_SAMPLE)]
-    if (unary_rows - unary_rows.min(axis=1, keepdims=True) <= gap).mean() > BLOCK_SHARE:
-        return None
-    return group_labels(unary_rows, gap)
-
-
-def group_labels(unary_rows, gap=BLOCK_GAP, block=8):
-    """A label order (L,) that puts labels occurring at the same points into the same blocks of ``block``.
-
-    ``unary_rows`` is (n, L): the unary energies of a sample of points (the
-    coarse scores). A label "occurs" at a point when it is at most ``gap``
-    above the point's lowest. Greedy: the label occurring most often among
-    those left opens a block, which the labels occurring most often with its
-    members then fill. A heuristic for speed only: any order gives the same
-    CRF.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from segpost.crf.pruning import group_labels
-    >>> unary = np.full((4, 16), 20.0, np.float32)
-    >>> unary[:2, [0, 9]] = 0.0      # labels 0 and 9 occur together
-    >>> unary[2:, [3, 12]] = 0.0     # so do 3 and 12
-    >>> order = group_labels(unary, block=2)
-    >>> sorted(order[:2].tolist()), sorted(order[2:4].tolist())
-    ([0, 9], [3, 12])
-    """
-    from scipy import sparse
-
-    unary_rows = np.asarray(unary_rows, np.float32)
-    # (L, L): the points where both occur; the diagonal, where each does. A sparse product: a dense one
-    # wakes BLAS's threads, which then spin beside the mean field's.
-    occurs = sparse.csr_matrix(unary_rows - unary_rows.min(axis=1, keepdims=True) <= gap, dtype=np.float64)
-    together = (occurs.T @ occurs).toarray()
-    left = np.ones(len(together), bool)
-    order = []
-    while left.any():
-        seed = int(np.argmax(np.where(left, together.diagonal(), -1.0)))
-        left[seed] = False
-        members, affinity = [seed], together[seed].copy()
-        while len(members) < block and left.any():
-            best = int(np.argmax(np.where(left, affinity, -1.0)))
-            left[best] = False
-            members.append(best)
-            affinity += together[best]
-        order.extend(members)
-    return np.asarray(order, np.int64)
 
 
 def mass_budget(prune):
@@ -228,21 +127,6 @@ def _row_sums(lattice, ones, pre, post):
     return lattice.filter_rows(ones, pre, post)
 
 
-def message_bound(kernels, num_points):
-    """B = max_i sum_m w_m (K~_m 1)_i: the most a Potts CRF's pairwise terms can add to a label's score
-    at any point (``kernels`` as for ``labels_to_keep``, weights >= 0), rounding included."""
-    ones = np.ones((num_points, 1), np.float32)
-    bound = 0.0
-    for lattice, pre, post, weight in kernels:
-        bound += weight * float(_row_sums(lattice, ones, pre, post).max())
-    return bound * (1 + 1e-3)  # the row sums' own float32 rounding
-
-
-def block_gap(kernels, num_points):
-    """The label blocks' gap for this CRF: ``max(BLOCK_GAP, B + BLOCK_MARGIN)``, B its ``message_bound``."""
-    return max(BLOCK_GAP, message_bound(kernels, num_points) + BLOCK_MARGIN)
-
-
 def labels_to_keep(unary, num_labels, kernels, budget=EXACT_MASS):
     """Boolean (L,): the labels a Potts CRF with these kernels may still give some pixel.
 
@@ -261,7 +145,11 @@ def labels_to_keep(unary, num_labels, kernels, budget=EXACT_MASS):
     gaps = min_gaps(unary, num_labels)
     if math.exp(-float(gaps.max())) > budget:  # q* >= exp(-g): no label fits, the kernels need not be asked
         return keep
-    bound = message_bound(kernels, unary.shape[0])
+    ones = np.ones((unary.shape[0], 1), np.float32)
+    bound = 0.0
+    for lattice, pre, post, weight in kernels:
+        bound += weight * float(_row_sums(lattice, ones, pre, post).max())
+    bound *= 1 + 1e-3  # the row sums' own float32 rounding
     order = np.argsort(-gaps, kind="stable")  # the most clearly absent labels first
     # Candidates: each never the argmax, the sum of their largest marginals within the budget at first,
     # then (one pass over the points) within it at every point.

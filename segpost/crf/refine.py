@@ -12,7 +12,7 @@ from ..upsample import _resize_points
 from .device import refine_on_device
 from .inputs import PROBABILITY_CLIP, padded_labels, refine_inputs
 from .model import _POTTS, DenseCRF, _check_iterations
-from .pruning import label_block_order, mass_budget, uses_label_blocks, worth_checking
+from .pruning import mass_budget, worth_checking
 
 __all__ = ["CRFParams", "crf_refine"]
 
@@ -146,17 +146,6 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
     or None)`` as numpy, labels (N,) and Q (N, C) point-major."""
     scores = inputs.scores
     num_classes, spatial = scores.shape[0], inputs.spatial_shape
-    negate = not inputs.probabilities
-    budget = mass_budget(prune)
-    if budget is not None:  # what the pruning looks at first: the scores before the resize
-        coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
-    # Label blocks: the classes that occur together numbered into the same blocks, on the coarse scores
-    # (before the resize, where reordering costs nothing); the labels and marginals mapped back at the end.
-    order = None
-    if uses_label_blocks(prune, num_classes, iterations):
-        order = label_block_order(coarse_unary.reshape(num_classes, -1).T)
-        if order is not None:
-            scores, coarse_unary = scores[order], coarse_unary[order]
     ndim = len(spatial)
     # Point-major (N, C') scores straight from the resize: the layout the CRF
     # runs in, rows padded with zero classes to the kernel's width C' (a
@@ -165,6 +154,7 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
     padded[:num_classes] = scores
     # softmax(-U - P) is unchanged by a per-pixel constant, so -logits is as
     # good a unary as -log softmax(logits): negated in the resize's pass.
+    negate = not inputs.probabilities
     if scores.shape[1:] == spatial or ndim == 3:
         if scores.shape[1:] != spatial:
             padded = _resize_volume(padded, spatial, align_corners)
@@ -189,13 +179,11 @@ def _refine_on_cpu(inputs, params, iterations, align_corners, return_probs, prun
         crf._add_image_term(colours, np.full(ndim, params.bi_xy), inputs.spacing,
                             np.full(colours.shape[-1], params.bi_rgb), _POTTS, params.bi_weight, None, "diag",
                             "symmetric")
-    # (worth_checking: a look at the coarse scores that spares the whole-image check where it finds nothing.)
-    q, labels = crf._infer_points(iterations, return_q=return_probs, prune=prune,
-                                  label_blocks="off" if order is None else "grouped",
-                                  check_labels=budget is not None and worth_checking(coarse_unary, num_classes, budget))
-    if order is None:
-        return q, labels
-    return (None if q is None else q[:, np.argsort(order)]), order[labels]
+    budget = mass_budget(prune)
+    if budget is not None:
+        coarse_unary = -scores if negate else -np.log(np.clip(scores, PROBABILITY_CLIP, 1.0))
+        prune = prune if worth_checking(coarse_unary, num_classes, budget) else False
+    return crf._infer_points(iterations, return_q=return_probs, prune=prune)
 
 
 def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, align_corners=False,
@@ -253,15 +241,8 @@ def crf_refine(image, logits=None, *, probs=None, params=None, iterations=None, 
         the full CRF's result up to float32 rounding. False: every label.
         The pruned labels' returned marginals are 0. Logits whose absent
         classes stay about 5-10 or more below the top at every pixel then
-        cost about as much as their other classes. With more than 64
-        classes True also runs the mean field on per-pixel label blocks:
-        each pixel keeps the blocks of 8 classes holding a class within 8
-        logits of its best, the others' marginals 0 there (a trained
-        network's 150-class logits: labels 99.998% or more the full CRF's,
-        1.2-2x faster; measured and tested, not proved: marginals within
-        5e-2, labels differ only where the full CRF's two best are within
-        5e-2). Random logits keep too many blocks: there the full CRF runs.
-        The device path runs every label.
+        cost about as much as their other classes. The
+        device path runs every label.
     spacing : float or sequence of float, keyword-only, optional
         The size of a step along each spatial axis (a volume's voxel size in
         millimetres, slice thickness first; a microscope's pixel size);

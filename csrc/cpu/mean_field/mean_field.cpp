@@ -30,7 +30,6 @@ using namespace mean_field_detail;
 
 constexpr int64_t kPointGrain = 2048;
 
-
 // Floats per vertex row: a narrow row of 2 or 4 for the mean field with few
 // labels (Narrow), else the padded label count.
 int64_t row_width(int64_t labels, bool narrow) {
@@ -89,17 +88,12 @@ void for_partitions(const std::vector<TermBuffers>& terms, int64_t row_length, c
 // Lays out the workspace and scatters the rows of q (or, with q null, of
 // softmax(-unary)) into every term's zeroed first target: the start of a
 // mean-field run and of the messages alike.
-// With kept blocks, softmax(-unary) over each point's kept label blocks.
 std::vector<TermBuffers> first_scatter(const std::vector<PairwiseTerm>& terms, int64_t stride, Workspace& workspace,
-                                       int64_t row_length, const float* q, const float* unary, int64_t labels,
-                                       const KeptBlocks* kept = nullptr) {
+                                       int64_t row_length, const float* q, const float* unary, int64_t labels) {
   std::vector<TermBuffers> buffers = prepare(terms, stride, workspace);
   zero_targets(buffers, stride);
   for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-    if (kept)
-      scatter_label_blocks(stride, begin, end, labels, *kept, buffers);
-    else
-      scatter_rows(stride, begin, end, q, unary, labels, buffers);
+    scatter_rows(stride, begin, end, q, unary, labels, buffers);
   });
   return buffers;
 }
@@ -121,15 +115,9 @@ void gather_and_blur(std::vector<TermBuffers>& terms, int64_t stride) {
 
 }  // namespace
 
-void label_block_masks(const float* unary, int64_t num_points, int64_t num_labels, float block_gap, uint64_t* masks) {
-  parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
-    mean_field_detail::label_block_masks(begin, end, unary, num_labels, block_gap, masks);
-  });
-}
-
 void mean_field(const float* unary, int64_t num_points, int64_t num_labels, const std::vector<PairwiseTerm>& terms,
                 int iterations, const float* q_init, float* q_out, int64_t* labels_out, Workspace& workspace,
-                int64_t row_length, const std::function<void()>& between_iterations, LabelBlocks label_blocks) {
+                int64_t row_length, const std::function<void()>& between_iterations) {
   if (iterations <= 0 || terms.empty()) {  // no update, or none that changes softmax(-U)
     const float* source = iterations <= 0 ? q_init : nullptr;
     parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
@@ -138,34 +126,7 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     return;
   }
   const int64_t stride = row_width(num_labels, true);
-  // Label blocks on wide rows (narrow rows are one block, always kept).
-  PooledVector<uint64_t> masks;
-  if (label_blocks.gap >= 0.0f && stride % 8 == 0) {
-    masks.resize(num_points);
-    label_block_masks(unary, num_points, num_labels, label_blocks.gap, masks.data());
-  }
-  // Where most points keep most blocks (random scores) the blocks save no
-  // time over the dense rows: those run, exactly.
-  int64_t kept_blocks = 0;
-  for (uint64_t mask : masks) kept_blocks += __builtin_popcountll(mask);
-  if (kept_blocks > label_blocks.share * num_points * (stride / 8)) masks.clear();
-  PooledVector<int64_t> offsets;
-  PooledVector<float> kept_unary;
-  KeptBlocks blocks{masks.data(), nullptr, nullptr};
-  if (!masks.empty()) {
-    offsets.resize(num_points + 1);
-    offsets[0] = 0;
-    for (int64_t p = 0; p < num_points; ++p) offsets[p + 1] = offsets[p] + __builtin_popcountll(masks[p]);
-    kept_unary.resize(8 * offsets[num_points]);
-    blocks.offsets = offsets.data();
-    parallel_for(num_points, kPointGrain, [&](int64_t begin, int64_t end) {
-      keep_label_blocks(begin, end, unary, num_labels, blocks, kept_unary.data());
-    });
-    blocks.unary = kept_unary.data();
-  }
-  const KeptBlocks* kept = masks.empty() ? nullptr : &blocks;
-  std::vector<TermBuffers> buffers =
-      first_scatter(terms, stride, workspace, row_length, q_init, unary, num_labels, kept);
+  std::vector<TermBuffers> buffers = first_scatter(terms, stride, workspace, row_length, q_init, unary, num_labels);
   for (int it = 0; it < iterations; ++it) {
     if (between_iterations) between_iterations();
     gather_and_blur(buffers, stride);
@@ -174,10 +135,7 @@ void mean_field(const float* unary, int64_t num_points, int64_t num_labels, cons
     float* q = last ? q_out : nullptr;
     int64_t* labels = last ? labels_out : nullptr;
     for_partitions(buffers, row_length, [&](int64_t begin, int64_t end) {
-      if (kept)
-        update_label_blocks(stride, begin, end, row_length, num_points, num_labels, *kept, buffers, !last, q, labels);
-      else
-        update_rows(stride, begin, end, unary, num_labels, buffers, !last, q, labels);
+      update_rows(stride, begin, end, unary, num_labels, buffers, !last, q, labels);
     });
   }
 }

@@ -9,7 +9,6 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <cmath>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -78,17 +77,12 @@ class MeanFieldModel {
 
   // Runs `iterations` updates from q (softmax(-unary) when None); returns
   // (Q or None, labels or None) as asked.
-  // block_gap >= 0: each point keeps the label blocks within that gap of its
-  // lowest unary, unless the points keep more than block_share of them on
-  // average (mean_field.h).
   py::tuple infer(const FloatArray& unary, int iterations, std::optional<FloatArray> q_init, bool return_q,
-                  bool return_labels, float block_gap, double block_share) const {
+                  bool return_labels) const {
     const int64_t padded = segpost::padded_labels(labels_);
     if (unary.ndim() != 2 || unary.shape(0) != n_ || (unary.shape(1) != labels_ && unary.shape(1) != padded))
       throw std::invalid_argument("unary must be (N, L) or (N, L padded to a multiple of 8) float32");
     if (q_init) check(*q_init, "q");
-    if (!(block_gap < 0.0f)) check_label_blocks(block_gap, !q_init);  // (NaN too: it raises)
-    if (!(block_share >= 0.0)) throw std::invalid_argument("block_share must be >= 0");
     if (iterations < 0) throw std::invalid_argument("iterations must be >= 0");
     std::optional<FloatArray> q;
     std::optional<py::array_t<int64_t>> labels;
@@ -111,26 +105,10 @@ class MeanFieldModel {
       }
       with_workspace([&](segpost::Workspace& w) {
         segpost::mean_field(u, n_, labels_, terms, iterations, init, q_ptr, labels_ptr, w, row_length_,
-                            segpost::check_signals,  // Ctrl-C between iterations
-                            segpost::LabelBlocks{block_gap, block_share});
+                            segpost::check_signals);  // Ctrl-C between iterations
       });
     }
     return py::make_tuple(q ? py::object(*q) : py::none(), labels ? py::object(*labels) : py::none());
-  }
-
-  // The points' label-block masks (N,) uint64 for a padded (N, L') unary.
-  py::array_t<uint64_t> block_masks(const FloatArray& unary, float block_gap) const {
-    if (unary.ndim() != 2 || unary.shape(0) != n_ || unary.shape(1) != segpost::padded_labels(labels_))
-      throw std::invalid_argument("unary must be (N, L padded to a multiple of 8) float32");
-    check_label_blocks(block_gap, true);
-    py::array_t<uint64_t> out(n_);
-    const float* u = unary.data();
-    uint64_t* masks = out.mutable_data();
-    {
-      segpost::ReleaseGil release;
-      segpost::label_block_masks(u, n_, labels_, block_gap, masks);
-    }
-    return out;
   }
 
   FloatArray messages(const FloatArray& q) const {
@@ -157,15 +135,6 @@ class MeanFieldModel {
     std::optional<FloatArray> pre, post;
     segpost::PooledVector<float> compat;
   };
-
-  // What the label blocks need: a gap (finite, >= 0), Potts terms, a mask's 64 bits, no starting Q.
-  void check_label_blocks(float block_gap, bool from_unary) const {
-    if (!std::isfinite(block_gap) || block_gap < 0.0f) throw std::invalid_argument("block_gap must be finite and >= 0");
-    if (segpost::padded_labels(labels_) > 8 * 64) throw std::invalid_argument("label blocks need at most 512 labels");
-    if (!from_unary) throw std::invalid_argument("label blocks start from softmax(-unary): q must be None");
-    for (const Term& t : terms_)
-      if (t.kind != segpost::Compatibility::kPotts) throw std::invalid_argument("label blocks need Potts terms");
-  }
 
   void check(const FloatArray& a, const char* name) const {
     if (a.ndim() != 2 || a.shape(0) != n_ || a.shape(1) != labels_)

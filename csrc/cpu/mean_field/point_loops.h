@@ -195,38 +195,6 @@ void update_rows(int64_t stride, int64_t begin, int64_t end, const float* unary,
 // out = the pairwise messages of the points (scatter.cpp).
 void message_rows(int64_t begin, int64_t end, int64_t labels, const std::vector<TermBuffers>& terms, float* out);
 
-// The mean field on per-point label blocks (label_blocks.cpp): a point's
-// mask says which blocks of 8 labels it keeps; its other labels have Q = 0.
-// Wide rows only, at most kMaxLabelBlocks blocks, Potts terms only.
-constexpr int kMaxLabelBlocks = 64;
-
-// masks[p] for p in [begin, end): bit b set when block b holds a label whose
-// unary is at most `gap` above the point's lowest.
-void label_block_masks(int64_t begin, int64_t end, const float* unary, int64_t labels, float gap, uint64_t* masks);
-
-// The points' kept blocks: their masks, and the unary's kept blocks, point
-// by point (point p's at unary + 8 * offsets[p], offsets[p + 1] - offsets[p]
-// of them): the update streams only what it reads.
-struct KeptBlocks {
-  const uint64_t* masks;
-  const int64_t* offsets;  // (num_points + 1)
-  const float* unary;
-};
-
-// kept_unary = the unary's kept blocks of the points [begin, end) (kept.unary unused).
-void keep_label_blocks(int64_t begin, int64_t end, const float* unary, int64_t labels, const KeptBlocks& kept,
-                       float* kept_unary);
-
-// scatter_rows from softmax(-unary) over each point's kept blocks.
-void scatter_label_blocks(int64_t stride, int64_t begin, int64_t end, int64_t labels, const KeptBlocks& kept,
-                          const std::vector<TermBuffers>& terms);
-
-// update_rows over each point's kept blocks; [begin, end) is a run of a tile's
-// row (for_tiles), of a grid with rows of row_length points (0: no grid).
-void update_label_blocks(int64_t stride, int64_t begin, int64_t end, int64_t row_length, int64_t num_points,
-                         int64_t labels, const KeptBlocks& kept, const std::vector<TermBuffers>& terms, bool scatter,
-                         float* q_out, int64_t* labels_out);
-
 // q_out / labels_out from q_in's rows, or from softmax(-unary) with q_in null (scatter.cpp).
 void emit_points(int64_t begin, int64_t end, const float* q_in, const float* unary, int64_t labels, float* q_out,
                  int64_t* labels_out);
