@@ -181,3 +181,25 @@ def test_random_logits_skip_the_check_under_either_budget(labels):
         assert not pruning.worth_checking(-coarse, labels, budget)
     assert pruning.worth_checking(-trained_like_logits(np.random.default_rng(0), labels, [0, 3], (64, 64)),
                                   labels, pruning.MASS_BUDGET)
+
+
+@pytest.mark.parametrize("classes", [21, 150])
+def test_the_default_still_removes_a_confidently_wrong_island(classes):
+    # What a CRF is for: an 8x8 island of class 1 inside class 0, class 0 only 9 below there (a network
+    # confidently wrong on a small spot), every other class the top at one border pixel (so the
+    # whole-image rule cannot drop them). pydensecrf's weights pull the island back to class 0; a
+    # per-pixel rule that dropped class 0 inside the island (9 > 8 below) kept it (tried: label blocks,
+    # docs/performance.md).
+    h, w = 64, 72
+    image = np.full((h, w, 3), 128, np.uint8)
+    border = [(0, x) for x in range(w)] + [(h - 1, x) for x in range(w)] + [(y, 0) for y in range(1, h - 1)]
+    logits = np.full((classes, h, w), -20.0, np.float32)
+    logits[0] = 0.0
+    logits[1, 28:36, 28:36], logits[0, 28:36, 28:36] = 0.0, -9.0
+    for c in range(2, classes):
+        logits[(c, *border[c])] = 1.0
+    full, full_q = segpost.crf_refine(image, logits, params="pydensecrf", prune=False, return_probs=True)
+    labels, q = segpost.crf_refine(image, logits, params="pydensecrf", return_probs=True)
+    assert (full[28:36, 28:36] == 0).all()
+    np.testing.assert_array_equal(labels, full)
+    np.testing.assert_allclose(q, full_q, atol=TOLERANCE)
