@@ -273,6 +273,11 @@ def test_scores_that_fit_in_two_layouts_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         crf_refine(_photo(128, 128), logits[:5], iterations=1)  # (5, 16, 16): one reading only
+        # (65, 64, 64) on 512x512: 65 classes at stride 8; as (h, w, C) a 65x64 grid fits only within a
+        # cell of rounding, and divides the image on one axis only: the less likely reading, not warned.
+        crf_refine(np.zeros((512, 512, 3), np.uint8), np.zeros((65, 64, 64), np.float32), iterations=0)
+    with pytest.warns(UserWarning, match="np.moveaxis"):  # 64 classes at 64x64: either reading
+        crf_refine(np.zeros((512, 512, 3), np.uint8), np.zeros((64, 64, 64), np.float32), iterations=0)
 
 
 @pytest.mark.parametrize("shape, size, warned", [

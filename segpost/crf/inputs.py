@@ -289,18 +289,13 @@ def _check_scores_layout(name, shape, image_shape, *, classes_last_warning=True)
                     f"order (NIfTI readers give (x, y, z), segpost expects the array's own order)? Otherwise "
                     f"resize the {name} first (segpost.resize_logits){batch_hint}")
         # Small sizes are the floor or ceiling of some stride on any axis, so "fits" says little: the
-        # classes-last reading is warned about only when it is the likelier one, dividing the scan exactly
-        # on more axes, or as many with the in-plane strides equal where the layout read's are not. (A
+        # classes-last reading is warned about only when it is the likelier one (_layout_likelihood). (A
         # (3, 32, 32, 32) output of a 32x128x128 scan, strides (1, 4, 4), is not 32 classes of (3, 32, 32);
         # full-resolution scores are not classes-last scores at strides (8, 4, 1).)
-        def likelihood(s):
-            exact = sum(size % a == 0 for a, size in zip(s, image_shape))
-            return exact + (image_shape[-2] * s[-1] == image_shape[-1] * s[-2])
-
         if classes_last_warning:
             _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
                                    lambda s, size: all(_whole_stride(a, b) for a, b in zip(s, size))
-                                   and likelihood(s) > likelihood(sizes))
+                                   and _layout_likelihood(s, size) > _layout_likelihood(sizes, size))
         return
     ratios = [size / s for s, size in zip(sizes, image_shape)]
     ratios_text = " vs ".join(f"{r:.2f}" for r in ratios)
@@ -310,7 +305,12 @@ def _check_scores_layout(name, shape, image_shape, *, classes_last_warning=True)
             f"(scale {ratios_text}); is this the right image, or are the {name} transposed?"
         )
     if classes_last_warning:
-        _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text, _fits_closely)
+        # An image's classes-last reading is warned about when it fits and is no less likely: (16, 16, 16)
+        # logits of a 128x128 image are either; (65, 64, 64) of a 512x512 one are 65 classes at stride 8,
+        # not 64 classes of a 65x64 grid that one cell of rounding would let fit.
+        _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_text,
+                               lambda s, size: _fits_closely(s, size)
+                               and _layout_likelihood(s, size) >= _layout_likelihood(sizes, size))
     if not _fits_closely(sizes, image_shape):
         mismatch = max(ratios) / min(ratios)
         off = max(abs(s * r - size) for s, size in zip(sizes, image_shape) for r in ratios)
@@ -329,6 +329,13 @@ def _warn_if_channels_last(name, shape, num_classes, sizes, image_shape, image_t
         warn(f"{name} of shape {shape} fit the {image_text} image both as {spatial} and as {last}; "
              f"they are read as {spatial} ({num_classes} classes): if the classes are the last axis, pass "
              f"np.moveaxis({name}, -1, 0)")
+
+
+def _layout_likelihood(sizes, image_shape):
+    """How likely scores of spatial ``sizes`` are a network's output for ``image_shape``: the axes whose
+    size divides the image's exactly, plus one when the last two axes' strides are equal."""
+    exact = sum(size % s == 0 for s, size in zip(sizes, image_shape))
+    return exact + (image_shape[-2] * sizes[-1] == image_shape[-1] * sizes[-2])
 
 
 def _whole_stride(s, size):
