@@ -264,7 +264,9 @@ def _check_scores_layout(name, shape, image_shape, *, classes_last_warning=True)
     ``shape``: the scores' (C, *spatial); ``image_shape``: the image's
     spatial shape (a volume's axes are only checked against the image's,
     one by one). Warned: scores that fit both as (C, *spatial) and as
-    channels-last (*spatial, C) (read as (C, *spatial), segpost's layout);
+    channels-last (*spatial, C) (read as (C, *spatial), segpost's layout)
+    where the channels-last reading is no less likely (an image's) or the
+    likelier one (a volume's: small sizes fit some stride on any axis);
     scores whose axes scale to the image by factors more than 1% apart that
     one cell of rounding does not explain (a model's padded input, stretched
     over the unpadded image).
