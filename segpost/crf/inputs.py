@@ -242,6 +242,8 @@ def _intensities(view):
     """
     kind = dtype_kind(view)
     if not is_torch_tensor(view) and _is_uint8(view):
+        if view.ndim == 3:
+            intensity_scale(kind, *value_range(view))  # 1: only its warning for a dim image (a label map?)
         return view
     if kind == "f":
         check_finite(view, "image", bound=FLOAT32_MAX)
