@@ -241,14 +241,13 @@ def _intensities(view):
     float32 features directly: the same values, without a float copy of the image).
     """
     kind = dtype_kind(view)
-    if not is_torch_tensor(view) and _is_uint8(view):
-        if view.ndim == 3:
-            intensity_scale(kind, *value_range(view))  # 1: only its warning for a dim image (a label map?)
-        return view
     if kind == "f":
         check_finite(view, "image", bound=FLOAT32_MAX)
-    # An image (H, W, C) is read in 0..255 units; a volume (D, H, W, M) in its own.
+    # An image (H, W, C) is read in 0..255 units; a volume (D, H, W, M) in its own. (uint8 too: its scale is
+    # 1, but the rule warns for a dim one, a label map passed as the image.)
     scale = intensity_scale(kind, *value_range(view)) if view.ndim == 3 else 1.0
+    if not is_torch_tensor(view) and _is_uint8(view):
+        return view
     if is_torch_tensor(view):
         import torch
 
